@@ -1,0 +1,31 @@
+# The two commands a new user needs: `make demo` and `make test` (both set up on first use).
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast lint demo clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changes; otherwise `make setup` takes well under a second.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e '.[dev]'
+	SAM2_BUILD_CUDA=0 $(PIP) install --no-build-isolation sam2==1.1.0
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo: setup
+	$(PY) -m flows.demo
+
+clean:
+	rm -rf demo-workdir

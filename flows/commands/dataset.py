@@ -1,0 +1,73 @@
+"""`mcc plan`, `mcc status`, `mcc show`: the manifest itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flows.commands.common import WorkdirOption, console, fail
+from manifests import GroupsFileError, ManifestStore, add_planned, load_groups, plan_scenes
+from manifests.overlay import draw_record
+
+
+def plan(
+    workdir: WorkdirOption,
+    per_group: Annotated[int, typer.Option(help="Scenes to plan per concept group.", min=1)] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the plan; the same seed plans the same scenes.")] = 0,
+    groups: Annotated[Path | None, typer.Option(help="A groups YAML file (default: the packaged one).")] = None,
+) -> None:
+    """Plan generated scenes for every concept group (idempotent: re-running creates nothing new)."""
+    try:
+        concept_groups = load_groups(groups)
+    except GroupsFileError as error:
+        raise fail(str(error)) from None
+    specs = plan_scenes(concept_groups, per_group=per_group, seed=seed)
+    created, existing = add_planned(ManifestStore(workdir), specs)
+    console.print(
+        f"planned {len(specs)} scenes from {len(concept_groups)} groups: "
+        f"[green]{created} new[/], {existing} already in {workdir}"
+    )
+
+
+def status(workdir: WorkdirOption) -> None:
+    """Counts of records by state and by rejection reason."""
+    counts = ManifestStore(workdir).counts()
+    states = Table(title=f"records in {workdir}")
+    states.add_column("state")
+    states.add_column("records", justify="right")
+    for state, n in sorted(counts.by_state.items()):
+        states.add_row(state, str(n))
+    states.add_row("[bold]total[/]", f"[bold]{counts.total}[/]")
+    console.print(states)
+    if counts.by_rejection:
+        reasons = Table(title="rejections")
+        reasons.add_column("stage")
+        reasons.add_column("reason")
+        reasons.add_column("records", justify="right")
+        for (stage, reason), n in sorted(counts.by_rejection.items()):
+            reasons.add_row(stage, reason, str(n))
+        console.print(reasons)
+    for error in counts.unreadable:
+        console.print(f"[yellow]unreadable:[/] {error}")
+
+
+def show(
+    record_id: Annotated[str, typer.Argument(help="The record id (see `mcc status` / records/*.json).")],
+    workdir: WorkdirOption,
+    out: Annotated[Path, typer.Option(help="PNG file to write the picture to.")],
+) -> None:
+    """Draw a record's image with its boxes and mask overlays, one colour per concept, with a legend."""
+    store = ManifestStore(workdir)
+    try:
+        record = store.get(record_id)
+    except KeyError as error:
+        raise fail(str(error.args[0])) from None
+    if record.image is None:
+        raise fail(f"record {record_id} has no image yet (state {record.state.value}); run the generators first")
+    picture = draw_record(record, store.open_image(record))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out)
+    console.print(f"wrote {out} ({picture.width}x{picture.height})")

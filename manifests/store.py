@@ -1,0 +1,218 @@
+"""The manifest store: every record as one JSON document under one work dir.
+
+Layout of the work dir (a local path or any fsspec URL such as ``s3://bucket/mcc``)::
+
+    images/<id>.png      the stored image of each record
+    records/<id>.json    one record, written atomically
+    reviews/ exports/ reports/   written by later stages
+
+No database is needed. Records are independent files, so two processes writing
+different records never touch the same file, and a crash loses at most the record being
+written: on a local file system ``put`` writes a temporary file in the same folder,
+fsyncs it and renames it over the old one, so a reader sees the old version or the new
+one, never a partial document. Object stores (S3, GCS) replace an object atomically on
+upload, which gives the same guarantee there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from PIL import Image
+from pydantic import ValidationError
+
+from manifests.record import ImageInfo, Record, State
+
+logger = logging.getLogger(__name__)
+
+RECORDS_DIR = "records"
+IMAGES_DIR = "images"
+
+
+class RecordLoadError(ValueError):
+    """A file in ``records/`` that is not a valid record; the message names the file."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"{path}: not a valid MCC record ({problem}). Move the file out of records/ "
+            "or restore it from a backup; other records are unaffected."
+        )
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    """Records by state, rejections by (stage, reason), and files that could not be read."""
+
+    by_state: dict[str, int]
+    by_rejection: dict[tuple[str, str], int]
+    unreadable: list[RecordLoadError]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+class ManifestStore:
+    """All records and images of one work dir.
+
+    ``workdir`` is a local path or an fsspec URL. Nothing is created until the first write.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.workdir = str(workdir)
+        self.fs, self.root = fsspec.core.url_to_fs(self.workdir)
+        self.root = self.root.rstrip("/")
+        self._local = isinstance(self.fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"ManifestStore({self.workdir!r})"
+
+    # -- paths -----------------------------------------------------------------------
+    def path(self, relative: str) -> str:
+        """The full path (in ``self.fs``) of a path relative to the work dir."""
+        return f"{self.root}/{relative}"
+
+    def local_path(self, relative: str) -> str:
+        """The path on this machine's disk; only for local work dirs (e.g. to serve files)."""
+        if not self._local:
+            raise ValueError(f"{self.workdir} is not a local folder; read files with store.open()")
+        return self.path(relative)
+
+    def _record_path(self, record_id: str) -> str:
+        if not record_id or "/" in record_id or record_id.startswith("."):
+            raise ValueError(f"invalid record id {record_id!r}: ids are file names, no '/' or leading '.'")
+        return self.path(f"{RECORDS_DIR}/{record_id}.json")
+
+    # -- records ---------------------------------------------------------------------
+    def put(self, record: Record) -> None:
+        """Write one record atomically (the old version or the new one, never a mix)."""
+        data = record.model_dump_json(indent=1).encode()
+        self._write_atomic(self._record_path(record.id), data)
+
+    def put_many(self, records: list[Record]) -> None:
+        for record in records:
+            self.put(record)
+
+    def get(self, record_id: str) -> Record:
+        """The record with this id. KeyError if there is none, RecordLoadError if it is corrupt."""
+        path = self._record_path(record_id)
+        try:
+            data = self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise KeyError(f"no record {record_id!r} in {self.workdir}") from None
+        return self._parse(path, data)
+
+    def exists(self, record_id: str) -> bool:
+        return self.fs.exists(self._record_path(record_id))
+
+    def ids(self) -> list[str]:
+        """All record ids, sorted (temporary files of writes in progress are ignored)."""
+        folder = self.path(RECORDS_DIR)
+        if not self.fs.exists(folder):
+            return []
+        names = (p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
+        return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith("."))
+
+    def iter(self, state: State | str | None = None, *, errors: list[RecordLoadError] | None = None) -> Iterator[Record]:
+        """Yield records in id order, optionally only those in ``state``.
+
+        A file that is not a valid record is skipped with a warning naming it (and
+        appended to ``errors`` when a list is given); the other records are still read.
+        """
+        wanted = State(state) if state is not None else None
+        for record_id in self.ids():
+            try:
+                record = self.get(record_id)
+            except RecordLoadError as error:
+                logger.warning("%s", error)
+                if errors is not None:
+                    errors.append(error)
+                continue
+            except KeyError:  # deleted between listing and reading
+                continue
+            if wanted is None or record.state == wanted:
+                yield record
+
+    def counts(self) -> StoreCounts:
+        errors: list[RecordLoadError] = []
+        by_state: Counter[str] = Counter()
+        by_rejection: Counter[tuple[str, str]] = Counter()
+        for record in self.iter(errors=errors):
+            by_state[record.state.value] += 1
+            if record.rejection is not None:
+                by_rejection[(record.rejection.stage, record.rejection.reason)] += 1
+        return StoreCounts(dict(by_state), dict(by_rejection), errors)
+
+    def _parse(self, path: str, data: bytes) -> Record:
+        try:
+            return Record.model_validate_json(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "document"
+            raise RecordLoadError(path, f"{where}: {first.get('msg')}") from None
+        except ValueError as error:
+            raise RecordLoadError(path, str(error)) from None
+
+    # -- images ----------------------------------------------------------------------
+    def put_image(self, record_id: str, image: Image.Image) -> tuple[str, str, int, int]:
+        """Store ``image`` as PNG; returns (path relative to the work dir, sha256 of the file, width, height)."""
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=False)
+        data = buffer.getvalue()
+        relative = f"{IMAGES_DIR}/{record_id}.png"
+        self._write_atomic(self.path(relative), data)
+        return relative, hashlib.sha256(data).hexdigest(), image.width, image.height
+
+    def store_image(self, record: Record, image: Image.Image) -> ImageInfo:
+        """``put_image`` and set ``record.image`` (the record itself is not written)."""
+        path, sha, width, height = self.put_image(record.id, image)
+        record.image = ImageInfo(path=path, sha256=sha, width=width, height=height)
+        return record.image
+
+    def open_image(self, record: Record) -> Image.Image:
+        """The record's stored image, loaded, in RGB."""
+        if record.image is None:
+            raise ValueError(f"record {record.id} has no image yet (state {record.state.value})")
+        with self.fs.open(self.path(record.image.path), "rb") as f:
+            image = Image.open(io.BytesIO(f.read()))
+            image.load()
+        return image.convert("RGB")
+
+    # -- any file --------------------------------------------------------------------
+    def write_bytes(self, relative: str, data: bytes) -> str:
+        """Write any file under the work dir atomically; returns its full path."""
+        path = self.path(relative)
+        self._write_atomic(path, data)
+        return path
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.fs.cat_file(self.path(relative))
+
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        parent = path.rsplit("/", 1)[0]
+        if self._local:
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            self.fs.makedirs(parent, exist_ok=True)
+            self.fs.pipe_file(path, data)
