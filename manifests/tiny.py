@@ -89,16 +89,16 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
 
 
 def _add_word(symbols: list[str], vocab: dict[str, int], ranks: dict[tuple[str, str], int]) -> None:
-    """Append merges that make ``symbols`` one token, after the merges that already apply to it.
+    """Append merges until BPE turns ``symbols`` into one token.
 
-    New merges rank after all existing ones, so the words added before keep their tokens.
+    Each new merge joins the first two pieces the existing merges leave, and ranks after
+    all of them, so words added before keep their tokens.
     """
     pieces = _bpe(symbols, ranks)
-    current = pieces[0]
-    for piece in pieces[1:]:
-        ranks.setdefault((current, piece), len(ranks))
-        current = current + piece
-        vocab.setdefault(current, len(vocab))
+    while len(pieces) > 1:
+        ranks.setdefault((pieces[0], pieces[1]), len(ranks))
+        vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+        pieces = _bpe(symbols, ranks)
 
 
 @functools.cache

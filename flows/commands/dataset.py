@@ -51,7 +51,7 @@ def status(workdir: WorkdirOption) -> None:
             reasons.add_row(stage, reason, str(n))
         console.print(reasons)
     for error in counts.unreadable:
-        console.print(f"[yellow]unreadable:[/] {error}")
+        console.print(f"[yellow]unreadable:[/] {error}", soft_wrap=True)
 
 
 def show(
