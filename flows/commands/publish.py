@@ -1,0 +1,107 @@
+"""`mcc publish`: build the Hugging Face dataset folder (and COCO) from the manifest, optionally push it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flows.commands.common import WorkdirOption, console, fail
+from manifests import ManifestStore
+from manifests.publish import BuildSummary, PublishError, build_dataset, hub_token, push_dataset
+
+UNREVIEWED_STATES = ("reviewed", "segmented", "in_review")
+"""What --include-unreviewed admits: machine masks, still marked `machine` in the review column."""
+
+
+def publish(
+    workdir: WorkdirOption,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write the dataset to (Hub repository layout).")
+    ],
+    include_unreviewed: Annotated[
+        bool,
+        typer.Option(
+            "--include-unreviewed",
+            help="Also publish segmented / in-review records (machine masks), for offline runs.",
+        ),
+    ] = False,
+    version: Annotated[
+        str, typer.Option(help="Dataset version written into the card and manifest.json.")
+    ] = "0.1.0",
+    shard_size: Annotated[int, typer.Option(help="At most this many images per parquet shard.", min=1)] = 200,
+    push: Annotated[
+        str | None,
+        typer.Option(
+            "--push",
+            help="Upload the folder to this Hub dataset repo (e.g. my-org/multi-concept-confusion); "
+            "needs HF_TOKEN. Without it nothing leaves the machine.",
+        ),
+    ] = None,
+    tag: Annotated[str | None, typer.Option(help="Tag of the pushed commit (default: v<version>).")] = None,
+    private: Annotated[
+        bool, typer.Option(help="Create the Hub repo as private if it does not exist.")
+    ] = False,
+) -> None:
+    """Build the dataset folder: parquet shards with embedded images and masks, the dataset card, COCO, manifest.json."""
+    if push is not None:
+        try:
+            hub_token()  # fail before the build, not after it
+        except PublishError as error:
+            raise fail(str(error)) from None
+    include = UNREVIEWED_STATES if include_unreviewed else ("reviewed",)
+    try:
+        summary = build_dataset(
+            ManifestStore(workdir), out, include=include, version=version, shard_size=shard_size, repo_id=push
+        )
+    except PublishError as error:
+        raise fail(str(error)) from None
+    print_summary(summary)
+    if push is None:
+        console.print(f"load it with: datasets.load_dataset({str(out)!r}, split='test')")
+        return
+    try:
+        result = push_dataset(out, push, tag=tag or f"v{version}", private=private)
+    except PublishError as error:
+        raise fail(str(error)) from None
+    except Exception as error:  # network and Hub errors: say what failed, keep the built folder
+        raise fail(
+            f"upload to {push} failed: {type(error).__name__}: {error}. The folder {out} is intact; "
+            "run the same command again to retry.",
+            code=1,
+        ) from None
+    console.print(
+        f"pushed to https://huggingface.co/datasets/{result.repo_id} (commit {result.commit}, tag {result.tag})"
+    )
+
+
+def print_summary(summary: BuildSummary) -> None:
+    """The build summary: what was written, and every record left out with its reason."""
+    table = Table(title=f"MCC {summary.version} in {summary.out_dir}")
+    table.add_column("subset")
+    table.add_column("images", justify="right")
+    for name, n in summary.rows_by_subset.items():
+        table.add_row(name, str(n))
+    table.add_row("[bold]total[/]", f"[bold]{summary.rows}[/]")
+    console.print(table)
+    console.print(
+        f"{summary.masks} masks, {len(summary.shards)} shard(s), {summary.folder_bytes / 1e6:.1f} MB, "
+        f"{summary.seconds:.1f} s; admitted states: {', '.join(summary.include)}"
+    )
+    if summary.skipped:
+        console.print("not admitted (by state): " + ", ".join(f"{s} {n}" for s, n in summary.skipped.items()))
+    if not summary.excluded:
+        console.print("excluded: 0")
+        return
+    excluded = Table(title=f"[yellow]excluded: {len(summary.excluded)} record(s)[/]")
+    excluded.add_column("record")
+    excluded.add_column("reason")
+    excluded.add_column("detail")
+    for e in summary.excluded:
+        excluded.add_row(e.record_id, e.reason, e.detail)
+    console.print(excluded)
+    console.print(
+        "excluded by reason: " + ", ".join(f"{r} {n}" for r, n in summary.excluded_by_reason.items())
+    )

@@ -1,0 +1,255 @@
+"""build_dataset: the folder loads with `datasets`, holds the manifest's masks exactly, configs
+filter, rebuilds are byte-identical, and every record left out is counted with its reason."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+import yaml
+from conftest import make_record
+from datasets import load_dataset
+from PIL import Image
+
+from manifests import ManifestStore, State, decode_mask
+from manifests.publish import FEATURES, MANIFEST_FORMAT, PublishError, build_dataset
+
+
+def test_load_dataset_restores_features_and_every_mask(small_store, tmp_path, cache_dir):
+    out = tmp_path / "dataset"
+    summary = build_dataset(small_store, out, version="1.2.0", shard_size=2)
+
+    ds = load_dataset(str(out), split="test", cache_dir=cache_dir)
+    assert ds.features == FEATURES
+    assert ds.num_rows == summary.rows == 8
+    expected_order = sorted((r.num_concepts, r.id) for r in small_store.iter(State.reviewed))
+    assert [(row["num_concepts"], row["image_id"]) for row in ds] == expected_order
+
+    for row in ds:
+        record = small_store.get(row["image_id"])
+        assert row["concepts"] == record.concept_names
+        assert row["group"] == record.group
+        assert row["review"] == [c.review for c in record.concepts]
+        assert row["source"] == record.source.kind
+        assert row["image"].size == (record.image.width, record.image.height)
+        assert np.array_equal(
+            np.asarray(row["image"].convert("RGB")), np.asarray(small_store.open_image(record))
+        )
+        for concept, mask_image, boxes in zip(record.concepts, row["masks"], row["boxes"], strict=True):
+            assert mask_image.mode == "1"
+            assert np.array_equal(np.asarray(mask_image), decode_mask(concept.mask))
+            assert boxes == [list(b) for b in concept.boxes]
+        if record.source.kind == "generated":
+            assert row["generator"] == "black-forest-labs/FLUX.1-dev@0ef5fff"
+            assert row["seed"] == record.source.seed and row["prompt"] == record.source.prompt
+            assert row["url"] is None
+        else:
+            assert row["url"] == record.source.url and row["licence"] == "CC BY 4.0"
+            assert row["attribution"] == record.source.attribution and row["generator"] is None
+
+    # images are embedded as stored: same bytes as the work dir's file (and its sha256)
+    table = ds.with_format("arrow")[:]
+    stored = {r.id: r.image.sha256 for r in small_store.iter() if r.image is not None}
+    for image_id, image in zip(table["image_id"].to_pylist(), table["image"].to_pylist(), strict=True):
+        assert hashlib.sha256(image["bytes"]).hexdigest() == stored[image_id]
+
+
+def test_configs_filter_by_number_of_concepts(small_store, tmp_path, cache_dir):
+    out = tmp_path / "dataset"
+    build_dataset(small_store, out, shard_size=2)
+    two = load_dataset(str(out), "two_concepts", split="test", cache_dir=cache_dir)
+    three = load_dataset(str(out), "three_concepts", split="test", cache_dir=cache_dir)
+    default = load_dataset(str(out), "default", split="test", cache_dir=cache_dir)
+    assert set(two["num_concepts"]) == {2} and two.num_rows == 5
+    assert set(three["num_concepts"]) == {3} and three.num_rows == 3
+    assert list(default["image_id"]) == list(two["image_id"]) + list(three["image_id"])
+    # shards never mix subsets and follow the Hub naming
+    shards = sorted(p.name for p in (out / "data").iterdir())
+    assert shards == [f"test-{i:05d}-of-00005.parquet" for i in range(5)]
+
+
+def test_rebuild_is_byte_identical(small_store, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    build_dataset(small_store, first, shard_size=3)
+    build_dataset(small_store, second, shard_size=3, workers=1)  # thread count does not change bytes
+    build_dataset(small_store, first, shard_size=3, workers=3)  # rebuilding in place too
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for relative in files:
+        if relative.name == "manifest.json":
+            a, b = (json.loads((d / relative).read_text()) for d in (first, second))
+            a.pop("build_time"), b.pop("build_time")
+            assert a == b
+        else:
+            assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+
+
+def test_manifest_traces_every_row(small_store, tmp_path):
+    out = tmp_path / "dataset"
+    summary = build_dataset(small_store, out, version="2.0.0", shard_size=3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == MANIFEST_FORMAT and manifest["dataset_version"] == "2.0.0"
+    assert manifest["code_version"] and manifest["build_time"]
+    assert len(manifest["records"]) == summary.rows
+    for entry in manifest["records"]:
+        record = small_store.get(entry["image_id"])
+        assert entry["image_sha256"] == record.image.sha256
+        assert entry["shard"].startswith("data/test-")
+    for shard in manifest["shards"]:
+        assert hashlib.sha256((out / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
+    assert manifest["not_admitted_by_state"] == {"planned": 1, "rejected": 1, "segmented": 1}
+
+
+def test_include_unreviewed_admits_machine_masks(small_store, tmp_path, cache_dir):
+    reviewed_only = build_dataset(small_store, tmp_path / "a")
+    assert reviewed_only.skipped == {"planned": 1, "rejected": 1, "segmented": 1}
+    summary = build_dataset(small_store, tmp_path / "b", include=("reviewed", "segmented"))
+    assert summary.rows == reviewed_only.rows + 1
+    assert summary.skipped == {"planned": 1, "rejected": 1}
+    ds = load_dataset(str(tmp_path / "b"), split="test", cache_dir=cache_dir)
+    machine = [row for row in ds if "machine" in row["review"]]
+    assert [row["image_id"] for row in machine] == ["gen-2-0008"]
+    assert "Contains unreviewed machine masks" in (tmp_path / "b" / "README.md").read_text()
+    with pytest.raises(PublishError, match="only"):
+        build_dataset(small_store, tmp_path / "c", include=("planned",))
+
+
+def test_bad_records_are_excluded_with_reasons(tmp_path, cache_dir):
+    store = ManifestStore(tmp_path / "work")
+    for i in range(3):
+        make_record(store, i)
+    bad_counts = make_record(store, 10)
+    bad_counts.concepts[0].mask = bad_counts.concepts[0].mask.model_copy(update={"counts": "!!not-rle"})
+    store.put(bad_counts)
+    wrong_size = make_record(store, 11)
+    wrong_size.concepts[1].mask = wrong_size.concepts[1].mask.model_copy(update={"size": (10, 10)})
+    store.put(wrong_size)
+    no_mask = make_record(store, 12)
+    no_mask.concepts[1].mask = None
+    store.put(no_mask)
+    tampered = make_record(store, 13)
+    store.write_bytes(tampered.image.path, store.read_bytes(tampered.image.path) + b"x")
+    missing = make_record(store, 14)
+    (tmp_path / "work" / missing.image.path).unlink()
+    resized = make_record(store, 15)
+    small = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(small, format="PNG")
+    store.write_bytes(resized.image.path, small.getvalue())
+    store.put(
+        resized.model_copy(
+            update={
+                "image": resized.image.model_copy(
+                    update={"sha256": hashlib.sha256(small.getvalue()).hexdigest()}
+                )
+            }
+        )
+    )
+    empty = make_record(store, 16)
+    empty.concepts[0].mask = empty.concepts[0].mask.model_copy(
+        update={"counts": __import__("manifests").encode_mask(np.zeros((56, 72), bool)).counts}
+    )
+    store.put(empty)
+    store.write_bytes("records/gen-broken.json", b"{not json")
+
+    out = tmp_path / "dataset"
+    summary = build_dataset(store, out)
+    reasons = {e.record_id: e.reason for e in summary.excluded}
+    assert reasons == {
+        bad_counts.id: "mask_undecodable",
+        wrong_size.id: "mask_size_mismatch",
+        no_mask.id: "mask_missing",
+        tampered.id: "image_sha256_mismatch",
+        missing.id: "image_missing",
+        resized.id: "image_size_mismatch",
+        empty.id: "mask_empty",
+        "gen-broken": "unreadable_record",
+    }
+    assert summary.rows == 3
+    assert (
+        summary.rows + len(summary.excluded) + sum(summary.skipped.values()) == 11
+    )  # every record file counted
+    text = str(summary)
+    assert "excluded: 8" in text and "mask_undecodable 1" in text and bad_counts.id in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {e["record_id"]: e["reason"] for e in manifest["excluded"]} == reasons
+    assert load_dataset(str(out), split="test", cache_dir=cache_dir).num_rows == 3
+
+
+def test_nothing_to_publish_and_foreign_folders_are_refused(small_store, tmp_path):
+    with pytest.raises(PublishError, match="--include-unreviewed"):
+        build_dataset(ManifestStore(tmp_path / "empty"), tmp_path / "out")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(PublishError, match="not an MCC dataset folder"):
+        build_dataset(small_store, foreign)
+    assert (foreign / "thesis.tex").read_text() == "keep me"
+
+
+def test_rebuild_with_fewer_shards_leaves_no_stale_shard(small_store, tmp_path, cache_dir):
+    out = tmp_path / "dataset"
+    build_dataset(small_store, out, shard_size=1)
+    assert len(list((out / "data").iterdir())) == 8
+    (out / ".gitattributes").write_text("*.parquet filter=lfs\n")  # a Hub clone's files are kept
+    (out / "notes.txt").write_text("mine")  # and so are a user's files in a built folder
+    build_dataset(small_store, out, shard_size=100)
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "test-00000-of-00002.parquet",
+        "test-00001-of-00002.parquet",
+    ]
+    assert (out / ".gitattributes").exists() and (out / "notes.txt").read_text() == "mine"
+    assert load_dataset(str(out), split="test", cache_dir=cache_dir).num_rows == 8
+
+
+def test_card_front_matter_and_statistics(small_store, tmp_path):
+    stats = {  # the layout `mcc review stats` writes (annotators/review_stats.py)
+        "records": {"reviewed": 8, "rejected_in_review": 1, "in_review": 0},
+        "masks": {"reviewed": 19, "accepted_unedited": 17, "edited": 2, "fraction_accepted_unedited": 0.8947},
+        "records_all_accepted": 0.875,
+        "iou_mean": 0.9812,
+        "iou_by_group": {"lemon-lime": {"masks": 10, "mean_iou": 0.97, "min_iou": 0.9}},
+        "rejection_reasons": {"wrong_concept": 1},
+    }
+    small_store.write_bytes("reviews/stats.json", json.dumps(stats).encode())
+    out = tmp_path / "dataset"
+    build_dataset(small_store, out, repo_id="my-org/mcc", shard_size=2)
+    text = (out / "README.md").read_text()
+    front = yaml.safe_load(text.split("---\n")[1])
+    configs = {c["config_name"]: c for c in front["configs"]}
+    assert set(configs) == {"default", "two_concepts", "three_concepts"} and configs["default"]["default"]
+    infos = {i["config_name"]: i for i in front["dataset_info"]}
+    assert infos["default"]["splits"][0] == {
+        "name": "test",
+        "num_bytes": infos["default"]["dataset_size"],
+        "num_examples": 8,
+    }
+    assert infos["three_concepts"]["splits"][0]["num_examples"] == 3
+    assert "&id" not in text  # no YAML anchors
+    assert 'load_dataset("my-org/mcc", split="test")' in text
+    assert "| 2 concepts | 5 | 10 |" in text and "| 3 concepts | 3 | 9 |" in text
+    assert "| husky-wolf-malamute | siberian husky, gray wolf, alaskan malamute | 3 | 9 | 2 | 1 |" in text
+    assert "| records all accepted | 0.875 |" in text and "| iou mean | 0.9812 |" in text
+    assert "|  | masks | mean iou | min iou |" in text and "| lemon-lime | 10 | 0.97 | 0.9 |" in text
+    assert "| fraction_accepted_unedited | 0.8947 |" in text and "| wrong_concept | 1 |" in text
+    assert "AnchorDiff: Training-Free Concept Grounding" in text and "Jian Zhang and Zhijun Zhang" in text
+    assert "| web | CC BY 4.0 | 2 |" in text
+    assert "![Preview" in text and "(preview.png)" in text
+    preview = Image.open(out / "preview.png")
+    assert preview.width > 4 * 300 and preview.height > 2 * 200
+
+
+def test_published_records_are_admitted_like_their_review_says(small_store, tmp_path):
+    reviewed = small_store.get("gen-2-0000")
+    machine = small_store.get("gen-2-0008")
+    for record in (reviewed, machine):
+        record.state = State.published
+        small_store.put(record)
+    default = build_dataset(small_store, tmp_path / "a")
+    ids = json.loads((tmp_path / "a" / "manifest.json").read_text())["records"]
+    assert "gen-2-0000" in {r["image_id"] for r in ids} and "gen-2-0008" not in {r["image_id"] for r in ids}
+    assert default.skipped == {"planned": 1, "published": 1, "rejected": 1}
+    unreviewed = build_dataset(small_store, tmp_path / "b", include=(State.reviewed, State.segmented))
+    assert unreviewed.rows == default.rows + 1 and unreviewed.include == ("reviewed", "segmented")
