@@ -1,0 +1,654 @@
+"""Score any grounding method on a benchmark: ``evaluate(method, dataset, out_dir=...) -> Report``.
+
+A *method* is any callable ``(image: PIL.Image, concepts: list[str]) -> heatmaps`` where
+``heatmaps`` is a (K, h, w) array (numpy, torch, or anything ``numpy.asarray`` takes), one
+map per concept in order, at any resolution; higher = more likely the concept. It may also
+return a ``MethodResult`` (heatmaps plus optional anchors for Table 2's anchor accuracy).
+``resolve_method("package.module:function")`` imports a user's method by name;
+``AnchorDiffMethod`` wraps AnchorDiff and its baselines as such a callable.
+
+The run writes into ``out_dir``:
+- ``run.json``: what is being run (method, configuration, dataset); a resumed run must match.
+- ``pairs.jsonl``: one JSON line per image-concept pair, appended and flushed as soon as it
+  is scored (``status`` ``ok`` / ``failed`` / ``invalid``, the scores or the error). An
+  interrupted run started again with the same arguments skips every pair already there.
+- ``heatmaps/``: the heatmaps of the first few images, for the qualitative figure.
+- ``report.json``, ``report.md``, ``figures/qualitative.png``.
+
+A method that raises, returns the wrong shape or non-finite values on one image gets that
+image's pairs recorded as ``failed`` with the error; the run goes on and reports count them.
+A dataset row that cannot be scored (empty target mask, mask / image size mismatch) is
+recorded as ``invalid``, not charged to the method.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmark.datasets import BenchmarkDataset, InvalidSample, Sample, SampleKey
+from benchmark.metrics import APChannels, anchor_in_mask, binary_image_scores, fg_scores
+from benchmark.report import Report
+
+GroundingMethod = Callable[[Image.Image, list[str]], Any]
+
+RUN_FILE = "run.json"
+PAIRS_FILE = "pairs.jsonl"
+HEATMAPS_DIR = "heatmaps"
+
+
+class RunMismatchError(ValueError):
+    """``out_dir`` already holds results of a different run."""
+
+
+class MethodOutputError(ValueError):
+    """A method returned something that is not (K, h, w) finite heatmaps."""
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """What a method may return instead of a bare array.
+
+    heatmaps: (K, h, w) real array (numpy or torch), one map per queried concept.
+    anchors: optional (K, 2) integer (row, col) positions on the heatmaps' (h, w) grid; when
+        given, the anchor accuracy of Table 2 is reported.
+    timings: optional seconds per stage (e.g. ``{"extract": 0.4, "propagate": 0.05}``).
+    """
+
+    heatmaps: Any
+    anchors: Any | None = None
+    timings: Mapping[str, float] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_method(spec: str | GroundingMethod) -> GroundingMethod:
+    """A callable as is, or ``"package.module:function"`` imported (the current directory is
+    searched too, so a user's ``my_method.py`` works from the command line)."""
+    if callable(spec):
+        return spec
+    module_name, sep, attribute = str(spec).partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"a method reference is 'module:function', got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_name!r} for method {spec!r}: {error}") from error
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{module_name!r} has no {attribute!r} (method {spec!r})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{spec!r} is not callable")
+    return target
+
+
+def method_name(method: GroundingMethod, spec: str | None = None) -> str:
+    """A readable name: ``method.name`` if it has one, else the reference or qualified name."""
+    name = getattr(method, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    if spec:
+        return spec
+    module = getattr(method, "__module__", None) or type(method).__module__
+    qualname = getattr(method, "__qualname__", None) or type(method).__qualname__
+    return f"{module}:{qualname}"
+
+
+def method_configuration(method: GroundingMethod) -> dict[str, Any]:
+    """``method.config`` (a dict or a callable returning one) if the method has one, else {}."""
+    config = getattr(method, "config", None)
+    if callable(config):
+        config = config()
+    return dict(config) if isinstance(config, Mapping) else {}
+
+
+ANCHOR_METHODS = ("anchordiff", "cross_attention", "no_gate", "no_wcos")
+"""AnchorDiff methods whose anchors are the A_CI argmax of Table 2."""
+
+
+class AnchorDiffMethod:
+    """AnchorDiff (or one of its baselines / ablations) as a grounding-method callable.
+
+    Loads the pipeline once (``AnchorDiff.from_pretrained``) or uses ``pipeline`` as given.
+    Each call returns a ``MethodResult`` with the token-grid heatmaps (K, g, g) (the metrics
+    resize them to the masks like any method's) and, for anchor-based methods, the anchors.
+
+    method: ``anchordiff``, ``cross_attention``, ``concept_attention``, ``no_gate``, ``no_wcos``.
+    prompt_template: None = AnchorDiff's default prompt (``"a photo of " + " and ".join(concepts)``);
+        otherwise a ``str.format`` template with ``{concepts}`` (joined with " and ").
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        *,
+        preset: str = "sd3",
+        method: str = "anchordiff",
+        mode: str = "invert",
+        layers: Sequence[int] | None = None,
+        steps: int = 160,
+        gate_quantile: float = 0.98,
+        seed: int = 0,
+        prompt_template: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        revision: str | None = None,
+        pipeline: Any = None,
+    ):
+        if method not in (*ANCHOR_METHODS, "concept_attention"):
+            raise ValueError(
+                f"unknown AnchorDiff method {method!r}; choose anchordiff, cross_attention, "
+                "concept_attention, no_gate or no_wcos"
+            )
+        if mode not in ("invert", "noise"):
+            raise ValueError(f"mode must be 'invert' or 'noise', got {mode!r}")
+        if pipeline is None:
+            from anchordiff import AnchorDiff  # heavy (diffusers); only when AnchorDiff is scored
+
+            pipeline = AnchorDiff.from_pretrained(
+                model, preset=preset, device=device, dtype=dtype, revision=revision
+            )
+        self.pipeline = pipeline
+        self.method = method
+        self.mode = mode
+        self.layers = None if layers is None else tuple(int(x) for x in layers)
+        self.steps = int(steps)
+        self.gate_quantile = float(gate_quantile)
+        self.seed = int(seed)
+        self.prompt_template = prompt_template
+        self._requested = {"model": model, "preset": preset, "revision": revision}
+
+    @property
+    def name(self) -> str:
+        return self.method
+
+    def prompt(self, concepts: Sequence[str]) -> str | None:
+        if self.prompt_template is None:
+            return None
+        return self.prompt_template.format(concepts=" and ".join(concepts))
+
+    def __call__(self, image: Image.Image, concepts: list[str]) -> MethodResult:
+        out = self.pipeline(
+            image,
+            list(concepts),
+            mode=self.mode,
+            prompt=self.prompt(concepts),
+            method=self.method,
+            layers=self.layers,
+            steps=self.steps,
+            gate_quantile=self.gate_quantile,
+            seed=self.seed,
+        )
+        anchors = out.anchors if self.method in ANCHOR_METHODS else None
+        return MethodResult(heatmaps=out.token_heatmaps, anchors=anchors, timings=dict(out.timings or {}))
+
+    def config(self) -> dict[str, Any]:
+        """Method, model, preset, every option of this scorer and the pipeline's own configuration."""
+        pipeline_config = json.loads(
+            json.dumps(dict(getattr(self.pipeline, "config", {}) or {}), default=str)
+        )
+        layers = (
+            list(self.layers)
+            if self.layers is not None
+            else pipeline_config.get("graph_layers", "preset default")
+        )
+        return {
+            "method": self.method,
+            "model": pipeline_config.get("model", self._requested["model"]),
+            "revision": pipeline_config.get("revision", self._requested["revision"]),
+            "preset": pipeline_config.get("preset", self._requested["preset"]),
+            "dtype": pipeline_config.get("dtype"),
+            "device": pipeline_config.get("device"),
+            "mode": self.mode,
+            "layers": layers if self.method in ("anchordiff", "no_gate", "no_wcos") else "all blocks",
+            "steps": self.steps,
+            "gate_quantile": self.gate_quantile,
+            "seed": self.seed,
+            "prompt_template": self.prompt_template
+            or pipeline_config.get("prompt_template", "a photo of {concepts}"),
+            "pipeline": pipeline_config,
+        }
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value)
+
+
+def as_heatmaps(output: Any, num_concepts: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """A method's output -> ((K, h, w) float64 heatmaps, (K, 2) anchors or None, timings).
+
+    Non-finite values are left in place (the caller fails only the affected pairs). Raises
+    MethodOutputError when the output is not a (K, h, w) real array with K = ``num_concepts``.
+    """
+    anchors = timings = None
+    if isinstance(output, MethodResult):
+        output, anchors, timings = output.heatmaps, output.anchors, output.timings
+    try:
+        heatmaps = _to_numpy(output)
+    except Exception as error:
+        raise MethodOutputError(
+            f"the method returned {type(output).__name__}, not an array: {error}"
+        ) from error
+    if heatmaps.ndim != 3 or heatmaps.shape[0] != num_concepts or 0 in heatmaps.shape:
+        raise MethodOutputError(
+            f"the method returned shape {heatmaps.shape}; expected (K={num_concepts}, h, w), one map per concept"
+        )
+    if not (np.issubdtype(heatmaps.dtype, np.number) or heatmaps.dtype == bool) or np.iscomplexobj(heatmaps):
+        raise MethodOutputError(f"the method returned dtype {heatmaps.dtype}; expected real numbers")
+    anchor_array = None
+    if anchors is not None:
+        anchor_array = _to_numpy(anchors).astype(np.int64)
+        if anchor_array.shape != (num_concepts, 2):
+            raise MethodOutputError(f"anchors have shape {anchor_array.shape}; expected ({num_concepts}, 2)")
+    return heatmaps.astype(np.float64), anchor_array, {k: float(v) for k, v in (timings or {}).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring one sample
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN / inf -> None so the JSON lines stay standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def invalid_reason(sample: Sample, target: int, protocol: str) -> str | None:
+    """Why a pair of the dataset cannot be scored, or None."""
+    mask = sample.masks[target]
+    if protocol == "fg" and not mask.any():
+        return f"the mask of {sample.concepts[target]!r} is empty"
+    return None
+
+
+def score_pair(
+    protocol: str,
+    heatmap: np.ndarray,
+    sample: Sample,
+    target: int,
+    *,
+    ap_channels: APChannels = "both",
+) -> dict[str, Any]:
+    """The scores of one pair as a JSON-ready dict (``fg`` or ``binary`` protocol)."""
+    if protocol == "fg":
+        return {"scores": fg_scores(heatmap, sample.masks, target).as_dict()}
+    if protocol == "binary":
+        scores = binary_image_scores(
+            heatmap, sample.masks[target], ignore=sample.ignore, ap_channels=ap_channels
+        )
+        return {"binary": scores.as_dict()}
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The results file
+# --------------------------------------------------------------------------------------------
+
+
+class PairLog:
+    """``pairs.jsonl``: read what is there (a torn last line from a crash is dropped), then
+    append one line per pair, flushed at once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.exists():
+            data = path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]
+            if len(complete) != len(data):
+                with path.open("r+b") as handle:  # drop a partial line left by an interruption
+                    handle.truncate(len(complete))
+            for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        self.rows.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise ValueError(
+                            f"{path}:{number} is not JSON ({error}); delete the line or the file"
+                        ) from error
+        self._handle = path.open("a", encoding="utf-8")
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(_jsonable(row), allow_nan=False) + "\n")
+        self._handle.flush()
+        self.rows.append(row)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> PairLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_run_file(out_dir: Path, identity: dict[str, Any]) -> None:
+    """Write ``run.json`` for a new run, or check that a resumed run is the same run."""
+    path = out_dir / RUN_FILE
+    normalised = json.loads(json.dumps(_jsonable(identity), sort_keys=True, default=str))
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing != normalised:
+            changed = sorted(
+                k for k in set(existing) | set(normalised) if existing.get(k) != normalised.get(k)
+            )
+            raise RunMismatchError(
+                f"{out_dir} holds results of a different run ({', '.join(changed)} differ): "
+                "use another --out folder, or delete this one to start over"
+            )
+        return
+    path.write_text(json.dumps(normalised, indent=2, sort_keys=True) + "\n")
+
+
+def safe_name(sample_id: str) -> str:
+    """A file name for a sample id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:120]
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A rich progress bar with pairs done, pairs/s and ETA (or nothing when disabled)."""
+
+    def __init__(self, total: int, completed: int, description: str, enabled: bool, unit: str = "pairs"):
+        self._progress = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.speed
+                return Text(f"{speed:.2f}/s" if speed else "--/s", style="progress.data.speed")
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=20),
+            TextColumn(f"{{task.completed}}/{{task.total}} {unit}"),
+            RateColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(compact=True),
+            TextColumn("{task.fields[failed]} failed"),
+        )
+        self._task = self._progress.add_task(description, total=total, completed=completed, failed=0)
+        self._progress.start()
+
+    def advance(self, pairs: int, failed: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=pairs, failed=failed)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """Counters of one ``evaluate`` call (for the caller and the progress bar)."""
+
+    scored: int = 0
+    failed: int = 0
+    invalid: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def _pending_targets(key: SampleKey, done: set[tuple[str, int]]) -> list[int]:
+    return [t for t in range(key.num_concepts) if (key.sample_id, t) not in done]
+
+
+def row_base(sample: Sample, target: int) -> dict[str, Any]:
+    return {
+        "sample_id": sample.sample_id,
+        "target": target,
+        "concept": sample.concepts[target],
+        "concepts": list(sample.concepts),
+        "tags": dict(sample.tags),
+    }
+
+
+def evaluate(
+    method: GroundingMethod | str,
+    dataset: BenchmarkDataset,
+    *,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    name: str | None = None,
+    configuration: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    qualitative: int = 6,
+    ap_channels: APChannels = "both",
+    conceptattention_compat: bool = False,
+    retry_failed: bool = False,
+    figures: bool = True,
+) -> Report:
+    """Run ``method`` on ``dataset`` and write results, report and figures into ``out_dir``.
+
+    method: a callable ``(PIL image, concepts) -> (K, h, w) heatmaps`` (or ``MethodResult``),
+        or a ``"module:function"`` reference to one.
+    dataset: an MCC / ImageNet-Segmentation / VOC dataset (``benchmark.datasets``) or any
+        object with ``protocol``, ``sample_keys()``, ``__getitem__`` and ``describe()``.
+    limit: score only the first ``limit`` images (all their concepts).
+    name / configuration: recorded in the report (default: the method's ``name`` / ``config``).
+    qualitative: keep the heatmaps of the first this-many images for the qualitative figure.
+    ap_channels / conceptattention_compat: standard-protocol options (``benchmark.metrics``).
+    retry_failed: score again the pairs recorded ``failed`` by an earlier run in ``out_dir``.
+
+    Returns the ``Report`` (also written as ``report.json`` and ``report.md``). Raises
+    RunMismatchError when ``out_dir`` holds results of a different method or dataset.
+    """
+    spec = method if isinstance(method, str) else None
+    method = resolve_method(method)
+    name = name or method_name(method, spec)
+    config = dict(configuration) if configuration is not None else method_configuration(method)
+    protocol = dataset.protocol
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset_info = dataset.describe()
+    identity = {
+        "method": name,
+        "configuration": _without_device(config),
+        "dataset": {k: v for k, v in dataset_info.items() if k not in ("samples", "pairs")},
+        "protocol": protocol,
+        "ap_channels": ap_channels if protocol == "binary" else None,
+    }
+    check_run_file(out, identity)
+
+    keys = dataset.sample_keys()
+    selected = list(enumerate(keys))[: limit if limit is not None else len(keys)]
+    total_pairs = sum(key.num_concepts for _, key in selected)
+    state = RunState()
+    if retry_failed:
+        _drop_failed(out / PAIRS_FILE)
+    with PairLog(out / PAIRS_FILE) as log:
+        done = {(r["sample_id"], int(r["target"])) for r in log.rows}
+        wanted = {(key.sample_id, t) for _, key in selected for t in range(key.num_concepts)}
+        already = len(done & wanted)
+        bar = ProgressBar(total_pairs, already, f"{name} on {dataset.name}", progress)
+        heatmap_dir = out / HEATMAPS_DIR
+        try:
+            for index, key in selected:
+                pending = _pending_targets(key, done)
+                if not pending:
+                    state.skipped += key.num_concepts
+                    continue
+                _run_sample(
+                    method, dataset, index, key, pending, log, state,
+                    protocol=protocol, ap_channels=ap_channels,
+                    heatmap_path=heatmap_dir / f"{safe_name(key.sample_id)}.npz" if index < qualitative else None,
+                )  # fmt: skip
+                bar.advance(len(pending), state.failed)
+        finally:
+            bar.close()
+        rows = [r for r in log.rows if (r["sample_id"], int(r["target"])) in wanted]
+
+    report = Report.from_rows(
+        rows,
+        protocol=protocol,
+        method=name,
+        configuration=config,
+        dataset=dataset_info,
+        limit=limit,
+        conceptattention_compat=conceptattention_compat,
+        ap_channels=ap_channels,
+    )
+    report.write(out)
+    if figures:
+        from benchmark.figures import qualitative_grid
+
+        qualitative_grid(
+            dataset, [(name, heatmap_dir)], out / "figures" / "qualitative.png", max_images=qualitative
+        )
+    return report
+
+
+def _without_device(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration minus the device (top level and the pipeline's), which may change on resume."""
+    kept = {k: v for k, v in config.items() if k != "device"}
+    if isinstance(kept.get("pipeline"), Mapping):
+        kept["pipeline"] = {k: v for k, v in kept["pipeline"].items() if k != "device"}
+    return kept
+
+
+def _drop_failed(path: Path) -> None:
+    """Rewrite ``pairs.jsonl`` without its ``failed`` rows (atomically), so they are scored again."""
+    if not path.exists():
+        return
+    with PairLog(path) as log:
+        rows = log.rows
+    kept = [r for r in rows if r.get("status") != "failed"]
+    if len(kept) != len(rows):
+        temporary = path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in kept))
+        temporary.replace(path)
+
+
+def _run_sample(
+    method: GroundingMethod,
+    dataset: BenchmarkDataset,
+    index: int,
+    key: SampleKey,
+    pending: list[int],
+    log: PairLog,
+    state: RunState,
+    *,
+    protocol: str,
+    ap_channels: APChannels,
+    heatmap_path: Path | None,
+) -> None:
+    """Decode one sample, call the method once for all its concepts, score the pending pairs."""
+    try:
+        sample = dataset[index]
+    except InvalidSample as error:
+        for target in pending:
+            log.append(
+                {"sample_id": key.sample_id, "target": target, "status": "invalid", "error": str(error)}
+            )
+        state.invalid += len(pending)
+        return
+    reasons = {t: invalid_reason(sample, t, protocol) for t in pending}
+    for target, reason in reasons.items():
+        if reason is not None:
+            log.append({**row_base(sample, target), "status": "invalid", "error": reason})
+            state.invalid += 1
+    pending = [t for t in pending if reasons[t] is None]
+    if not pending:
+        return
+
+    started = time.perf_counter()
+    try:
+        output = method(sample.image, list(sample.concepts))
+        seconds = time.perf_counter() - started
+        heatmaps, anchors, timings = as_heatmaps(output, len(sample.concepts))
+    except Exception as error:  # one bad image must not stop the run
+        message = f"{type(error).__name__}: {error}"
+        for target in pending:
+            log.append({**row_base(sample, target), "status": "failed", "error": message})
+        state.failed += len(pending)
+        state.errors.append(message)
+        return
+    state.seconds += seconds
+    if heatmap_path is not None:
+        heatmap_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            heatmap_path, heatmaps=heatmaps.astype(np.float32), concepts=np.array(sample.concepts, dtype=str)
+        )
+    for target in pending:
+        row = {**row_base(sample, target), "method_seconds": seconds / len(sample.concepts)}
+        if timings:
+            row["timings"] = timings
+        if not np.isfinite(heatmaps[target]).all():
+            log.append({**row, "status": "failed", "error": "the heatmap contains NaN or infinite values"})
+            state.failed += 1
+            continue
+        try:
+            row.update(score_pair(protocol, heatmaps[target], sample, target, ap_channels=ap_channels))
+        except ValueError as error:
+            log.append({**row, "status": "failed", "error": f"ValueError: {error}"})
+            state.failed += 1
+            continue
+        if anchors is not None:
+            row["anchor_in_mask"] = anchor_in_mask(anchors[target], heatmaps.shape[1:], sample.masks[target])
+        log.append({**row, "status": "ok"})
+        state.scored += 1
+
+
+def read_pairs(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run's ``pairs.jsonl`` (NaN restored where JSON holds null)."""
+    path = Path(out_dir) / PAIRS_FILE
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def iter_scored(rows: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """Only the rows with status ``ok``."""
+    return (r for r in rows if r.get("status") == "ok")

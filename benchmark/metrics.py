@@ -1,0 +1,517 @@
+"""The MCC metrics and the standard single-concept protocol, in numpy (no model imports).
+
+Every method's heatmap goes through the same three steps before it is scored
+(``normalize_heatmap``):
+
+1. **resize** bilinearly to the masks' (H, W), with the half-pixel-centre convention of
+   ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=False)``
+   (also OpenCV's ``INTER_LINEAR``): output pixel ``i`` samples the input at
+   ``(i + 0.5) * in / out - 0.5``, clamped to the image. A heatmap already at (H, W) is used as is.
+2. **min-max** normalise to [0, 1] over the whole image; a constant heatmap (max == min)
+   becomes all zeros.
+3. **threshold** at the mean of the normalised heatmap over the whole image: the predicted
+   mask is ``h > mean(h)``.
+
+Multi-concept metrics (method.md "Metrics", eq. 14), for one image and one target concept c:
+``M_c`` the target mask, ``M_other`` the union of the other concepts' masks minus ``M_c``,
+``R = M_c | M_other``. Acc_fg, IoU_fg and AP_fg count only pixels in R; NAR is
+``sum(h[M_other]) / sum(h[R])``. All values are fractions in [0, 1]; reports print percentages.
+
+Standard protocol (Table 3): Acc and mIoU over the whole image (foreground = the queried
+class), intersections and unions accumulated over the dataset, AP per image averaged
+(``BinaryAccumulator`` / ``binary_scores``).
+
+Average precision is the step-wise definition of ``sklearn.metrics.average_precision_score``
+(``sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds, tied scores form one
+threshold), computed here without scikit-learn.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "BinaryAccumulator",
+    "BinaryImageScores",
+    "BinaryScores",
+    "PairScores",
+    "anchor_in_mask",
+    "average_precision",
+    "binary_image_scores",
+    "binary_scores",
+    "fg_scores",
+    "normalize_heatmap",
+    "resize_bilinear",
+]
+
+FG_METRICS = ("miou_fg", "iou_target", "acc_fg", "map_fg", "nar")
+"""The per-pair fields of ``PairScores`` that reports average, in report order."""
+
+APChannels = Literal["both", "foreground"]
+
+
+# --------------------------------------------------------------------------------------------
+# Heatmap preparation: resize, min-max, threshold
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _bilinear_weights(out_size: int, in_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix of 1-D bilinear interpolation (align_corners=False)."""
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    source = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    frac = source - low
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, low), 1.0 - frac)
+    np.add.at(weights, (rows, high), frac)
+    weights.setflags(write=False)
+    return weights
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a (h, w) array to ``size = (H, W)`` bilinearly; returns (H, W) float64.
+
+    Same values as ``torch.nn.functional.interpolate(x[None, None], size, mode="bilinear",
+    align_corners=False)`` (no antialiasing, also when shrinking). Separable: ``Wy @ x @ Wx.T``.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    height, width = size
+    if image.shape == (height, width):
+        return image
+    rows = _bilinear_weights(height, image.shape[0])
+    cols = _bilinear_weights(width, image.shape[1])
+    if height * image.shape[1] <= image.shape[0] * width:  # cheaper order of the two products
+        return (rows @ image) @ cols.T
+    return rows @ (image @ cols.T)
+
+
+def _as_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    heatmap = np.asarray(heatmap)
+    if heatmap.ndim != 2 or 0 in heatmap.shape:
+        raise ValueError(f"a heatmap must be a non-empty 2-D (h, w) array, got shape {heatmap.shape}")
+    if not np.issubdtype(heatmap.dtype, np.number) or np.issubdtype(heatmap.dtype, np.complexfloating):
+        raise ValueError(f"a heatmap must hold real numbers, got dtype {heatmap.dtype}")
+    if not np.isfinite(heatmap).all():
+        raise ValueError("the heatmap contains NaN or infinite values")
+    return heatmap
+
+
+def normalize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Steps 1-2 of every metric: bilinear resize to ``size = (H, W)``, then min-max to [0, 1].
+
+    Returns (H, W) float64; all zeros when the resized heatmap is constant. Raises
+    ValueError for a non-2-D heatmap or one with NaN / infinite values.
+    """
+    heatmap = _as_heatmap(heatmap)
+    resized = resize_bilinear(heatmap, size)
+    if resized is heatmap or resized.dtype != np.float64:
+        resized = resized.astype(np.float64)  # a copy: normalised in place below
+    low, high = resized.min(), resized.max()
+    if not high > low:
+        return np.zeros(size, dtype=np.float64)
+    resized -= low
+    resized /= high - low
+    return resized
+
+
+def predicted_mask(normalized: np.ndarray) -> np.ndarray:
+    """Step 3: ``normalized > mean(normalized)`` over the whole image; (H, W) bool."""
+    return normalized > normalized.mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Average precision
+# --------------------------------------------------------------------------------------------
+
+
+def _average_precision_split(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """AP from the scores of the positive and of the negative samples (any real values, 1-D).
+
+    For each distinct positive score v: recall step = (#positives == v) / P and precision =
+    #(positives >= v) / #(all >= v), which is sklearn's step-wise sum with ties grouped
+    (thresholds without a positive add no recall, so they drop out).
+    """
+    n_pos = positives.size
+    if n_pos == 0:
+        return 0.0  # sklearn: "No positive class found in y_true", recall set to 1, AP 0
+    pos = np.sort(positives)
+    neg = np.sort(negatives)
+    starts = np.flatnonzero(np.concatenate(([True], pos[1:] != pos[:-1])))  # first index of each value
+    values = pos[starts]
+    counts = np.diff(np.append(starts, n_pos))
+    pos_at_or_above = n_pos - starts
+    neg_at_or_above = neg.size - np.searchsorted(neg, values, side="left")
+    precision = pos_at_or_above / (pos_at_or_above + neg_at_or_above)
+    return float(np.dot(counts, precision) / n_pos)
+
+
+def _packed_keys(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1-D uint64 sort keys ``(score bits << 1) | label`` for float64 scores in [0, 1] (any shape).
+
+    The bit pattern of a non-negative float64 orders like the float, and its top two bits
+    are 0 below 2.0, so shifting left keeps the order and frees the lowest bit for the label.
+    """
+    keys = np.ascontiguousarray(scores, dtype=np.float64).view(np.uint64) << np.uint64(1)
+    keys |= labels.astype(np.uint64)
+    return keys.ravel()
+
+
+def _average_precision_keys(keys: np.ndarray) -> float:
+    """AP from 1-D packed keys (``_packed_keys``), any order; sorts ``keys`` in place.
+
+    One sort, then linear passes: in ascending order a threshold is the first index of a run
+    of equal scores; the positives and samples at or above it give its precision, and the
+    run's own positives its recall step.
+    """
+    n = keys.size
+    if n == 0:
+        return 0.0
+    keys.sort()
+    positive = (keys & np.uint64(1)).astype(np.uint8)
+    count = np.int32 if n < 2**31 else np.int64
+    positives_through = np.cumsum(positive, dtype=count)  # positives at indices <= i
+    n_pos = int(positives_through[-1])
+    if n_pos == 0:
+        return 0.0  # sklearn: "No positive class found in y_true", recall set to 1, AP 0
+    keys >>= np.uint64(1)  # the scores' bits alone
+    new_run = np.empty(n, dtype=bool)
+    new_run[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=new_run[1:])
+    starts = np.flatnonzero(new_run)
+    true_positives = n_pos - (positives_through[starts] - positive[starts])  # at or above each threshold
+    recall_steps = true_positives - np.append(true_positives[1:], 0)
+    return float(np.dot(recall_steps, true_positives / (n - starts)) / n_pos)
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of ``scores`` against binary ``labels`` (1-D, same length).
+
+    Exactly ``sklearn.metrics.average_precision_score(labels, scores)``: the step-wise sum
+    over distinct thresholds, tied scores form one step; 0.0 when there is no positive.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise ValueError(
+            f"labels and scores must be 1-D of one length, got {labels.shape} and {scores.shape}"
+        )
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or infinite values")
+    labels = labels.astype(bool)
+    if scores.size and scores.min() >= 0.0 and scores.max() <= 1.0:
+        return _average_precision_keys(_packed_keys(scores + 0.0, labels))  # + 0.0 turns -0.0 into 0.0
+    return _average_precision_split(scores[labels], scores[~labels])
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-concept (MCC) metrics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Scores of one image-concept pair; fractions in [0, 1].
+
+    ``miou_fg``: mean of the target IoU and the non-target IoU over R (a class whose union
+    over R is empty is left out of the mean). ``iou_target``: IoU of the predicted mask with
+    M_c over R. ``acc_fg``: pixel accuracy over R. ``map_fg``: average precision of the
+    normalised heatmap against M_c over R. ``nar``: non-target activation ratio; NaN when
+    ``degenerate``. ``degenerate``: the normalised heatmap sums to 0 over R (e.g. a
+    constant heatmap), so NAR is undefined; the pair is kept for the other metrics and
+    counted in reports.
+    """
+
+    miou_fg: float
+    iou_target: float
+    acc_fg: float
+    map_fg: float
+    nar: float
+    degenerate: bool
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {name: getattr(self, name) for name in (*FG_METRICS, "degenerate")}
+
+
+def _as_masks(masks: np.ndarray) -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or 0 in masks.shape:
+        raise ValueError(f"masks must be a non-empty (K, H, W) array, got shape {masks.shape}")
+    if masks.dtype != bool:
+        if not (np.issubdtype(masks.dtype, np.integer) and masks.min() >= 0 and masks.max() <= 1):
+            raise ValueError(f"masks must be bool (or 0/1 integers), got dtype {masks.dtype}")
+        masks = masks.astype(bool)
+    return masks
+
+
+def _iou(intersection: int, union: int) -> float:
+    return intersection / union if union else math.nan
+
+
+def fg_scores(heatmap: np.ndarray, masks: np.ndarray, target: int) -> PairScores:
+    """Score one method's heatmap for concept ``target`` of an image (method.md "Metrics").
+
+    heatmap: (h, w) real array at any resolution (token grid or image size); resized
+        bilinearly to (H, W), min-max normalised and thresholded at its mean over the whole
+        image (module docstring).
+    masks: (K, H, W) bool, one ground-truth mask per concept of the image, image pixels.
+        Masks may overlap: pixels of M_c never count as non-target.
+    target: index into ``masks`` of the queried concept.
+
+    Raises ValueError on a bad shape, NaN / infinite heatmap values, or an empty target mask
+    (such a pair cannot be scored).
+    """
+    masks = _as_masks(masks)
+    if not (isinstance(target, int | np.integer) and 0 <= target < masks.shape[0]):
+        raise ValueError(f"target must be an index in [0, {masks.shape[0]}), got {target!r}")
+    target_mask = masks[target]
+    if not target_mask.any():
+        raise ValueError(f"the target mask (index {target}) is empty: the pair cannot be scored")
+    other = np.zeros_like(target_mask)
+    for index in range(masks.shape[0]):
+        if index != target:
+            other |= masks[index]
+    other &= ~target_mask
+    region = target_mask | other
+
+    h = normalize_heatmap(heatmap, target_mask.shape)
+    pred = predicted_mask(h)
+
+    n_target = int(np.count_nonzero(target_mask))
+    n_other = int(np.count_nonzero(other))
+    tp = int(np.count_nonzero(pred & target_mask))
+    fp = int(np.count_nonzero(pred & other))
+    fn = n_target - tp
+    tn = n_other - fp
+    iou_target = _iou(tp, tp + fp + fn)
+    iou_other = _iou(tn, tn + fn + fp)
+    defined = [value for value in (iou_target, iou_other) if not math.isnan(value)]
+    miou = sum(defined) / len(defined)
+
+    target_sum = float(np.sum(h, where=target_mask))
+    other_sum = float(np.sum(h, where=other))
+    total = target_sum + other_sum
+    degenerate = not total > 0.0
+    return PairScores(
+        miou_fg=miou,
+        iou_target=iou_target,
+        acc_fg=(tp + tn) / (n_target + n_other),
+        map_fg=_average_precision_keys(_packed_keys(h[region], target_mask[region])),
+        nar=math.nan if degenerate else other_sum / total,
+        degenerate=degenerate,
+    )
+
+
+def anchor_in_mask(anchor: tuple[int, int], grid: tuple[int, int], mask: np.ndarray) -> bool:
+    """Whether a token-grid anchor falls inside a mask (Table 2's anchor accuracy).
+
+    anchor: (row, col) on a (gh, gw) token grid, row-major; mask: (H, W) bool in image
+    pixels. The anchor's token covers pixels [row * H / gh, (row + 1) * H / gh); its centre
+    pixel ``floor((row + 0.5) * H / gh)`` (same for columns) is tested.
+    """
+    row, col = int(anchor[0]), int(anchor[1])
+    grid_h, grid_w = int(grid[0]), int(grid[1])
+    if not (0 <= row < grid_h and 0 <= col < grid_w):
+        raise ValueError(f"anchor {(row, col)} is outside the {grid_h}x{grid_w} token grid")
+    height, width = mask.shape
+    y = min(int((row + 0.5) * height / grid_h), height - 1)
+    x = min(int((col + 0.5) * width / grid_w), width - 1)
+    return bool(mask[y, x])
+
+
+# --------------------------------------------------------------------------------------------
+# Standard single-concept protocol (ImageNet-Segmentation, PascalVOC single-class)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BinaryImageScores:
+    """One image under the standard protocol: counts to accumulate and its own scores.
+
+    ``correct`` / ``labeled``: correctly predicted / scored pixels (ignored pixels excluded).
+    ``inter`` / ``union``: per class (background, foreground) pixel counts.
+    ``ap``: the image's average precision (see ``ap_channels`` of ``binary_image_scores``).
+    """
+
+    correct: int
+    labeled: int
+    inter: tuple[int, int]
+    union: tuple[int, int]
+    ap: float
+
+    @property
+    def acc(self) -> float:
+        return self.correct / self.labeled if self.labeled else math.nan
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "correct": self.correct,
+            "labeled": self.labeled,
+            "inter": list(self.inter),
+            "union": list(self.union),
+            "ap": self.ap,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BinaryImageScores:
+        return cls(
+            correct=int(data["correct"]),
+            labeled=int(data["labeled"]),
+            inter=(int(data["inter"][0]), int(data["inter"][1])),
+            union=(int(data["union"][0]), int(data["union"][1])),
+            ap=float(data["ap"]),
+        )
+
+
+def binary_image_scores(
+    heatmap: np.ndarray,
+    mask: np.ndarray,
+    *,
+    ignore: np.ndarray | None = None,
+    ap_channels: APChannels = "both",
+) -> BinaryImageScores:
+    """Score one image of a single-concept benchmark.
+
+    heatmap: (h, w) real array, any resolution (resized, normalised and thresholded like
+        every metric here). mask: (H, W) bool foreground of the queried class.
+    ignore: optional (H, W) bool of pixels left out of every count (VOC's label 255).
+    ap_channels: ``"both"`` (default, the standard protocol of Chefer et al. that Table 3's
+        published rows use): AP over the background channel (1 - h against background
+        labels) and the foreground channel (h against foreground labels) pooled together;
+        ``"foreground"``: AP of h against the foreground labels only.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a single-concept mask must be (H, W), got shape {mask.shape}")
+    mask = mask.astype(bool, copy=False)
+    if ignore is not None:
+        ignore = np.asarray(ignore, dtype=bool)
+        if ignore.shape != mask.shape:
+            raise ValueError(f"ignore is {ignore.shape}, the mask is {mask.shape}")
+    if ap_channels not in ("both", "foreground"):
+        raise ValueError(f"ap_channels must be 'both' or 'foreground', got {ap_channels!r}")
+    h = normalize_heatmap(heatmap, mask.shape)
+    pred = predicted_mask(h)
+    if ignore is not None:
+        keep = ~ignore
+        h, pred, mask = h[keep], pred[keep], mask[keep]
+    labeled = int(mask.size)
+    tp = int(np.count_nonzero(pred & mask))
+    n_fg = int(np.count_nonzero(mask))
+    n_pred = int(np.count_nonzero(pred))
+    fp, fn = n_pred - tp, n_fg - tp
+    tn = labeled - tp - fp - fn
+    keys = _packed_keys(h, mask)  # foreground channel: h against the foreground labels
+    if ap_channels == "both":  # pooled with the background channel: 1 - h against the background labels
+        keys = np.concatenate((keys, _packed_keys(1.0 - h, ~mask)))
+    ap = _average_precision_keys(keys)
+    return BinaryImageScores(
+        correct=tp + tn,
+        labeled=labeled,
+        inter=(tn, tp),
+        union=(tn + fp + fn, tp + fp + fn),
+        ap=ap,
+    )
+
+
+@dataclass(frozen=True)
+class BinaryScores:
+    """Dataset-level scores of the standard protocol; fractions in [0, 1].
+
+    ``acc``: accumulated pixel accuracy. ``miou``: mean of the background and foreground IoU,
+    each from intersections and unions accumulated over the dataset; with
+    ``conceptattention_compat`` it is instead ``acc / (2 - acc)``, what ConceptAttention's
+    published script computes (it skips an argmax). ``map``: mean of the per-image AP.
+    """
+
+    acc: float
+    miou: float
+    map: float
+    iou_foreground: float
+    iou_background: float
+    images: int
+    conceptattention_compat: bool
+
+    def as_dict(self) -> dict[str, float | int | bool]:
+        return dict(self.__dict__)
+
+
+class BinaryAccumulator:
+    """Accumulates the standard protocol over a dataset, one image at a time.
+
+    >>> acc = BinaryAccumulator()
+    >>> for heatmap, mask in pairs:        # doctest: +SKIP
+    ...     acc.add(heatmap, mask)
+    >>> acc.result().miou                  # doctest: +SKIP
+    """
+
+    def __init__(self, *, conceptattention_compat: bool = False, ap_channels: APChannels = "both"):
+        self.conceptattention_compat = conceptattention_compat
+        self.ap_channels = ap_channels
+        self._correct = 0
+        self._labeled = 0
+        self._inter = np.zeros(2, dtype=np.int64)
+        self._union = np.zeros(2, dtype=np.int64)
+        self._aps: list[float] = []
+
+    def add(
+        self, heatmap: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = None
+    ) -> BinaryImageScores:
+        """Score one image (``binary_image_scores``), add it, and return its scores."""
+        scores = binary_image_scores(heatmap, mask, ignore=ignore, ap_channels=self.ap_channels)
+        self.add_scores(scores)
+        return scores
+
+    def add_scores(self, scores: BinaryImageScores) -> None:
+        """Add an image scored earlier (e.g. read back from a results file)."""
+        self._correct += scores.correct
+        self._labeled += scores.labeled
+        self._inter += scores.inter
+        self._union += scores.union
+        self._aps.append(scores.ap)
+
+    def result(self) -> BinaryScores:
+        acc = self._correct / self._labeled if self._labeled else math.nan
+        ious = [
+            i / u if u else math.nan for i, u in zip(self._inter.tolist(), self._union.tolist(), strict=True)
+        ]
+        if self.conceptattention_compat:
+            miou = acc / (2.0 - acc)
+        else:
+            defined = [value for value in ious if not math.isnan(value)]
+            miou = sum(defined) / len(defined) if defined else math.nan
+        return BinaryScores(
+            acc=acc,
+            miou=miou,
+            map=float(np.mean(self._aps)) if self._aps else math.nan,
+            iou_foreground=ious[1],
+            iou_background=ious[0],
+            images=len(self._aps),
+            conceptattention_compat=self.conceptattention_compat,
+        )
+
+
+def binary_scores(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    *,
+    conceptattention_compat: bool = False,
+    ap_channels: APChannels = "both",
+) -> BinaryScores:
+    """The standard protocol over ``(heatmap, mask)`` or ``(heatmap, mask, ignore)`` tuples.
+
+    heatmap (h, w) real, mask (H, W) bool foreground, ignore (H, W) bool or None. See
+    ``BinaryScores`` for what each figure is and ``binary_image_scores`` for ``ap_channels``.
+    ``conceptattention_compat=True`` reproduces ConceptAttention's "mIoU" = Acc / (2 - Acc);
+    it is off by default and never the paper's definition.
+    """
+    accumulator = BinaryAccumulator(conceptattention_compat=conceptattention_compat, ap_channels=ap_channels)
+    for item in pairs:
+        accumulator.add(*item)
+    return accumulator.result()

@@ -1,0 +1,20 @@
+"""Fixtures of the benchmark tests (builders live in ``benchmark_fixtures``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from benchmark_fixtures import make_mcc_rows, write_mcc_folder
+
+
+@pytest.fixture
+def mcc_folder(tmp_path) -> Path:
+    return write_mcc_folder(tmp_path / "mcc", make_mcc_rows())
+
+
+@pytest.fixture
+def mcc_dataset(mcc_folder, tmp_path):
+    from benchmark.datasets import MCCDataset
+
+    return MCCDataset(mcc_folder, cache_dir=tmp_path / "hf-cache")
