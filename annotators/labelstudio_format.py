@@ -1,0 +1,204 @@
+"""What a record looks like in Label Studio, and back: the labeling config, brush masks, rectangles.
+
+Pure conversions (numpy and XML only, no network), so they are fast to test.
+
+Coordinates and encodings:
+- A record's mask is a (H, W) bool array of the stored image (``manifests.masks``).
+- A Label Studio brush result holds ``value.rle``: Label Studio's own run-length code of a
+  flattened (H, W, 4) uint8 RGBA image whose alpha channel is the mask (255 inside);
+  ``original_width`` / ``original_height`` give W and H. 0/1 instead of 0/255 renders
+  invisible in the editor, so masks are always written as 0/255.
+- A Label Studio rectangle is ``x, y, width, height`` in percent (0-100) of the image
+  width and height, (x, y) its top-left corner; a record's box is XYXY pixels.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+
+from manifests.record import Box
+
+IMAGE = "image"
+MASK = "mask"
+BOX = "box"
+VERDICT = "verdict"
+COMMENT = "comment"
+ACCEPT = "accept"
+REJECT = "reject"
+
+
+def label_colour(index: int) -> str:
+    """A hex colour for the ``index``-th label: golden-angle hues, so labels added together
+    (the 2-3 concepts of one group) get far-apart colours."""
+    hue = (index * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+
+
+def label_config(concepts: list[str]) -> str:
+    """The labeling config for these concept names (order kept: it fixes each label's colour).
+
+    One brush label and one rectangle label per concept, a required verdict
+    (``accept`` / ``reject``) and a free-text comment.
+    """
+    if not concepts:
+        raise ValueError("a labeling config needs at least one concept name")
+    labels = "\n".join(
+        f"    <Label value={quoteattr(name)} background={quoteattr(label_colour(i))}/>"
+        for i, name in enumerate(concepts)
+    )
+    return f"""<View>
+  <Header value="Concepts: $concepts"/>
+  <Image name="{IMAGE}" value="$image" zoom="true" zoomControl="true" brightnessControl="true"/>
+  <BrushLabels name="{MASK}" toName="{IMAGE}">
+{labels}
+  </BrushLabels>
+  <RectangleLabels name="{BOX}" toName="{IMAGE}" opacity="0.1" strokeWidth="2">
+{labels}
+  </RectangleLabels>
+  <Header value="Verdict: accept the image with its (corrected) masks, or reject it"/>
+  <Choices name="{VERDICT}" toName="{IMAGE}" choice="single" required="true" showInline="true">
+    <Choice value="{ACCEPT}"/>
+    <Choice value="{REJECT}"/>
+  </Choices>
+  <TextArea name="{COMMENT}" toName="{IMAGE}" rows="2" maxSubmissions="1" editable="true"
+            placeholder="Why reject? (e.g. wrong concept, concept missing, duplicate) or a note"/>
+</View>"""
+
+
+def config_labels(config: str) -> list[str]:
+    """The brush label names of a labeling config, in order (empty for a config without one)."""
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError:
+        return []
+    for tag in root.iter("BrushLabels"):
+        if tag.get("name") == MASK:
+            return [label.get("value") for label in tag.iter("Label") if label.get("value")]
+    return []
+
+
+# -- masks ---------------------------------------------------------------------------------------
+def brush_result(concept: str, mask: np.ndarray, region_id: str) -> dict:
+    """One brush result for a (H, W) bool mask."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be a 2-D (H, W) array, got shape {mask.shape}")
+    height, width = mask.shape
+    return {
+        "id": region_id,
+        "from_name": MASK,
+        "to_name": IMAGE,
+        "type": "brushlabels",
+        "origin": "prediction",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [concept]},
+    }
+
+
+class BrushSizeError(ValueError):
+    """A brush result does not have the size of the image it belongs to."""
+
+
+def decode_brush(result: dict, height: int, width: int) -> np.ndarray:
+    """A brush result -> (H, W) bool mask (alpha > 0). Raises ``BrushSizeError`` if the result's
+    declared size or its decoded length does not match ``height`` x ``width``."""
+    declared = (result.get("original_height"), result.get("original_width"))
+    if declared != (height, width):
+        raise BrushSizeError(f"brush result is {declared[1]}x{declared[0]}, the image is {width}x{height}")
+    flat = decode_rle(result["value"]["rle"])
+    if flat.size != height * width * 4:
+        raise BrushSizeError(
+            f"brush RLE holds {flat.size} values, a {width}x{height} RGBA image needs {height * width * 4}"
+        )
+    return flat.reshape(height, width, 4)[..., 3] > 0
+
+
+# -- boxes ---------------------------------------------------------------------------------------
+def rectangle_result(concept: str, box: Box, width: int, height: int, region_id: str) -> dict:
+    """One rectangle result for an XYXY pixel box of a ``width`` x ``height`` image."""
+    x1, y1, x2, y2 = box
+    return {
+        "id": region_id,
+        "from_name": BOX,
+        "to_name": IMAGE,
+        "type": "rectanglelabels",
+        "origin": "prediction",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {
+            "x": 100.0 * x1 / width,
+            "y": 100.0 * y1 / height,
+            "width": 100.0 * (x2 - x1) / width,
+            "height": 100.0 * (y2 - y1) / height,
+            "rotation": 0,
+            "rectanglelabels": [concept],
+        },
+    }
+
+
+def rectangle_box(result: dict, width: int, height: int) -> Box:
+    """A rectangle result -> XYXY pixels of a ``width`` x ``height`` image, clamped to the image."""
+    v = result["value"]
+    x1 = v["x"] * width / 100.0
+    y1 = v["y"] * height / 100.0
+    x2 = x1 + v["width"] * width / 100.0
+    y2 = y1 + v["height"] * height / 100.0
+    x1, x2 = sorted((min(max(x1, 0.0), width), min(max(x2, 0.0), width)))
+    y1, y2 = sorted((min(max(y1, 0.0), height), min(max(y2, 0.0), height)))
+    return (x1, y1, x2, y2)
+
+
+# -- reading an annotation -------------------------------------------------------------------------
+@dataclass
+class Annotation:
+    """What a reviewer submitted for one task, grouped by control."""
+
+    verdict: str | None
+    comment: str
+    brushes: dict[str, list[dict]]  # concept -> brush results (several strokes possible)
+    rectangles: dict[str, list[dict]]  # concept -> rectangle results
+
+
+def read_annotation(results: list[dict]) -> Annotation:
+    """Group an annotation's results by control and label."""
+    verdict, comments = None, []
+    brushes: dict[str, list[dict]] = {}
+    rectangles: dict[str, list[dict]] = {}
+    for result in results:
+        kind = result.get("type")
+        value = result.get("value") or {}
+        if kind == "choices" and result.get("from_name") == VERDICT:
+            choices = value.get("choices") or []
+            verdict = choices[0] if choices else None
+        elif kind == "textarea" and result.get("from_name") == COMMENT:
+            comments.extend(t for t in value.get("text") or [] if t and t.strip())
+        elif kind == "brushlabels":
+            for name in value.get("brushlabels") or []:
+                brushes.setdefault(name, []).append(result)
+        elif kind == "rectanglelabels":
+            for name in value.get("rectanglelabels") or []:
+                rectangles.setdefault(name, []).append(result)
+    return Annotation(
+        verdict=verdict,
+        comment="\n".join(c.strip() for c in comments),
+        brushes=brushes,
+        rectangles=rectangles,
+    )
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (H, W) bool masks; 1.0 when both are empty."""
+    union = np.logical_or(a, b).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(a, b).sum() / union)

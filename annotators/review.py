@@ -1,0 +1,602 @@
+"""Human review in Label Studio: push segmented records as tasks, pull the reviewed masks back.
+
+``push(store, url=..., token=...)`` turns every ``segmented`` record into one Label Studio
+task whose prediction holds the machine masks (one brush result per concept) and boxes
+(one rectangle per box), and moves the record to ``in_review`` with ``record.review_task``
+set. ``pull(store, url=..., token=...)`` reads the submitted annotations: verdict
+``reject`` -> ``rejected`` (stage ``review``, the comment as reason); otherwise every
+concept's reviewed mask replaces the machine mask, with review status ``accepted`` (IoU
+with the machine mask >= 0.98) or ``edited``, and the record becomes ``reviewed``.
+
+Both are idempotent and resumable: push skips records that already have a task (and
+adopts a task that a crashed push created but did not record); pull only touches records
+still ``in_review`` and writes each one as soon as it is done.
+
+How the images reach Label Studio (``images=``):
+- ``"local"``: the server serves the work dir itself (``mcc labelstudio start`` sets this
+  up): push registers ``<workdir>/images`` as the project's local storage and the task
+  points at ``/data/local-files/?d=images/<id>.png``. Nothing is copied.
+- ``"upload"``: for a server that cannot see the work dir (another machine, another
+  document root): every image is uploaded to the project once.
+- ``"auto"`` (default): ``local`` if the work dir is a local folder and the server accepts
+  it as local storage, else ``upload``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import httpx
+import numpy as np
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from annotators import labelstudio_format as fmt
+from annotators.review_stats import compute_stats, write_stats
+from manifests.masks import decode_mask, encode_mask
+from manifests.record import Record, State
+from manifests.store import ManifestStore
+
+logger = logging.getLogger(__name__)
+
+STAGE = "review"
+DEFAULT_PROJECT = "MCC review"
+ACCEPT_IOU = 0.98
+MODEL_VERSION = "mcc-machine"
+Images = Literal["auto", "local", "upload"]
+
+__all__ = [
+    "push",
+    "pull",
+    "PushReport",
+    "PullReport",
+    "LabelStudioUnavailable",
+    "compute_stats",
+    "write_stats",
+]
+
+
+class LabelStudioUnavailable(RuntimeError):
+    """The server cannot be reached, or it rejects the token; nothing was changed."""
+
+
+@dataclass
+class PushReport:
+    project_id: int | None  # None when there was nothing to push and no project yet
+    pushed: int = 0  # new tasks created
+    adopted: int = 0  # tasks found in the project for records that did not record them
+    images: str = "local"
+    task_ids: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PullReport:
+    project_id: int
+    reviewed: int = 0
+    rejected: int = 0
+    pending: int = 0  # still in review: no submitted annotation yet
+    returned: int = 0  # task deleted in Label Studio: back to segmented
+    warnings: list[str] = field(default_factory=list)
+
+
+# -- connection ------------------------------------------------------------------------------------
+def connect(url: str, token: str, *, timeout: float = 60.0) -> LabelStudio:
+    """A client whose token has been checked; raises ``LabelStudioUnavailable`` with what to check."""
+    if not url:
+        raise LabelStudioUnavailable(
+            "no Label Studio URL: pass --url or set LABEL_STUDIO_URL (`mcc labelstudio start` prints it)"
+        )
+    if not token:
+        raise LabelStudioUnavailable(
+            f"no API token for {url}: pass --token or set LABEL_STUDIO_API_KEY "
+            "(`mcc labelstudio start` prints it)"
+        )
+    url = url.rstrip("/")
+    client = LabelStudio(base_url=url, api_key=token, timeout=timeout)
+    try:
+        client.users.whoami()
+    except (httpx.TransportError, OSError) as error:
+        raise LabelStudioUnavailable(
+            f"cannot reach Label Studio at {url} ({type(error).__name__}: {error}). Check that the server "
+            "runs (`mcc labelstudio status --workdir DIR`) and that --url / LABEL_STUDIO_URL is right."
+        ) from None
+    except ApiError as error:
+        if error.status_code in (401, 403):
+            raise LabelStudioUnavailable(
+                f"Label Studio at {url} rejected the API token (HTTP {error.status_code}). Check --token / "
+                "LABEL_STUDIO_API_KEY: the token printed by `mcc labelstudio start`, or the legacy token / "
+                "personal access token of your Label Studio account."
+            ) from None
+        raise LabelStudioUnavailable(
+            f"Label Studio at {url} answered HTTP {error.status_code} to "
+            f"/api/current-user/whoami: {error.body}"
+        ) from None
+    except Exception as error:  # e.g. an HTML page from something that is not Label Studio
+        raise LabelStudioUnavailable(
+            f"{url} does not answer like a Label Studio server ({type(error).__name__}: {error}); check "
+            "--url / LABEL_STUDIO_URL."
+        ) from None
+    return client
+
+
+def _find_project(client: LabelStudio, title: str) -> int | None:
+    matches = sorted(p.id for p in client.projects.list(title=title, page_size=100) if p.title == title)
+    if len(matches) > 1:
+        logger.warning(
+            "%d Label Studio projects are named %r; using the oldest, id %d", len(matches), title, matches[0]
+        )
+    return matches[0] if matches else None
+
+
+# -- push ---------------------------------------------------------------------------------------
+def push(
+    store: ManifestStore,
+    *,
+    url: str,
+    token: str,
+    project: str = DEFAULT_PROJECT,
+    batch_size: int = 100,
+    images: Images = "auto",
+) -> PushReport:
+    """Create one Label Studio task per ``segmented`` record and move the records to ``in_review``.
+
+    Finds or creates the project ``project`` (labels = the concepts present), registers the
+    image folder (see the module docstring for ``images``), imports the tasks in batches of
+    ``batch_size`` with the machine masks and boxes as a prediction, and persists each record
+    with its task id as soon as its batch is imported. Records that already have a task are
+    skipped, so pushing twice creates no duplicates.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if images not in ("auto", "local", "upload"):
+        raise ValueError(f"images must be 'auto', 'local' or 'upload', got {images!r}")
+    if not 0 < len(project) <= 50:
+        raise ValueError(
+            f"a Label Studio project title has 1 to 50 characters, got {len(project)}: {project!r}"
+        )
+    client = connect(url, token)
+    records = [r for r in store.iter(State.segmented) if r.review_task is None]
+    for record in records:
+        _check_pushable(record)
+
+    project_id = _find_project(client, project)
+    concepts = _ordered_concepts(records)
+    if project_id is None and not records:
+        return PushReport(project_id=None)  # nothing to push: no empty project is created
+    if project_id is None:
+        project_id = client.projects.create(
+            title=project,
+            label_config=fmt.label_config(concepts),
+            description="MCC benchmark: check every concept mask; accept or reject the image.",
+            model_version=MODEL_VERSION,
+            show_collab_predictions=True,
+            show_skip_button=True,
+            maximum_annotations=1,
+        ).id
+        logger.info("created Label Studio project %r (id %d)", project, project_id)
+    elif concepts:
+        current = client.projects.get(project_id)
+        known = fmt.config_labels(current.label_config or "")
+        missing = [c for c in concepts if c not in known]
+        if missing or not known:
+            client.projects.update(project_id, label_config=fmt.label_config(known + missing))
+    report = PushReport(project_id=project_id)
+    if not records:
+        return report
+
+    base_url = url.rstrip("/")
+    mode, prefix = _image_mode(client, store, base_url, token, project_id, records, images)
+    report.images = mode
+    existing = _tasks_by_record(client, project_id)
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        adopt = [r for r in batch if r.id in existing]
+        new = [r for r in batch if r.id not in existing]
+        task_ids = {r.id: existing[r.id] for r in adopt}
+        if new:
+            image_urls = (
+                {r.id: f"/data/local-files/?d={prefix}{r.image.path}" for r in new}
+                if mode == "local"
+                else _upload_images(client, store, base_url, token, project_id, new)
+            )
+            tasks = [_task(r, store, image_urls[r.id]) for r in new]
+            response = client.projects.import_tasks(project_id, request=tasks, return_task_ids=True)
+            ids = list(getattr(response, "task_ids", None) or [])
+            if len(ids) != len(new):
+                raise RuntimeError(
+                    f"Label Studio imported {len(ids)} tasks for {len(new)} records in project "
+                    f"{project_id}; re-run push (it adopts the tasks that were created)"
+                )
+            task_ids.update({r.id: int(i) for r, i in zip(new, ids, strict=True)})
+        for record in batch:
+            task_id = task_ids[record.id]
+            record.review_task = task_id
+            record.advance(
+                State.in_review,
+                STAGE,
+                params={
+                    "action": "push",
+                    "url": base_url,
+                    "project": project,
+                    "project_id": project_id,
+                    "task": task_id,
+                    "images": mode,
+                },
+                note=("adopted an existing task" if record.id in existing else None),
+            )
+            store.put(record)
+            report.task_ids[record.id] = task_id
+        report.pushed += len(new)
+        report.adopted += len(adopt)
+        logger.info(
+            "pushed %d/%d records to project %d",
+            min(start + batch_size, len(records)),
+            len(records),
+            project_id,
+        )
+    return report
+
+
+def _check_pushable(record: Record) -> None:
+    if record.image is None:
+        raise ValueError(f"record {record.id} is segmented but has no image; the manifest is inconsistent")
+    missing = [c.name for c in record.concepts if c.mask is None]
+    if missing:
+        raise ValueError(f"record {record.id} is segmented but has no mask for {missing}")
+
+
+def _ordered_concepts(records: Iterable[Record]) -> list[str]:
+    seen: dict[str, None] = {}
+    for record in records:
+        for name in record.concept_names:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def _tasks_by_record(client: LabelStudio, project_id: int) -> dict[str, int]:
+    """record id -> task id of the tasks already in the project (first task wins)."""
+    found: dict[str, int] = {}
+    for task in _iter_tasks(client, project_id, fields="task_only"):
+        record_id = (task.get("data") or {}).get("record_id")
+        if record_id and record_id not in found:
+            found[record_id] = int(task["id"])
+    return found
+
+
+def _iter_tasks(client: LabelStudio, project_id: int, *, fields: str) -> Iterable[dict]:
+    for task in client.tasks.list(project=project_id, fields=fields, page_size=500):
+        yield task.model_dump() if hasattr(task, "model_dump") else dict(task)
+
+
+def _image_mode(
+    client: LabelStudio,
+    store: ManifestStore,
+    base_url: str,
+    token: str,
+    project_id: int,
+    records: list[Record],
+    images: Images,
+) -> tuple[str, str]:
+    """``("local", prefix)`` if the server serves the work dir's images, else ``("upload", "")``.
+
+    ``prefix`` is the work dir's path relative to the server's document root (``""`` for a
+    server started by ``mcc labelstudio start``), found by asking for the first image.
+    """
+    if images == "upload":
+        return "upload", ""
+
+    def refuse(why: str) -> tuple[str, str]:
+        if images == "local":
+            raise LabelStudioUnavailable(
+                f"Label Studio at {base_url} cannot serve the images of {store.workdir} ({why}). Start it with "
+                "`mcc labelstudio start --workdir DIR` on this work dir, or push with --images upload."
+            )
+        logger.warning("Label Studio cannot serve the images of %s (%s); uploading them", store.workdir, why)
+        return "upload", ""
+
+    try:
+        folders = sorted(
+            {os.path.abspath(store.local_path(os.path.dirname(r.image.path) or ".")) for r in records}
+        )
+    except ValueError:
+        return refuse("the work dir is not a local folder")
+    registered = {
+        os.path.normpath(s.path)
+        for s in client.import_storage.local.list(project=project_id)
+        if getattr(s, "path", None)
+    }
+    for folder in folders:
+        if os.path.normpath(folder) in registered:
+            continue
+        try:  # no sync: the tasks come from push, not from a scan of the folder
+            client.import_storage.local.create(
+                project=project_id,
+                path=folder,
+                title="MCC images",
+                use_blob_urls=False,
+                recursive_scan=False,
+                regex_filter=r"^$",
+            )
+        except ApiError as error:
+            return refuse(f"local storage {folder} refused: HTTP {error.status_code} {error.body}")
+    prefix = _document_prefix(client, store, base_url, token, records[0])
+    if prefix is None:
+        return refuse("its document root is not an ancestor of the work dir")
+    return "local", prefix
+
+
+def _document_prefix(
+    client: LabelStudio, store: ManifestStore, base_url: str, token: str, record: Record
+) -> str | None:
+    """The work dir's path below the server's document root, by asking for one image under
+    successively longer suffixes of its absolute path."""
+    workdir = os.path.abspath(store.local_path(""))
+    parts = [p for p in workdir.split(os.sep) if p]
+    headers = {"Authorization": _auth_header(client, token)}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30.0) as http:
+        for depth in range(len(parts) + 1):
+            prefix = "".join(p + "/" for p in parts[len(parts) - depth :])
+            response = http.get("/data/local-files/", params={"d": prefix + record.image.path})
+            if response.status_code == 200:
+                return prefix
+    return None
+
+
+def _upload_images(
+    client: LabelStudio,
+    store: ManifestStore,
+    base_url: str,
+    token: str,
+    project_id: int,
+    records: list[Record],
+) -> dict[str, str]:
+    """Upload the images (without creating tasks); returns record id -> the URL Label Studio serves."""
+    headers = {"Authorization": _auth_header(client, token)}
+    files = [
+        ("file", (f"{r.id}.png", io.BytesIO(store.read_bytes(r.image.path)), "image/png")) for r in records
+    ]
+    response = httpx.post(
+        f"{base_url}/api/projects/{project_id}/import",
+        params={"commit_to_project": "false"},
+        files=files,
+        headers=headers,
+        timeout=300.0,
+    )
+    response.raise_for_status()
+    upload_ids = response.json()["file_upload_ids"]
+    listing = httpx.get(
+        f"{base_url}/api/projects/{project_id}/file-uploads",
+        params={"ids": str(list(upload_ids))},
+        headers=headers,
+        timeout=60.0,
+    )
+    listing.raise_for_status()
+    by_name: dict[str, str] = {}
+    for upload in listing.json():
+        name = upload["file"].rsplit("/", 1)[-1]
+        by_name[name.split("-", 1)[-1] if "-" in name else name] = "/data/" + upload["file"].lstrip("/")
+    missing = [r.id for r in records if f"{r.id}.png" not in by_name]
+    if missing:
+        raise RuntimeError(f"Label Studio did not list the uploads of {missing[:3]}...; re-run push")
+    return {r.id: by_name[f"{r.id}.png"] for r in records}
+
+
+def _auth_header(client: LabelStudio, token: str) -> str:
+    if token.count(".") == 2:  # a personal access token (a JWT refresh token)
+        return "Bearer " + client.tokens.refresh(refresh=token).access
+    return "Token " + token
+
+
+def _task(record: Record, store: ManifestStore, image_url: str) -> dict:
+    width, height = record.image.width, record.image.height
+    results = []
+    for i, concept in enumerate(record.concepts):
+        mask = decode_mask(concept.mask)
+        if mask.shape != (height, width):
+            raise ValueError(
+                f"record {record.id}: mask of {concept.name} is {mask.shape[::-1]}, the image is "
+                f"{width}x{height}"
+            )
+        results.append(fmt.brush_result(concept.name, mask, f"m{i}"))
+        for j, box in enumerate(concept.boxes):
+            results.append(fmt.rectangle_result(concept.name, box, width, height, f"b{i}_{j}"))
+    scores = [v for c in record.concepts for k, v in c.scores.items() if k in ("quality", "iou", "sam_score")]
+    return {
+        "data": {
+            "image": image_url,
+            "record_id": record.id,
+            "group": record.group,
+            "concepts": ", ".join(record.concept_names),
+        },
+        "predictions": [
+            {
+                "model_version": MODEL_VERSION,
+                "score": float(np.mean(scores)) if scores else None,
+                "result": results,
+            }
+        ],
+    }
+
+
+# -- pull ---------------------------------------------------------------------------------------
+def pull(
+    store: ManifestStore,
+    *,
+    url: str,
+    token: str,
+    project: str = DEFAULT_PROJECT,
+    accept_iou: float = ACCEPT_IOU,
+) -> PullReport:
+    """Bring the submitted reviews of ``project`` back into the records (see the module docstring).
+
+    Only records ``in_review`` in this project are touched; each is written as soon as it is
+    done, so an interrupted pull re-run finishes the rest and changes nothing twice.
+    Afterwards the review statistics are rewritten (``reviews/stats.json``).
+    """
+    client = connect(url, token)
+    project_id = _find_project(client, project)
+    if project_id is None:
+        raise LabelStudioUnavailable(
+            f"Label Studio at {url.rstrip('/')} has no project named {project!r}; "
+            "check --project (push creates it)"
+        )
+    report = PullReport(project_id=project_id)
+    pending = [r for r in store.iter(State.in_review) if _pushed_project(r) == project_id]
+    if not pending:
+        write_stats(store)
+        return report
+    tasks = {int(t["id"]): t for t in _iter_tasks(client, project_id, fields="all")}
+    users: dict[int, str] = {}
+    for record in pending:
+        task = tasks.get(record.review_task) if record.review_task is not None else None
+        if task is not None and (task.get("data") or {}).get("record_id") != record.id:
+            task = None  # the id was reused by a task created after this record's task was deleted
+        if task is None:
+            old = record.review_task
+            record.review_task = None
+            record.advance(
+                State.segmented,
+                STAGE,
+                params={"action": "pull", "project_id": project_id, "task": old},
+                note=f"Label Studio task {old} was deleted from project {project_id}; "
+                "back to segmented, the next push creates a new task",
+            )
+            store.put(record)
+            report.returned += 1
+            continue
+        annotation = _submitted(task)
+        if annotation is None:
+            report.pending += 1
+            continue
+        reviewer = _reviewer(client, annotation, users)
+        _apply(record, annotation, reviewer, project_id, accept_iou, report)
+        store.put(record)
+    write_stats(store)
+    return report
+
+
+def _pushed_project(record: Record) -> int | None:
+    for event in reversed(record.history):
+        if event.stage == STAGE and event.params.get("action") == "push":
+            return event.params.get("project_id")
+    return None
+
+
+def _submitted(task: dict) -> dict | None:
+    """The latest submitted (not skipped) annotation of a task, or None."""
+    done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if not done:
+        return None
+    return max(done, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+
+
+def _reviewer(client: LabelStudio, annotation: dict, cache: dict[int, str]) -> str:
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        return who.get("email") or str(who.get("id"))
+    if who is None:
+        return "unknown"
+    if who not in cache:
+        try:
+            cache[who] = client.users.get(who).email or str(who)
+        except Exception:  # the reviewer's account may be gone; keep the id
+            cache[who] = str(who)
+    return cache[who]
+
+
+def _apply(
+    record: Record, annotation: dict, reviewer: str, project_id: int, accept_iou: float, report: PullReport
+) -> None:
+    """Apply one submitted annotation to its record (in memory)."""
+    read = fmt.read_annotation(annotation.get("result") or [])
+    params = {
+        "action": "pull",
+        "project_id": project_id,
+        "task": record.review_task,
+        "annotation": annotation.get("id"),
+        "reviewer": reviewer,
+        "reviewed_at": annotation.get("updated_at")
+        or annotation.get("created_at")
+        or datetime.now(UTC).isoformat(),
+    }
+    if read.verdict == fmt.REJECT:
+        reason = read.comment.splitlines()[0].strip()[:120] if read.comment else "rejected_without_comment"
+        record.reject(
+            STAGE,
+            reason,
+            detail=f"rejected by {reviewer}: {read.comment or '(no comment)'}",
+            params={**params, "verdict": fmt.REJECT, "comment": read.comment},
+        )
+        report.rejected += 1
+        return
+
+    unknown = sorted(set(read.brushes) - set(record.concept_names))
+    if unknown:
+        message = f"task {record.review_task}: labels {unknown} are not concepts of {record.id}; ignored"
+        logger.warning("%s", message)
+        report.warnings.append(message)
+    height, width = record.image.height, record.image.width
+    ious: dict[str, float] = {}
+    problems: list[tuple[str, str]] = []  # (reason code, detail) per concept that cannot be used
+    for concept in record.concepts:
+        strokes = read.brushes.get(concept.name, [])
+        if not strokes:
+            problems.append(("mask_missing", f"{concept.name}: no mask in the submitted annotation"))
+            continue
+        try:
+            reviewed = np.zeros((height, width), dtype=bool)
+            for stroke in strokes:  # several strokes of one label are one mask
+                reviewed |= fmt.decode_brush(stroke, height, width)
+        except fmt.BrushSizeError as error:
+            problems.append(("mask_size_mismatch", f"{concept.name}: {error}"))
+            continue
+        except Exception as error:  # a corrupt RLE
+            problems.append(("mask_undecodable", f"{concept.name}: brush RLE does not decode ({error})"))
+            continue
+        machine = decode_mask(concept.mask) if concept.mask is not None else np.zeros_like(reviewed)
+        score = fmt.iou(machine, reviewed)
+        ious[concept.name] = round(score, 6)
+        concept.review = "accepted" if score >= accept_iou else "edited"
+        if concept.review == "edited":
+            concept.mask = encode_mask(reviewed)
+        boxes = [fmt.rectangle_box(r, width, height) for r in read.rectangles.get(concept.name, [])]
+        if boxes and not _same_boxes(boxes, concept.boxes):
+            concept.boxes = boxes
+    params.update(
+        {
+            "verdict": read.verdict or "none",
+            "iou": ious,
+            "review": {c.name: c.review for c in record.concepts},
+            "comment": read.comment or None,
+            "ignored_labels": unknown or None,
+        }
+    )
+    if problems:
+        # the usable concepts keep their reviewed masks; the record cannot be published without all of them
+        record.reject(
+            STAGE, problems[0][0], detail="; ".join(detail for _, detail in problems), params=params
+        )
+        report.rejected += 1
+        return
+    record.advance(
+        State.reviewed,
+        STAGE,
+        params=params,
+        note=f"reviewed by {reviewer}" + (f"; ignored labels {unknown}" if unknown else ""),
+    )
+    report.reviewed += 1
+
+
+def _same_boxes(a: list, b: list, tolerance: float = 0.5) -> bool:
+    if len(a) != len(b):
+        return False
+    return all(
+        max(abs(x - y) for x, y in zip(p, q, strict=True)) <= tolerance
+        for p, q in zip(sorted(a), sorted(b), strict=True)
+    )

@@ -1,0 +1,199 @@
+"""`mcc labelstudio start|stop|status` and `mcc review push|pull|stats`: human review in Label Studio.
+
+The URL and token come from --url / --token or LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY;
+only `mcc labelstudio start` ever prints the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from annotators import labelstudio_server as server
+from annotators.review import DEFAULT_PROJECT, LabelStudioUnavailable, pull, push
+from annotators.review_stats import STATS_PATH, write_stats
+from flows.commands.common import WorkdirOption, console, fail
+from manifests import ManifestStore
+
+labelstudio_app = typer.Typer(help="Run the local Label Studio server of a work dir.", no_args_is_help=True)
+review_app = typer.Typer(help="Human review of the masks in Label Studio.", no_args_is_help=True)
+
+UrlOption = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        envvar="LABEL_STUDIO_URL",
+        show_envvar=True,
+        help="Label Studio URL (printed by `mcc labelstudio start`).",
+    ),
+]
+TokenOption = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar="LABEL_STUDIO_API_KEY",
+        show_envvar=True,
+        show_default=False,
+        help="Label Studio API token.",
+    ),
+]
+ProjectOption = Annotated[str, typer.Option("--project", help="Label Studio project title.")]
+
+
+# -- mcc labelstudio ---------------------------------------------------------------------------------
+@labelstudio_app.command("start")
+def labelstudio_start(
+    workdir: WorkdirOption,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = server.DEFAULT_PORT,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = server.BOOT_TIMEOUT_S,
+) -> None:
+    """Create the Label Studio venv if needed, start the server on 127.0.0.1, print URL, login and token."""
+    try:
+        info = server.start(
+            workdir,
+            port=port or server.free_port(),
+            timeout=timeout,
+            log=lambda m: console.print(m, style="dim", highlight=False, soft_wrap=True),
+        )
+    except server.LabelStudioServerError as error:
+        raise fail(str(error)) from None
+    print(f"url: {info.url}")
+    print(f"login: {info.username}")
+    print(f"password: {info.password}")
+    print(f"token: {info.token}")
+    print(f"pid: {info.pid}")
+    console.print(
+        f"export LABEL_STUDIO_URL={info.url} LABEL_STUDIO_API_KEY=<token above>; "
+        f"stop with `mcc labelstudio stop --workdir {workdir}`",
+        style="dim",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@labelstudio_app.command("stop")
+def labelstudio_stop(workdir: WorkdirOption) -> None:
+    """Stop the server that `mcc labelstudio start` started for this work dir (no other process)."""
+    try:
+        pid = server.stop(workdir)
+    except server.LabelStudioServerError as error:
+        raise fail(str(error)) from None
+    console.print(
+        f"stopped Label Studio (pid {pid})" if pid else "no Label Studio server runs for this work dir"
+    )
+
+
+@labelstudio_app.command("status")
+def labelstudio_status(workdir: WorkdirOption) -> None:
+    """Whether the work dir's server runs, where, and whether /health answers (exit 1 if it does not run)."""
+    try:
+        state = server.status(workdir)
+    except server.LabelStudioServerError as error:
+        raise fail(str(error)) from None
+    if not state["running"]:
+        console.print("Label Studio: not running")
+        raise typer.Exit(1)
+    health = "healthy" if state["healthy"] else "not answering /health"
+    print(f"url: {state['url']}")
+    console.print(f"Label Studio: running, pid {state['pid']}, {health}")
+
+
+# -- mcc review --------------------------------------------------------------------------------------
+def _quiet_http_logs() -> None:
+    for name in ("httpx", "httpcore"):  # their INFO lines would show URLs with query strings
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@review_app.command("push")
+def review_push(
+    workdir: WorkdirOption,
+    url: UrlOption = "http://127.0.0.1:8080",
+    token: TokenOption = "",
+    project: ProjectOption = DEFAULT_PROJECT,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tasks per import request.")] = 100,
+    images: Annotated[str, typer.Option(help="auto | local (server reads the work dir) | upload.")] = "auto",
+) -> None:
+    """Create one Label Studio task per segmented record (machine masks as pre-annotations)."""
+    _quiet_http_logs()
+    store = ManifestStore(workdir)
+    try:
+        report = push(store, url=url, token=token, project=project, batch_size=batch_size, images=images)
+    except (LabelStudioUnavailable, ValueError) as error:
+        raise fail(str(error)) from None
+    if report.project_id is None:
+        console.print(f"nothing to push: no segmented record in {workdir}")
+        return
+    console.print(
+        f"project {project!r} (id {report.project_id}): {report.pushed} new tasks, "
+        f"{report.adopted} adopted, images via {report.images}; open {url.rstrip('/')}/projects/"
+        f"{report.project_id}/data",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@review_app.command("pull")
+def review_pull(
+    workdir: WorkdirOption,
+    url: UrlOption = "http://127.0.0.1:8080",
+    token: TokenOption = "",
+    project: ProjectOption = DEFAULT_PROJECT,
+) -> None:
+    """Bring submitted reviews back: reviewed (accepted/edited masks) or rejected records."""
+    _quiet_http_logs()
+    store = ManifestStore(workdir)
+    try:
+        report = pull(store, url=url, token=token, project=project)
+    except LabelStudioUnavailable as error:
+        raise fail(str(error)) from None
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(
+        f"reviewed {report.reviewed}, rejected {report.rejected}, still in review {report.pending}, "
+        f"back to segmented (task deleted) {report.returned}",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@review_app.command("stats")
+def review_stats(
+    workdir: WorkdirOption,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON document instead of tables.")
+    ] = False,
+) -> None:
+    """Review statistics (fraction accepted unedited, IoU per group, rejection reasons); kept in reviews/stats.json."""
+    stats = write_stats(ManifestStore(workdir))
+    if as_json:
+        print(json.dumps(stats, indent=1, ensure_ascii=False))
+        return
+    records, masks = stats["records"], stats["masks"]
+    frac = masks["fraction_accepted_unedited"]
+    console.print(
+        f"records: {records['reviewed']} reviewed, {records['rejected_in_review']} rejected in review, "
+        f"{records['in_review']} in review"
+    )
+    console.print(
+        f"masks: {masks['reviewed']} reviewed, {masks['accepted_unedited']} accepted unedited, "
+        f"{masks['edited']} edited" + (f" ({100 * frac:.1f}% accepted unedited)" if frac is not None else "")
+    )
+    if stats["iou_by_group"]:
+        table = Table(title="machine vs reviewed mask IoU by concept group")
+        for column in ("group", "masks", "mean IoU", "min IoU"):
+            table.add_column(column, justify="left" if column == "group" else "right")
+        for group, row in stats["iou_by_group"].items():
+            table.add_row(group, str(row["masks"]), f"{row['mean_iou']:.3f}", f"{row['min_iou']:.3f}")
+        console.print(table)
+    if stats["rejection_reasons"]:
+        table = Table(title="rejected in review")
+        table.add_column("reason")
+        table.add_column("records", justify="right")
+        for reason, n in stats["rejection_reasons"].items():
+            table.add_row(reason, str(n))
+        console.print(table)
+    console.print(f"written to {workdir.rstrip('/')}/{STATS_PATH}", style="dim", highlight=False)

@@ -1,0 +1,117 @@
+"""Fast tests of the Label Studio conversions and the review statistics (no server)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from review_records import disk_masks
+
+from annotators import labelstudio_format as fmt
+from annotators.review_stats import compute_stats
+from manifests.masks import encode_mask
+from manifests.record import Concept, GeneratedSource, Record, State
+
+
+def test_label_config_lists_each_concept_once_per_control_and_requires_a_verdict():
+    config = fmt.label_config(["husky", "wolf", "alaskan malamute"])
+    assert fmt.config_labels(config) == ["husky", "wolf", "alaskan malamute"]
+    assert config.count('value="wolf"') == 2  # one brush label, one rectangle label
+    assert 'name="verdict"' in config and 'required="true"' in config
+    assert '<Choice value="accept"/>' in config and '<Choice value="reject"/>' in config
+    assert "<TextArea" in config
+    # labels added together get distinct colours
+    colours = {fmt.label_colour(i) for i in range(3)}
+    assert len(colours) == 3
+
+
+def test_label_config_escapes_names():
+    config = fmt.label_config(['a "quoted" & <odd> name', "plain"])
+    assert fmt.config_labels(config) == ['a "quoted" & <odd> name', "plain"]
+
+
+def test_brush_result_round_trips_a_mask_and_writes_alpha_255():
+    mask = disk_masks(40, 70, 2)[1]
+    result = fmt.brush_result("wolf", mask, "r1")
+    assert result["value"]["brushlabels"] == ["wolf"]
+    assert (result["original_width"], result["original_height"]) == (70, 40)
+    decoded = fmt.decode_brush(result, 40, 70)
+    assert decoded.dtype == bool and np.array_equal(decoded, mask)
+    from label_studio_sdk.converter.brush import decode_rle
+
+    alpha = decode_rle(result["value"]["rle"]).reshape(40, 70, 4)[..., 3]
+    assert set(np.unique(alpha)) == {0, 255}
+
+
+def test_decode_brush_refuses_another_size():
+    result = fmt.brush_result("wolf", np.ones((10, 12), bool), "r1")
+    with pytest.raises(fmt.BrushSizeError, match="12x10"):
+        fmt.decode_brush(result, 20, 12)
+    result["original_height"] = 20  # lying about its size: the RLE length gives it away
+    with pytest.raises(fmt.BrushSizeError, match="RLE holds"):
+        fmt.decode_brush(result, 20, 12)
+
+
+def test_rectangles_are_percent_of_the_image_and_round_trip():
+    result = fmt.rectangle_result("husky", (10.0, 20.0, 60.0, 40.0), 200, 80, "b0")
+    value = result["value"]
+    assert value["x"] == pytest.approx(5.0) and value["y"] == pytest.approx(25.0)
+    assert value["width"] == pytest.approx(25.0) and value["height"] == pytest.approx(25.0)
+    assert fmt.rectangle_box(result, 200, 80) == pytest.approx((10.0, 20.0, 60.0, 40.0))
+    value["x"], value["width"] = 90.0, 30.0  # dragged past the right edge: clamped
+    assert fmt.rectangle_box(result, 200, 80)[2] == pytest.approx(200.0)
+
+
+def test_read_annotation_groups_strokes_and_reads_verdict_and_comment():
+    m = np.zeros((8, 8), bool)
+    results = [
+        fmt.brush_result("wolf", m, "a"),
+        fmt.brush_result("wolf", m, "b"),
+        fmt.brush_result("husky", m, "c"),
+        {"from_name": "verdict", "type": "choices", "value": {"choices": ["reject"]}},
+        {"from_name": "comment", "type": "textarea", "value": {"text": ["  blurry  "]}},
+    ]
+    read = fmt.read_annotation(results)
+    assert read.verdict == "reject" and read.comment == "blurry"
+    assert len(read.brushes["wolf"]) == 2 and len(read.brushes["husky"]) == 1
+
+
+def test_iou():
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    assert fmt.iou(a, b) == 1.0
+    a[:2] = True
+    b[1:3] = True
+    assert fmt.iou(a, b) == pytest.approx(4 / 12)
+
+
+def _reviewed(record_id: str, group: str, reviews: dict[str, tuple[str, float]]) -> Record:
+    mask = encode_mask(np.ones((4, 4), bool))
+    record = Record(
+        id=record_id,
+        group=group,
+        source=GeneratedSource(template="t", setting="s", seed=0),
+        concepts=[Concept(name=n, mask=mask, review=r) for n, (r, _) in reviews.items()],
+    )
+    record.advance(
+        State.reviewed, "review", params={"action": "pull", "iou": {n: v for n, (_, v) in reviews.items()}}
+    )
+    return record
+
+
+def test_compute_stats_counts_accepted_masks_iou_per_group_and_reasons():
+    records = [
+        _reviewed("a", "dogs", {"husky": ("accepted", 1.0), "wolf": ("edited", 0.5)}),
+        _reviewed("b", "dogs", {"husky": ("accepted", 0.99), "wolf": ("accepted", 1.0)}),
+        _reviewed("c", "citrus", {"lemon": ("edited", 0.7), "lime": ("accepted", 1.0)}),
+    ]
+    rejected = _reviewed("d", "dogs", {"husky": ("machine", 0.0), "wolf": ("machine", 0.0)})
+    rejected.reject("review", "blurry")
+    records.append(rejected)
+    stats = compute_stats(records)
+    assert stats["records"] == {"reviewed": 3, "rejected_in_review": 1, "in_review": 0}
+    assert stats["masks"]["accepted_unedited"] == 4 and stats["masks"]["edited"] == 2
+    assert stats["masks"]["fraction_accepted_unedited"] == pytest.approx(4 / 6, abs=1e-4)
+    assert stats["records_all_accepted"] == pytest.approx(1 / 3, abs=1e-4)
+    assert stats["iou_by_group"]["dogs"]["mean_iou"] == pytest.approx((1.0 + 0.5 + 0.99 + 1.0) / 4, abs=1e-4)
+    assert stats["iou_by_group"]["citrus"]["min_iou"] == pytest.approx(0.7)
+    assert stats["rejection_reasons"] == {"blurry": 1}

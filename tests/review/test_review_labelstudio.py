@@ -1,0 +1,341 @@
+"""Push and pull against a real Label Studio server (started once per session by conftest).
+
+A reviewer is simulated by creating annotations through the API, as the editor does when
+the annotator presses Submit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+from label_studio_sdk import LabelStudio
+from review_records import make_segmented
+
+from annotators import labelstudio_format as fmt
+from annotators.review import LabelStudioUnavailable, pull, push
+from annotators.review_stats import read_stats
+from manifests.masks import decode_mask
+from manifests.record import State
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
+
+
+def _client(info) -> LabelStudio:
+    return LabelStudio(base_url=info.url, api_key=info.token)
+
+
+def _tasks(info, project_id: int) -> list[dict]:
+    return [t.model_dump() for t in _client(info).tasks.list(project=project_id, fields="all", page_size=100)]
+
+
+def _prediction(info, task_id: int) -> list[dict]:
+    task = _client(info).tasks.get(str(task_id)).model_dump()
+    (prediction,) = task["predictions"]
+    return prediction["result"]
+
+
+def _verdict(choice: str) -> dict:
+    return {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}
+
+
+def _comment(text: str) -> dict:
+    return {"from_name": "comment", "to_name": "image", "type": "textarea", "value": {"text": [text]}}
+
+
+def _annotate(info, task_id: int, result: list[dict]) -> None:
+    _client(info).annotations.create(id=task_id, result=result, was_cancelled=False)
+
+
+def _files(store) -> dict[str, bytes]:
+    return {i: store.read_bytes(f"records/{i}.json") for i in store.ids()}
+
+
+def test_push_creates_one_task_per_record_with_masks_and_boxes_and_is_idempotent(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    records = [make_segmented(store, f"gen-{i}", seed=i) for i in range(3)]
+    records.append(
+        make_segmented(store, "gen-3", concepts=("lemon", "lime", "citron"), size=(120, 50), group="citrus")
+    )
+
+    report = push(store, url=info.url, token=info.token, project=project, batch_size=2)
+    assert report.pushed == 4 and report.images == "local"
+    for record in records:
+        stored = store.get(record.id)
+        assert stored.state == State.in_review and stored.review_task == report.task_ids[record.id]
+    tasks = _tasks(info, report.project_id)
+    assert len(tasks) == 4  # local storage is registered without a sync: no task per image file
+
+    # the task of the three-concept record: data, one brush per mask, one rectangle per box, in percent
+    task = next(t for t in tasks if t["data"]["record_id"] == "gen-3")
+    assert task["data"]["concepts"] == "lemon, lime, citron"
+    result = _prediction(info, task["id"])
+    brushes = [r for r in result if r["type"] == "brushlabels"]
+    rects = [r for r in result if r["type"] == "rectanglelabels"]
+    assert sorted(r["value"]["brushlabels"][0] for r in brushes) == ["citron", "lemon", "lime"]
+    assert len(rects) == 3
+    for brush in brushes:
+        concept = records[3].concept(brush["value"]["brushlabels"][0])
+        assert np.array_equal(fmt.decode_brush(brush, 50, 120), decode_mask(concept.mask))
+    lemon_rect = next(r for r in rects if r["value"]["rectanglelabels"] == ["lemon"])
+    assert fmt.rectangle_box(lemon_rect, 120, 50) == pytest.approx(
+        records[3].concept("lemon").boxes[0], abs=1e-6
+    )
+
+    # the image URL serves the stored file
+    response = httpx.get(info.url + task["data"]["image"], headers={"Authorization": f"Token {info.token}"})
+    assert response.status_code == 200 and response.content == store.read_bytes(records[3].image.path)
+
+    # labels of both groups are in the project's config
+    config = _client(info).projects.get(report.project_id).label_config
+    assert set(fmt.config_labels(config)) == {"husky", "wolf", "lemon", "lime", "citron"}
+
+    # pushing again creates nothing; a new record gets exactly one new task
+    again = push(store, url=info.url, token=info.token, project=project)
+    assert again.pushed == 0 and again.project_id == report.project_id
+    assert len(_tasks(info, report.project_id)) == 4
+    make_segmented(store, "gen-4", seed=4)
+    assert push(store, url=info.url, token=info.token, project=project).pushed == 1
+    assert len(_tasks(info, report.project_id)) == 5
+
+
+def test_push_adopts_a_task_that_a_crashed_push_created(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    record = make_segmented(store, "gen-crash")
+    before = store.read_bytes("records/gen-crash.json")
+    report = push(store, url=info.url, token=info.token, project=project)
+    store.write_bytes("records/gen-crash.json", before)  # as if the process died before writing the record
+    again = push(store, url=info.url, token=info.token, project=project)
+    assert again.pushed == 0 and again.adopted == 1
+    assert store.get(record.id).review_task == report.task_ids[record.id]
+    assert len(_tasks(info, report.project_id)) == 1
+
+
+def test_pull_applies_accept_edit_reject_and_leaves_untouched_tasks_in_review(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    for name in ("accept", "edit", "reject", "untouched"):
+        make_segmented(store, f"gen-{name}", seed=len(name))
+    report = push(store, url=info.url, token=info.token, project=project)
+    task = report.task_ids
+
+    # accept unchanged: the editor copies the prediction into the annotation; plus a stray label
+    stray = fmt.brush_result("malamute", np.ones((64, 96), bool), "x")
+    _annotate(info, task["gen-accept"], _prediction(info, task["gen-accept"]) + [stray, _verdict("accept")])
+    # edit: the wolf mask is repainted as two strokes (a rectangle and a square)
+    edited = np.zeros((64, 96), bool)
+    edited[5:30, 50:90] = True
+    edited[40:60, 10:20] = True
+    stroke_a, stroke_b = np.zeros_like(edited), np.zeros_like(edited)
+    stroke_a[5:30, 50:90] = True
+    stroke_b[40:60, 10:20] = True
+    kept = [
+        r
+        for r in _prediction(info, task["gen-edit"])
+        if not (r["type"] == "brushlabels" and r["value"]["brushlabels"] == ["wolf"])
+    ]
+    _annotate(
+        info,
+        task["gen-edit"],
+        kept
+        + [
+            fmt.brush_result("wolf", stroke_a, "s1"),
+            fmt.brush_result("wolf", stroke_b, "s2"),
+            _verdict("accept"),
+        ],
+    )
+    # reject with a comment
+    _annotate(info, task["gen-reject"], [_verdict("reject"), _comment("the wolf is a husky")])
+
+    machine_husky = decode_mask(store.get("gen-edit").concept("husky").mask)
+    pulled = pull(store, url=info.url, token=info.token, project=project)
+    assert (pulled.reviewed, pulled.rejected, pulled.pending, pulled.returned) == (2, 1, 1, 0)
+    assert any("malamute" in w for w in pulled.warnings)
+
+    accepted = store.get("gen-accept")
+    assert accepted.state == State.reviewed
+    assert [c.review for c in accepted.concepts] == ["accepted", "accepted"]
+    event = accepted.history[-1]
+    assert event.params["reviewer"] == info.username and event.params["iou"] == {"husky": 1.0, "wolf": 1.0}
+    assert event.params["reviewed_at"]
+
+    edit = store.get("gen-edit")
+    assert edit.state == State.reviewed
+    assert edit.concept("wolf").review == "edited" and edit.concept("husky").review == "accepted"
+    assert np.array_equal(decode_mask(edit.concept("wolf").mask), edited)  # pixel for pixel
+    assert np.array_equal(decode_mask(edit.concept("husky").mask), machine_husky)
+    assert edit.history[-1].params["iou"]["wolf"] < 0.98
+
+    rejected = store.get("gen-reject")
+    assert rejected.state == State.rejected
+    assert (rejected.rejection.stage, rejected.rejection.reason) == ("review", "the wolf is a husky")
+    assert store.get("gen-untouched").state == State.in_review
+
+    stats = read_stats(store)
+    assert stats["masks"] == {
+        "reviewed": 4,
+        "accepted_unedited": 3,
+        "edited": 1,
+        "fraction_accepted_unedited": 0.75,
+    }
+    assert stats["rejection_reasons"] == {"the wolf is a husky": 1}
+    assert stats["records"]["in_review"] == 1
+
+    # pulling again changes nothing
+    before = _files(store)
+    again = pull(store, url=info.url, token=info.token, project=project)
+    assert (again.reviewed, again.rejected, again.pending) == (0, 0, 1)
+    assert _files(store) == before
+
+
+def test_interrupted_pull_finishes_the_rest_and_changes_nothing_twice(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    for i in range(3):
+        make_segmented(store, f"gen-{i}", seed=i)
+    report = push(store, url=info.url, token=info.token, project=project)
+    for task_id in report.task_ids.values():
+        _annotate(info, task_id, _prediction(info, task_id) + [_verdict("accept")])
+
+    real_put, calls = store.put, []
+
+    def crash_on_second(record):
+        calls.append(record.id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("interrupted")
+        real_put(record)
+
+    store.put = crash_on_second
+    with pytest.raises(KeyboardInterrupt):
+        pull(store, url=info.url, token=info.token, project=project)
+    store.put = real_put
+    assert [r.state for r in store.iter()].count(State.reviewed) == 1
+    first = store.get(calls[0])
+    n_events = len(first.history)
+
+    rest = pull(store, url=info.url, token=info.token, project=project)
+    assert rest.reviewed == 2
+    assert all(r.state == State.reviewed for r in store.iter())
+    assert len(store.get(calls[0]).history) == n_events
+    assert sum(e.params.get("action") == "pull" for e in store.get(calls[0]).history) == 1
+
+
+def test_deleted_task_returns_its_record_to_segmented_and_push_makes_a_new_one(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    make_segmented(store, "gen-gone")
+    report = push(store, url=info.url, token=info.token, project=project)
+    old_task = report.task_ids["gen-gone"]
+    _client(info).tasks.delete(str(old_task))
+
+    pulled = pull(store, url=info.url, token=info.token, project=project)
+    assert pulled.returned == 1
+    record = store.get("gen-gone")
+    assert record.state == State.segmented and record.review_task is None
+    assert "deleted" in record.history[-1].note
+
+    again = push(store, url=info.url, token=info.token, project=project)
+    assert again.pushed == 1 and store.get("gen-gone").review_task == again.task_ids["gen-gone"]
+    (task,) = _tasks(info, report.project_id)
+    assert task["id"] == again.task_ids["gen-gone"] and task["data"]["record_id"] == "gen-gone"
+
+
+def test_a_task_id_reused_by_another_record_counts_as_deleted(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    make_segmented(store, "gen-first")
+    first = push(store, url=info.url, token=info.token, project=project).task_ids["gen-first"]
+    _client(info).tasks.delete(str(first))
+    make_segmented(store, "gen-second", seed=1)
+    push(store, url=info.url, token=info.token, project=project)  # SQLite may hand out the same id again
+    pulled = pull(store, url=info.url, token=info.token, project=project)
+    assert pulled.returned == 1
+    assert store.get("gen-first").state == State.segmented
+    assert store.get("gen-second").state == State.in_review
+
+
+def test_brush_of_the_wrong_size_rejects_that_concept_and_keeps_the_others(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    make_segmented(store, "gen-size")
+    report = push(store, url=info.url, token=info.token, project=project)
+    task_id = report.task_ids["gen-size"]
+    result = [
+        r
+        for r in _prediction(info, task_id)
+        if not (r["type"] == "brushlabels" and r["value"]["brushlabels"] == ["wolf"])
+    ]
+    result.append(fmt.brush_result("wolf", np.ones((32, 48), bool), "small"))  # half the image size
+    _annotate(info, task_id, result + [_verdict("accept")])
+
+    pull(store, url=info.url, token=info.token, project=project)
+    record = store.get("gen-size")
+    assert record.state == State.rejected
+    assert (record.rejection.stage, record.rejection.reason) == ("review", "mask_size_mismatch")
+    assert "wolf" in record.rejection.detail and "husky" not in record.rejection.detail
+    assert record.concept("husky").review == "accepted"  # the other concept went through
+    assert record.history[-1].params["iou"] == {"husky": 1.0}
+
+
+def test_upload_mode_serves_the_images_without_local_storage(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    record = make_segmented(store, "gen-upload")
+    report = push(store, url=info.url, token=info.token, project=project, images="upload")
+    assert report.images == "upload"
+    (task,) = _tasks(info, report.project_id)
+    assert task["data"]["image"].startswith("/data/upload/")
+    response = httpx.get(info.url + task["data"]["image"], headers={"Authorization": f"Token {info.token}"})
+    assert response.status_code == 200 and response.content == store.read_bytes(record.image.path)
+
+
+def test_rejected_token_and_unreachable_server_change_nothing(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    make_segmented(store, "gen-a")
+    before = _files(store)
+    with pytest.raises(LabelStudioUnavailable, match="rejected the API token") as error:
+        push(store, url=info.url, token="0" * 40, project=project)
+    assert info.url in str(error.value) and "LABEL_STUDIO_API_KEY" in str(error.value)
+    from annotators.labelstudio_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    for call in (push, pull):
+        with pytest.raises(LabelStudioUnavailable, match="cannot reach Label Studio") as error:
+            call(store, url=dead, token=info.token, project=project)
+        assert dead in str(error.value) and "mcc labelstudio status" in str(error.value)
+    assert _files(store) == before
+
+
+def test_cli_push_pull_stats_never_print_the_token(labelstudio, review_store, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    info, _ = labelstudio
+    store, project = review_store
+    make_segmented(store, "gen-cli")
+    monkeypatch.setenv("LABEL_STUDIO_URL", info.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", info.token)
+    runner = CliRunner()
+    pushed = runner.invoke(app, ["review", "push", "--workdir", store.workdir, "--project", project])
+    assert pushed.exit_code == 0, pushed.output
+    assert "1 new tasks" in pushed.output
+    task_id = store.get("gen-cli").review_task
+    _annotate(info, task_id, _prediction(info, task_id) + [_verdict("accept")])
+    pulled = runner.invoke(app, ["review", "pull", "--workdir", store.workdir, "--project", project])
+    assert pulled.exit_code == 0 and "reviewed 1" in pulled.output
+    stats = runner.invoke(app, ["review", "stats", "--workdir", store.workdir, "--json"])
+    assert json.loads(stats.output)["masks"]["accepted_unedited"] == 2
+    bad = runner.invoke(
+        app, ["review", "pull", "--workdir", store.workdir, "--project", project, "--token", "bad-token"]
+    )
+    assert bad.exit_code != 0 and "rejected the API token" in bad.output
+    for output in (pushed.output, pulled.output, stats.output, bad.output):
+        assert info.token not in output
+    status = runner.invoke(app, ["labelstudio", "status", "--workdir", str(labelstudio[1])])
+    assert status.exit_code == 0 and info.url in status.output and "healthy" in status.output
