@@ -1,0 +1,466 @@
+"""Performance of the two generators; prints tables (no assertions).
+
+Scraper throughput on loopback, side by side with img2dataset on the same URL list::
+
+    python -m generators.bench scrape --images 2000 [--img2dataset /tmp/i2d-venv/bin/img2dataset]
+
+2,000 distinct JPEGs of about 50 KB (640 x 512) are served by a threaded HTTP/1.1 server
+in a separate process on 127.0.0.1; the scraper runs the full stage (robots.txt, address
+guard, download, sniff, decode, pHash and sha256 dedupe, PNG storage, one JSON record per
+image) with the per-host rate limit off, as img2dataset has none. img2dataset is run from
+its own virtual environment (it is not a dependency of this project) with its defaults
+(resize to 256 px, JPEG re-encode) and with ``--resize_mode no`` (bytes written as
+downloaded).
+
+FLUX seconds per image and images per hour::
+
+    python -m generators.bench flux [--images 4]
+
+With CUDA: random weights in the real FLUX.1-dev configuration (12 B transformer,
+T5-XXL and CLIP-L shaped text encoders, the 16-channel VAE) in bfloat16, 1024 x 1024,
+28 steps, through ``FluxGenerator`` (text encoding, denoising, decoding, PNG storage).
+Without CUDA: the tiny pipeline on the CPU (128 px, 28 steps), labelled as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=150)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# -- scraper ----------------------------------------------------------------------------
+def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 512)) -> list[str]:
+    """``count`` distinct ~50 KB JPEGs (smooth random colours plus noise) in ``folder``; their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(count):
+        rng = np.random.default_rng(index)
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(
+            size, Image.Resampling.BICUBIC
+        )
+        noise = rng.integers(-10, 11, (size[1], size[0], 3))
+        pixels = np.clip(np.asarray(coarse, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        name = f"{index:05d}.jpg"
+        Image.fromarray(pixels).save(folder / name, format="JPEG", quality=85)
+        names.append(name)
+    return names
+
+
+class _FileHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    files: dict[str, bytes] = {}
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.files.get(self.path.lstrip("/"))
+        status = 200 if body is not None else 404
+        body = body if body is not None else b"not found"
+        self.send_response(status)
+        self.send_header("Content-Type", "image/jpeg" if status == 200 else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body)
+
+
+class _FileServer(ThreadingHTTPServer):
+    request_queue_size = 1024  # the default backlog of 5 drops connections under 64 concurrent clients
+    daemon_threads = True
+
+
+def _serve_folder(folder: str, port_queue) -> None:
+    _FileHandler.files = {p.name: p.read_bytes() for p in Path(folder).iterdir()}
+    server = _FileServer(("127.0.0.1", 0), _FileHandler)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+@contextlib.contextmanager
+def served_folder(folder: Path):
+    """Serve ``folder`` from a separate process on 127.0.0.1; yields the base URL."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_serve_folder, args=(str(folder), queue), daemon=True)
+    process.start()
+    try:
+        yield f"http://127.0.0.1:{queue.get(timeout=60)}"
+    finally:
+        process.terminate()
+        process.join(10)
+
+
+def run_mcc_scraper(
+    url_csv: Path, workdir: Path, concurrency: int, per_host: int, keep_original: bool
+) -> dict:
+    from generators.download import DownloadConfig
+    from generators.sources import read_url_list
+    from generators.web import ScrapeConfig, WebScraper, plan_web_records
+    from manifests import ManifestStore, State, load_groups
+
+    groups = {g.id: g for g in load_groups()}
+    store = ManifestStore(workdir)
+    candidates = read_url_list(url_csv, set(groups)).candidates
+    records, _ = plan_web_records(candidates, groups, store)
+    config = ScrapeConfig(
+        download=DownloadConfig(per_host_rate=0, allow_private_networks=True, per_host_connections=per_host),
+        concurrency=concurrency,
+        keep_original_bytes=keep_original,
+    )
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    WebScraper(config).scrape(records, store)  # worker processes end (and are counted) before it returns
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    failures = Counter(r.rejection.reason for r in records if r.state == State.rejected and r.rejection)
+    accepted = sum(r.state == State.generated for r in records)
+    return {"accepted": accepted, "failures": dict(failures), "seconds": seconds, "wall": seconds, "cpu": cpu}
+
+
+def run_img2dataset(executable: str, url_csv: Path, output: Path, extra: list[str]) -> dict:
+    command = [
+        executable,
+        "--url_list",
+        str(url_csv),
+        "--input_format",
+        "csv",
+        "--url_col",
+        "url",
+        "--output_folder",
+        str(output),
+        "--output_format",
+        "files",
+        "--processes_count",
+        "1",
+        "--thread_count",
+        "64",
+        "--number_sample_per_shard",
+        "10000",
+        "--timeout",
+        "10",
+        *extra,
+    ]
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    )
+    wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    if completed.returncode != 0:
+        raise RuntimeError(f"img2dataset failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    stats = [json.loads(p.read_text()) for p in output.glob("*_stats.json")]
+    successes = sum(s.get("successes", 0) for s in stats)
+    failures: Counter[str] = Counter()
+    for s in stats:
+        for status, n in (s.get("status_dict") or {}).items():
+            if status != "success":
+                failures[status] += n
+    seconds = max((s.get("duration") or 0.0) for s in stats) if stats else wall
+    return {"accepted": successes, "failures": dict(failures), "seconds": seconds, "wall": wall, "cpu": cpu}
+
+
+def bench_scrape(args) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    root = Path(tempfile.mkdtemp(prefix="mcc-bench-scrape-"))
+    try:
+        names = make_jpegs(root / "site", args.images)
+        mean_kb = np.mean([(root / "site" / n).stat().st_size for n in names]) / 1024
+        console.print(f"{len(names)} JPEGs of 640x512, mean {mean_kb:.1f} KiB, served on 127.0.0.1")
+        rows = []
+        with served_folder(root / "site") as base:
+            url_csv = root / "urls.csv"
+            with url_csv.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["url", "group", "licence", "attribution", "page_url"])
+                for name in names:
+                    writer.writerow([f"{base}/{name}", "lemon-lime", "CC0", "", ""])
+            for label, keep in (
+                ("mcc scrape (stored as PNG)", False),
+                ("mcc scrape --keep-original-bytes", True),
+            ):
+                result = run_mcc_scraper(url_csv, root / f"mcc-{keep}", args.concurrency, args.per_host, keep)
+                rows.append((label, result))
+            executable = args.img2dataset or shutil.which("img2dataset")
+            if executable:
+                for label, extra in (
+                    ("img2dataset defaults (resize 256, jpg)", []),
+                    ("img2dataset --resize_mode no", ["--resize_mode", "no"]),
+                ):
+                    rows.append((label, run_img2dataset(executable, url_csv, root / label.split()[1], extra)))
+            else:
+                console.print(
+                    "[yellow]img2dataset not found: pass --img2dataset PATH (install it in its own venv)"
+                )
+        load = os.getloadavg()[0]
+        table = Table(
+            title=f"scraper throughput: {args.images} x ~50 KB JPEGs on loopback, {os.cpu_count()} CPUs, "
+            f"load average {load:.1f} at the end"
+        )
+        columns = (
+            "tool",
+            "accepted",
+            "failures",
+            "seconds",
+            "accepted images/s",
+            "wall s incl. start-up",
+            "CPU ms / image (all processes)",
+        )
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("tool", "failures") else "right")
+        for label, r in rows:
+            failures = ", ".join(f"{k}: {v}" for k, v in sorted(r["failures"].items())) or "none"
+            table.add_row(
+                label,
+                str(r["accepted"]),
+                failures,
+                f"{r['seconds']:.1f}",
+                f"{r['accepted'] / r['seconds']:.1f}",
+                f"{r['wall']:.1f}",
+                f"{1000 * r['cpu'] / max(r['accepted'], 1):.1f}",
+            )
+        console.print(table)
+        console.print(
+            "seconds: the scrape stage for mcc (worker start-up included); img2dataset's own shard "
+            "duration (its start-up excluded, see the wall column). The local server's CPU is not counted."
+        )
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# -- FLUX -------------------------------------------------------------------------------
+def random_flux_dev_pipeline(
+    device: str, dtype, layers: int = 19, single_layers: int = 38, text_layers: int = 24
+):
+    """A ``FluxPipeline`` with FLUX.1-dev's architecture and random weights (for timing only).
+
+    Transformer, VAE and text encoders have the released configurations (layer counts
+    can be lowered to check the code path on a small machine); the tokenizers are the
+    tiny in-memory ones, so only the embedding tables are smaller than the real ones.
+    """
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from manifests.tiny import tiny_clip_tokenizer, tiny_t5_tokenizer
+
+    clip_tokenizer, t5_tokenizer = tiny_clip_tokenizer(), tiny_t5_tokenizer(model_max_length=512)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build straight in the target dtype: no float32 copy of 12 B weights
+    try:
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(
+                patch_size=1,
+                in_channels=64,
+                num_layers=layers,
+                num_single_layers=single_layers,
+                attention_head_dim=128,
+                num_attention_heads=24,
+                joint_attention_dim=4096,
+                pooled_projection_dim=768,
+                guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56),
+            )
+            vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2,
+                latent_channels=16,
+                norm_num_groups=32,
+                sample_size=1024,
+                use_quant_conv=False,
+                use_post_quant_conv=False,
+                shift_factor=0.1159,
+                scaling_factor=0.3611,
+            )
+            text_encoder = CLIPTextModel(
+                CLIPTextConfig(
+                    vocab_size=len(clip_tokenizer),
+                    hidden_size=768,
+                    intermediate_size=3072,
+                    num_attention_heads=12,
+                    num_hidden_layers=min(12, text_layers),
+                    projection_dim=768,
+                    hidden_act="quick_gelu",
+                    bos_token_id=clip_tokenizer.bos_token_id,
+                    eos_token_id=clip_tokenizer.eos_token_id,
+                    pad_token_id=clip_tokenizer.pad_token_id,
+                )
+            )
+            text_encoder_2 = T5EncoderModel(
+                T5Config(
+                    vocab_size=len(t5_tokenizer),
+                    d_model=4096,
+                    d_kv=64,
+                    d_ff=10240,
+                    num_layers=text_layers,
+                    num_heads=64,
+                    feed_forward_proj="gated-gelu",
+                    pad_token_id=0,
+                    eos_token_id=1,
+                    decoder_start_token_id=0,
+                )
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    for module in (transformer, vae, text_encoder, text_encoder_2):
+        module.eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+def bench_flux(args) -> None:
+    import torch
+
+    from generators.flux import FluxGenerator
+    from manifests import ManifestStore, add_planned, load_groups, plan_scenes
+
+    torch.set_num_threads(max(1, args.threads))
+    cuda = torch.cuda.is_available() and not args.cpu
+    if cuda or args.dev_config:
+        device = "cuda" if cuda else "cpu"
+        size, steps = args.size or 1024, args.steps or 28
+        started = time.perf_counter()
+        pipe = random_flux_dev_pipeline(
+            device, torch.bfloat16, args.transformer_layers, args.single_layers, args.text_layers
+        )
+        build_s = time.perf_counter() - started
+        label = f"FLUX.1-dev architecture, random weights, bfloat16, {device}" + (
+            f" ({args.transformer_layers}+{args.single_layers} blocks)"
+            if (args.transformer_layers, args.single_layers) != (19, 38)
+            else ""
+        )
+        generator = FluxGenerator.from_pipeline(
+            pipe,
+            model="random:FLUX.1-dev-config",
+            steps=steps,
+            size=size,
+            batch_size=args.batch_size,
+            device=device,
+            dtype=torch.bfloat16,
+        )
+    else:
+        size, steps = args.size or 128, args.steps or 28
+        started = time.perf_counter()
+        generator = FluxGenerator("tiny", steps=steps, size=size, batch_size=args.batch_size, device="cpu")
+        build_s = time.perf_counter() - started
+        label = f"tiny FLUX pipeline, float32, CPU ({torch.get_num_threads()} threads)"
+
+    with tempfile.TemporaryDirectory(prefix="mcc-bench-flux-") as workdir:
+        store = ManifestStore(workdir)
+        add_planned(store, plan_scenes(load_groups(), per_group=1)[: args.images + args.batch_size])
+        records = list(store.iter())
+        generator.generate(records[: args.batch_size], store)  # warm-up (kernels, allocator), not timed
+        timed = records[args.batch_size : args.batch_size + args.images]
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        generator.generate(timed, store)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        ok = sum(r.state.value == "generated" for r in timed)
+    per_image = seconds / max(len(timed), 1)
+    table = Table(
+        title="FLUX generation (FluxGenerator.generate: prompt encoding, denoising, VAE decode, PNG store)"
+    )
+    for column in (
+        "pipeline",
+        "size",
+        "steps",
+        "batch",
+        "images",
+        "s / image",
+        "images / hour",
+        "build s",
+        "peak GPU GiB",
+    ):
+        table.add_column(column, justify="left" if column == "pipeline" else "right")
+    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if cuda else "-"
+    table.add_row(
+        label,
+        f"{size}x{size}",
+        str(steps),
+        str(args.batch_size),
+        f"{ok}/{len(timed)}",
+        f"{per_image:.3f}",
+        f"{3600 / per_image:.0f}",
+        f"{build_s:.1f}",
+        peak,
+    )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m generators.bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    scrape = commands.add_parser("scrape", help="scraper throughput on loopback vs img2dataset")
+    scrape.add_argument("--images", type=int, default=2000)
+    scrape.add_argument("--concurrency", type=int, default=32)
+    scrape.add_argument("--per-host", type=int, default=8, help="connections to the one local host")
+    scrape.add_argument("--img2dataset", help="img2dataset executable (default: on PATH)")
+    scrape.add_argument(
+        "--threads", type=int, default=2, help="torch threads (the scraper does not use torch)"
+    )
+    scrape.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    flux = commands.add_parser("flux", help="FLUX seconds per image and images per hour")
+    flux.add_argument("--images", type=int, default=4)
+    flux.add_argument("--batch-size", type=int, default=1)
+    flux.add_argument("--size", type=int)
+    flux.add_argument("--steps", type=int)
+    flux.add_argument("--threads", type=int, default=2)
+    flux.add_argument("--cpu", action="store_true", help="ignore CUDA")
+    flux.add_argument("--dev-config", action="store_true", help="use the FLUX.1-dev architecture even on CPU")
+    flux.add_argument("--transformer-layers", type=int, default=19)
+    flux.add_argument("--single-layers", type=int, default=38)
+    flux.add_argument("--text-layers", type=int, default=24)
+    args = parser.parse_args(argv)
+    {"scrape": bench_scrape, "flux": bench_flux}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
