@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +57,54 @@ FG_METRICS = ("miou_fg", "iou_target", "acc_fg", "map_fg", "nar")
 
 APChannels = Literal["both", "foreground"]
 
+_LOW_BYTE = 0 if sys.byteorder == "little" else 7
+"""Offset of a uint64's lowest byte in memory."""
+
+
+# --------------------------------------------------------------------------------------------
+# Work buffers
+# --------------------------------------------------------------------------------------------
+
+
+class _Scratch(threading.local):
+    """Per-thread work buffers that the per-pair metrics reuse from call to call.
+
+    Scoring one 1024 x 1024 pair needs a few arrays of 1-8 MB. Allocated afresh on every call,
+    each costs page faults (the C allocator hands blocks that large back to the system when
+    they are freed): about a third of a pair's CPU time. A buffer of up to ``max_bytes`` is
+    kept per name and grown on demand; a larger request gets a fresh array. Arrays handed out
+    here are views of the kept buffers: they must never be returned to a caller.
+    """
+
+    max_bytes = 64 * 2**20
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, size: int, dtype: type | np.dtype) -> np.ndarray:
+        """A 1-D work array of ``size`` elements of ``dtype`` (uninitialised)."""
+        dtype = np.dtype(dtype)
+        nbytes = size * dtype.itemsize
+        if nbytes > self.max_bytes:
+            return np.empty(size, dtype=dtype)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < nbytes:
+            buffer = self._buffers[name] = np.empty(nbytes, dtype=np.uint8)
+        return buffer[:nbytes].view(dtype)
+
+    def countdown(self, size: int) -> np.ndarray:
+        """float64 ``[size, size - 1, ..., 1]``, read-only (a view of an array kept between calls)."""
+        countdown = self._buffers.get("_countdown")
+        if countdown is None or countdown.size < size:
+            countdown = np.arange(size, 0, -1, dtype=np.float64)
+            countdown.setflags(write=False)
+            if countdown.nbytes <= self.max_bytes:
+                self._buffers["_countdown"] = countdown
+        return countdown[countdown.size - size :]
+
+
+_SCRATCH = _Scratch()
+
 
 # --------------------------------------------------------------------------------------------
 # Heatmap preparation: resize, min-max, threshold
@@ -76,6 +126,20 @@ def _bilinear_weights(out_size: int, in_size: int) -> np.ndarray:
     return weights
 
 
+def _resize_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``resize_bilinear(image, out.shape)`` written into ``out``, a C-contiguous float64 array."""
+    image = np.asarray(image, dtype=np.float64)
+    height, width = out.shape
+    if image.shape == out.shape:
+        np.copyto(out, image)
+        return out
+    rows = _bilinear_weights(height, image.shape[0])
+    cols = _bilinear_weights(width, image.shape[1])
+    if height * image.shape[1] <= image.shape[0] * width:  # cheaper order of the two products
+        return np.matmul(rows @ image, cols.T, out=out)
+    return np.matmul(rows, image @ cols.T, out=out)
+
+
 def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a (h, w) array to ``size = (H, W)`` bilinearly; returns (H, W) float64.
 
@@ -86,11 +150,7 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     if image.shape == (height, width):
         return image
-    rows = _bilinear_weights(height, image.shape[0])
-    cols = _bilinear_weights(width, image.shape[1])
-    if height * image.shape[1] <= image.shape[0] * width:  # cheaper order of the two products
-        return (rows @ image) @ cols.T
-    return rows @ (image @ cols.T)
+    return _resize_into(image, np.empty((height, width), dtype=np.float64))
 
 
 def _as_heatmap(heatmap: np.ndarray) -> np.ndarray:
@@ -104,22 +164,31 @@ def _as_heatmap(heatmap: np.ndarray) -> np.ndarray:
     return heatmap
 
 
+def _normalize_into(heatmap: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``normalize_heatmap(heatmap, out.shape)`` written into ``out`` (C-contiguous float64)."""
+    _resize_into(_as_heatmap(heatmap), out)
+    low, high = out.min(), out.max()
+    if not high > low:
+        out.fill(0.0)
+        return out
+    out -= low
+    out /= high - low
+    return out
+
+
 def normalize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Steps 1-2 of every metric: bilinear resize to ``size = (H, W)``, then min-max to [0, 1].
 
     Returns (H, W) float64; all zeros when the resized heatmap is constant. Raises
     ValueError for a non-2-D heatmap or one with NaN / infinite values.
     """
-    heatmap = _as_heatmap(heatmap)
-    resized = resize_bilinear(heatmap, size)
-    if resized is heatmap or resized.dtype != np.float64:
-        resized = resized.astype(np.float64)  # a copy: normalised in place below
-    low, high = resized.min(), resized.max()
-    if not high > low:
-        return np.zeros(size, dtype=np.float64)
-    resized -= low
-    resized /= high - low
-    return resized
+    return _normalize_into(heatmap, np.empty(tuple(size), dtype=np.float64))
+
+
+def _normalized_scratch(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``normalize_heatmap`` into the thread's work buffer (valid until the next call)."""
+    height, width = size
+    return _normalize_into(heatmap, _SCRATCH.array("heatmap", height * width, np.float64).reshape(size))
 
 
 def predicted_mask(normalized: np.ndarray) -> np.ndarray:
@@ -153,42 +222,101 @@ def _average_precision_split(positives: np.ndarray, negatives: np.ndarray) -> fl
     return float(np.dot(counts, precision) / n_pos)
 
 
-def _packed_keys(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """1-D uint64 sort keys ``(score bits << 1) | label`` for float64 scores in [0, 1] (any shape).
+def _pack_into(scores: np.ndarray, labels: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Sort keys ``(score bits << 1) | label`` of float64 scores in [0, 1] into ``out`` (uint64).
 
     The bit pattern of a non-negative float64 orders like the float, and its top two bits
-    are 0 below 2.0, so shifting left keeps the order and frees the lowest bit for the label.
+    are 0 below 2.0, so shifting left keeps the order and frees the lowest bit for the label
+    (the shift also drops the sign bit, so -0.0 and 0.0 get one key). ``scores`` may be
+    ``out`` viewed as float64 (packed in place). All three are 1-D of one length.
     """
-    keys = np.ascontiguousarray(scores, dtype=np.float64).view(np.uint64) << np.uint64(1)
-    keys |= labels.astype(np.uint64)
-    return keys.ravel()
+    if scores.ctypes.data != out.ctypes.data:
+        np.copyto(out.view(np.float64), scores)
+    np.left_shift(out, np.uint64(1), out=out)
+    np.bitwise_or(out, labels, out=out)
+    return out
 
 
-def _average_precision_keys(keys: np.ndarray) -> float:
-    """AP from 1-D packed keys (``_packed_keys``), any order; sorts ``keys`` in place.
+def _packed_keys(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1-D uint64 sort keys ``(score bits << 1) | label`` (see ``_pack_into``), a new array."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    return _pack_into(scores, np.asarray(labels, dtype=bool).ravel(), np.empty(scores.size, np.uint64))
 
-    One sort, then linear passes: in ascending order a threshold is the first index of a run
-    of equal scores; the positives and samples at or above it give its precision, and the
+
+def _average_precision_runs(positive: np.ndarray, new_run: np.ndarray, n_pos: int) -> float:
+    """AP in linear passes over every run of equal scores (the path for many tied scores).
+
+    positive: (n,) uint8 labels and new_run: (n,) bool, True where a run of equal scores
+    starts, both in ascending score order; n_pos: positives (> 0). A threshold is the first
+    index of a run; the positives and samples at or above it give its precision, and the
     run's own positives its recall step.
+    """
+    n = positive.size
+    count = np.int32 if n < 2**31 else np.int64
+    through = np.cumsum(positive, dtype=count, out=_SCRATCH.array("through", n, count))  # positives <= i
+    starts = np.flatnonzero(new_run)
+    true_positives = np.take(through, starts)  # becomes the positives at or above each threshold
+    true_positives -= positive[starts]
+    np.subtract(n_pos, true_positives, out=true_positives)
+    recall_steps = np.empty_like(true_positives)
+    np.subtract(true_positives[:-1], true_positives[1:], out=recall_steps[:-1])
+    recall_steps[-1] = true_positives[-1]
+    np.subtract(n, starts, out=starts)
+    return float(np.dot(recall_steps, true_positives / starts) / n_pos)
+
+
+_TIED_FRACTION_FOR_RUNS = 1 / 8
+"""Above this fraction of samples tied, ``_average_precision_runs`` beats looking up each one."""
+
+
+def _average_precision_sorted(keys: np.ndarray) -> float:
+    """AP from packed keys (``_pack_into``) sorted ascending; overwrites ``keys``.
+
+    Sorted ascending, the samples scoring at or above a positive are those from the start s
+    of its run of equal scores on, so with P positives, n samples and j0 the positives before
+    s, sklearn's step-wise AP (tied scores form one threshold) is the mean over the positives
+    of their threshold's precision:
+
+        AP = 1/P * sum over positives of (P - j0) / (n - s).
+
+    For a positive that does not share its score with its predecessor, s is its own index
+    and j0 its rank j among the positives, both at hand; only tied samples (few for a
+    continuous heatmap: mostly the clamped borders of an upsampled one) need their run's
+    start looked up. When many are tied the run-by-run pass is used instead. Work arrays
+    come from the thread's scratch.
     """
     n = keys.size
     if n == 0:
         return 0.0
-    keys.sort()
-    positive = (keys & np.uint64(1)).astype(np.uint8)
-    count = np.int32 if n < 2**31 else np.int64
-    positives_through = np.cumsum(positive, dtype=count)  # positives at indices <= i
-    n_pos = int(positives_through[-1])
+    flags = _SCRATCH.array("flags", n, np.uint8)
+    np.bitwise_and(keys.view(np.uint8)[_LOW_BYTE::8], 1, out=flags)  # the label bits
+    positions = np.flatnonzero(flags.view(bool))  # ascending indices of the positives
+    n_pos = positions.size
     if n_pos == 0:
         return 0.0  # sklearn: "No positive class found in y_true", recall set to 1, AP 0
-    keys >>= np.uint64(1)  # the scores' bits alone
-    new_run = np.empty(n, dtype=bool)
+    bits = np.right_shift(keys, np.uint64(1), out=keys)  # the scores' bits alone
+    new_run = _SCRATCH.array("new_run", n, bool)
     new_run[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=new_run[1:])
-    starts = np.flatnonzero(new_run)
-    true_positives = n_pos - (positives_through[starts] - positive[starts])  # at or above each threshold
-    recall_steps = true_positives - np.append(true_positives[1:], 0)
-    return float(np.dot(recall_steps, true_positives / (n - starts)) / n_pos)
+    np.not_equal(bits[1:], bits[:-1], out=new_run[1:])
+    n_tied = n - int(np.count_nonzero(new_run))
+    if n_tied > _TIED_FRACTION_FOR_RUNS * n:
+        return _average_precision_runs(flags, new_run, n_pos)
+    precision = np.subtract(n, positions, out=_SCRATCH.array("precision", n_pos, np.float64))  # n - s
+    np.divide(_SCRATCH.countdown(n_pos), precision, out=precision)  # (P - j0) / (n - s), untied
+    if n_tied:
+        tied = np.flatnonzero(np.logical_not(new_run, out=_SCRATCH.array("tied", n, bool)))
+        # a run of equal scores is a streak of consecutive tied indices and the one before it
+        first = np.empty(n_tied, dtype=bool)
+        first[0] = True
+        np.not_equal(tied[1:], tied[:-1] + 1, out=first[1:])
+        run_starts = np.maximum.accumulate(np.where(first, tied - 1, 0))
+        positive = flags[tied].view(bool)
+        tied, run_starts = tied[positive], run_starts[positive]
+        if tied.size:
+            rank = np.searchsorted(positions, tied)  # j of each tied positive
+            before = np.searchsorted(positions, run_starts)  # j0: the positives before its run
+            precision[rank] = (n_pos - before) / (n - run_starts)
+    return float(precision.sum() / n_pos)
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -207,7 +335,9 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
         raise ValueError("scores contain NaN or infinite values")
     labels = labels.astype(bool)
     if scores.size and scores.min() >= 0.0 and scores.max() <= 1.0:
-        return _average_precision_keys(_packed_keys(scores + 0.0, labels))  # + 0.0 turns -0.0 into 0.0
+        keys = _packed_keys(scores, labels)
+        keys.sort()
+        return _average_precision_sorted(keys)
     return _average_precision_split(scores[labels], scores[~labels])
 
 
@@ -266,7 +396,7 @@ def fg_scores(heatmap: np.ndarray, masks: np.ndarray, target: int) -> PairScores
     target: index into ``masks`` of the queried concept.
 
     Raises ValueError on a bad shape, NaN / infinite heatmap values, or an empty target mask
-    (such a pair cannot be scored).
+    (such a pair cannot be scored). Thread-safe (work buffers are per thread).
     """
     masks = _as_masks(masks)
     if not (isinstance(target, int | np.integer) and 0 <= target < masks.shape[0]):
@@ -274,20 +404,21 @@ def fg_scores(heatmap: np.ndarray, masks: np.ndarray, target: int) -> PairScores
     target_mask = masks[target]
     if not target_mask.any():
         raise ValueError(f"the target mask (index {target}) is empty: the pair cannot be scored")
+    shape, size = target_mask.shape, target_mask.size
     other = np.zeros_like(target_mask)
     for index in range(masks.shape[0]):
         if index != target:
             other |= masks[index]
     other &= ~target_mask
-    region = target_mask | other
 
-    h = normalize_heatmap(heatmap, target_mask.shape)
-    pred = predicted_mask(h)
+    h = _normalized_scratch(heatmap, shape)
+    pred = np.greater(h, h.mean(), out=_SCRATCH.array("pred", size, bool).reshape(shape))
+    both = _SCRATCH.array("both", size, bool).reshape(shape)
 
     n_target = int(np.count_nonzero(target_mask))
     n_other = int(np.count_nonzero(other))
-    tp = int(np.count_nonzero(pred & target_mask))
-    fp = int(np.count_nonzero(pred & other))
+    tp = int(np.count_nonzero(np.logical_and(pred, target_mask, out=both)))
+    fp = int(np.count_nonzero(np.logical_and(pred, other, out=both)))
     fn = n_target - tp
     tn = n_other - fp
     iou_target = _iou(tp, tp + fp + fn)
@@ -299,11 +430,21 @@ def fg_scores(heatmap: np.ndarray, masks: np.ndarray, target: int) -> PairScores
     other_sum = float(np.sum(h, where=other))
     total = target_sum + other_sum
     degenerate = not total > 0.0
+
+    # AP over R = M_c | M_other: sort keys packing each pixel's score with its label
+    n_region = n_target + n_other
+    if n_region == size:  # R is the whole image: pack h in place (h is not used after this)
+        keys = _pack_into(h.reshape(-1), target_mask.reshape(-1), h.reshape(-1).view(np.uint64))
+    else:
+        region = np.logical_or(target_mask, other, out=both)
+        scores = h[region]  # boolean indexing: faster than np.compress into a buffer
+        keys = _pack_into(scores, target_mask[region], scores.view(np.uint64))
+    keys.sort()
     return PairScores(
         miou_fg=miou,
         iou_target=iou_target,
         acc_fg=(tp + tn) / (n_target + n_other),
-        map_fg=_average_precision_keys(_packed_keys(h[region], target_mask[region])),
+        map_fg=_average_precision_sorted(keys),
         nar=math.nan if degenerate else other_sum / total,
         degenerate=degenerate,
     )
@@ -397,21 +538,28 @@ def binary_image_scores(
             raise ValueError(f"ignore is {ignore.shape}, the mask is {mask.shape}")
     if ap_channels not in ("both", "foreground"):
         raise ValueError(f"ap_channels must be 'both' or 'foreground', got {ap_channels!r}")
-    h = normalize_heatmap(heatmap, mask.shape)
-    pred = predicted_mask(h)
+    h = _normalized_scratch(heatmap, mask.shape)
+    pred = np.greater(h, h.mean(), out=_SCRATCH.array("pred", mask.size, bool).reshape(mask.shape))
     if ignore is not None:
         keep = ~ignore
         h, pred, mask = h[keep], pred[keep], mask[keep]
+    h, pred, mask = h.reshape(-1), pred.reshape(-1), mask.reshape(-1)
     labeled = int(mask.size)
-    tp = int(np.count_nonzero(pred & mask))
+    tp = int(np.count_nonzero(np.logical_and(pred, mask, out=_SCRATCH.array("both", labeled, bool))))
     n_fg = int(np.count_nonzero(mask))
     n_pred = int(np.count_nonzero(pred))
     fp, fn = n_pred - tp, n_fg - tp
     tn = labeled - tp - fp - fn
-    keys = _packed_keys(h, mask)  # foreground channel: h against the foreground labels
-    if ap_channels == "both":  # pooled with the background channel: 1 - h against the background labels
-        keys = np.concatenate((keys, _packed_keys(1.0 - h, ~mask)))
-    ap = _average_precision_keys(keys)
+    # foreground channel: h against the foreground labels; with "both", pooled with the
+    # background channel: 1 - h against the background labels
+    keys = _SCRATCH.array("keys", 2 * labeled if ap_channels == "both" else labeled, np.uint64)
+    _pack_into(h, mask, keys[:labeled])
+    if ap_channels == "both":
+        background = keys[labeled:]
+        np.subtract(1.0, h, out=background.view(np.float64))
+        _pack_into(background.view(np.float64), np.logical_not(mask, out=pred), background)
+    keys.sort()
+    ap = _average_precision_sorted(keys)
     return BinaryImageScores(
         correct=tp + tn,
         labeled=labeled,
