@@ -1,0 +1,46 @@
+"""The performance script runs end to end (small grid) and its dense reference is right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from anchordiff.bench import _inputs, dense_reference, main
+from anchordiff.graph import anchordiff_heatmaps
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "random"])
+def test_dense_reference_equals_the_fast_path(kind):
+    a_ii, o_ii, a_ci = _inputs(kind, torch.device("cpu"), grid=(12, 12))
+    heat, gate = dense_reference(a_ii, o_ii, a_ci)
+    assert gate.dtype == torch.bool and int(gate.sum()) <= 0.02 * 144**2 + 1
+    assert torch.allclose(heat, anchordiff_heatmaps(a_ii, o_ii, a_ci), atol=1e-5)
+
+
+def test_bench_writes_json_and_markdown(tmp_path, capsys):
+    report = main(["--grid", "12", "--repeats", "1", "--threads", "1", "--no-gpu", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "anchordiff_bench.json").read_text())
+    assert [row["inputs"] for row in saved["graph"]] == ["synthetic", "random"]
+    for row in saved["graph"]:
+        assert row["n_tokens"] == 144 and row["threads"] == 1
+        assert row["max_abs_diff"] <= 1e-4 and row["one_call_max_abs_diff"] <= 1e-6
+        assert row["fast_s"]["total"] > 0 and row["dense_s"]["propagation"] > 0
+        assert row["speedup"] == pytest.approx(row["dense_s"]["total"] / row["fast_s"]["total"])
+    assert saved["gpu_skipped"] == "--no-gpu"
+    table = (tmp_path / "anchordiff_bench.md").read_text()
+    assert table.count("| cpu | 1 |") == 2
+    assert table in capsys.readouterr().out
+    assert report["graph"][0]["inputs"] == "synthetic"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_gpu_section(tmp_path):
+    report = main(["--grid", "64", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)])
+    cuda_rows = [row for row in report["graph"] if row["device"].startswith("cuda")]
+    assert len(cuda_rows) == 2 and all(row["max_abs_diff"] <= 1e-4 for row in cuda_rows)
+    queries = report["gpu_queries"]["queries"]
+    assert {q["mode"] for q in queries} == {"noise", "invert"}
+    assert all(q["peak_bytes"] >= report["gpu_queries"]["weights_bytes"] for q in queries)
