@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import dataset
+from flows.commands import annotate as annotation
+from flows.commands import dataset, publish, rebuild
+from flows.commands import generate as generation
+from flows.commands import review as reviewing
+from flows.commands import score as scoring
 
 app = typer.Typer(
     name="mcc",
@@ -16,6 +20,15 @@ app = typer.Typer(
 app.command()(dataset.plan)
 app.command()(dataset.status)
 app.command()(dataset.show)
+app.command()(generation.generate)
+app.command()(generation.scrape)
+app.command()(annotation.annotate)
+app.command()(publish.publish)
+app.command()(scoring.score)
+app.command()(scoring.sweep)
+app.command()(rebuild.rebuild)
+app.add_typer(reviewing.labelstudio_app, name="labelstudio")
+app.add_typer(reviewing.review_app, name="review")
 
 if __name__ == "__main__":
     app()

@@ -42,6 +42,11 @@ from manifests.store import ManifestStore, RecordLoadError
 ADMISSIBLE_STATES = (State.segmented, State.in_review, State.reviewed, State.published)
 """States a build may admit: every concept of such a record has a mask."""
 
+REVIEWED_ONLY = ("reviewed",)
+"""What a benchmark build admits: records a person reviewed."""
+WITH_UNREVIEWED = ("reviewed", "segmented", "in_review")
+"""What an offline build admits (``--include-unreviewed``): machine masks too."""
+
 HUMAN_REVIEW = ("accepted", "edited")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

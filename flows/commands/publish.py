@@ -11,8 +11,8 @@ from rich.table import Table
 from flows.commands.common import WorkdirOption, console, fail
 from manifests import ManifestStore
 from manifests.publish import BuildSummary, PublishError, build_dataset, hub_token, push_dataset
+from manifests.publishable import REVIEWED_ONLY, WITH_UNREVIEWED
 
-UNREVIEWED_STATES = ("reviewed", "segmented", "in_review")
 """What --include-unreviewed admits: machine masks, still marked `machine` in the review column."""
 
 
@@ -51,7 +51,7 @@ def publish(
             hub_token()  # fail before the build, not after it
         except PublishError as error:
             raise fail(str(error)) from None
-    include = UNREVIEWED_STATES if include_unreviewed else ("reviewed",)
+    include = WITH_UNREVIEWED if include_unreviewed else REVIEWED_ONLY
     try:
         summary = build_dataset(
             ManifestStore(workdir), out, include=include, version=version, shard_size=shard_size, repo_id=push

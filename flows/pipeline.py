@@ -1,0 +1,348 @@
+"""The Prefect flows of MCC. They only wire: the stages hold every rule.
+
+    rebuild_dataset   plan -> scrape -> [generate -> localize -> segment + gate] per shard -> review push
+    sync_reviews      pull the submitted Label Studio reviews into the records
+    publish_dataset   build the Hugging Face dataset folder and the COCO file, optionally upload
+    score_benchmark   score AnchorDiff and its baselines on a dataset, one report per method
+
+Work is cut into shards of ``config.shard_size`` records, one task per shard, never one per
+image. Models load once per flow run (``StageModels``), on first use. Model tasks hold a
+slot of the ``gpu`` global concurrency limit, do not retry and are never cached (their
+inputs are models); I/O tasks retry. With ``config.fan_out > 1`` the parent run hands
+groups of shards to child runs of a deployment (``run_deployment``) on the work pool, so
+workers on several machines share the work dir, and waits for them. Every stage skips
+records that are already past it, so a re-run after a crash finishes what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from flows.config import PipelineConfig
+from manifests import ManifestStore, State, add_planned, load_groups, plan_scenes
+
+GPU_LIMIT = "gpu"
+PENDING_STATES = (State.planned, State.generated, State.localized)
+
+
+class StageModels:
+    """The stage objects of one flow run, each built on first use and kept for the run."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self._generator = self._localizer = self._segmenter = None
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from generators.flux import FluxGenerator
+
+            c = self.config.generate
+            self._generator = FluxGenerator(
+                c.model, revision=c.revision, device=c.device, dtype=c.dtype, steps=c.steps, guidance=c.guidance,
+                size=c.size, batch_size=c.batch_size, cpu_offload=c.cpu_offload, vae_tiling=c.vae_tiling,
+            )
+        return self._generator
+
+    @property
+    def localizer(self):
+        if self._localizer is None:
+            from annotators.localize import QwenLocalizer
+
+            c = self.config.localize
+            self._localizer = QwenLocalizer(
+                c.model, revision=c.revision, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
+                max_new_tokens=c.max_new_tokens, require_every_concept=c.every_concept,
+            )
+        return self._localizer
+
+    @property
+    def segmenter(self):
+        if self._segmenter is None:
+            from annotators.quality import QualityConfig, QualityGate
+            from annotators.segment import Sam2Segmenter
+            from flows.commands.annotate import parse_segmenter
+
+            sam_config, checkpoint = parse_segmenter(self.config.segment.model)
+            quality = QualityConfig.permissive() if self.config.quality.permissive else QualityConfig()
+            self._segmenter = Sam2Segmenter(sam_config, checkpoint, device=self.config.segment.device,
+                                            gate=QualityGate(quality))
+        return self._segmenter
+
+
+# -- tasks ---------------------------------------------------------------------------------
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def plan_task(config: PipelineConfig) -> dict[str, int]:
+    """Planned records for the scene specs of the profile (idempotent)."""
+    groups = load_groups(config.plan.groups_file)[: config.plan.max_groups]
+    specs = plan_scenes(groups, per_group=config.plan.per_group, seed=config.plan.seed)
+    created, existing = add_planned(ManifestStore(config.workdir), specs)
+    get_run_logger().info("planned %d scenes from %d groups (%d new)", len(specs), len(groups), created)
+    return {"planned": len(specs), "new": created}
+
+
+@task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def scrape_task(config: PipelineConfig) -> dict[str, int]:
+    """Web images of the profile's URL list (skipped when it names none)."""
+    from generators.download import DownloadConfig
+    from generators.web import ScrapeConfig, scrape_url_list
+
+    c = config.scrape
+    scrape_config = ScrapeConfig(download=DownloadConfig(allow_private_networks=c.allow_private_networks),
+                                 allow_unknown_licence=c.allow_unknown_licence)
+    records = scrape_url_list(c.urls, ManifestStore(config.workdir), scrape_config,
+                              groups_file=config.plan.groups_file)
+    counts = Counter(r.state.value for r in records)
+    get_run_logger().info("scraped %d URLs: %s", len(records), dict(counts))
+    return dict(counts)
+
+
+def pending_shards(config: PipelineConfig) -> list[list[str]]:
+    """Ids of the records not yet past segmentation, in id order, cut into shards."""
+    store = ManifestStore(config.workdir)
+    ids = [r.id for r in store.iter() if r.state in PENDING_STATES
+           and not (r.state == State.planned and r.source.kind == "web")]
+    return [ids[i: i + config.shard_size] for i in range(0, len(ids), config.shard_size)]
+
+
+@task(cache_policy=NO_CACHE)
+def process_shard(config: PipelineConfig, shard: list[str], models: StageModels) -> dict[str, int]:
+    """Generate, localise, segment and gate the records of one shard; returns counts by state.
+
+    Each stage writes each record as soon as it is done and skips records already past it.
+    """
+    store = ManifestStore(config.workdir)
+    records = [store.get(record_id) for record_id in shard]
+    with concurrency(GPU_LIMIT, occupy=1):
+        records = models.generator.generate(records, store)
+        records = models.localizer.localize(records, store)
+        records = models.segmenter.segment(records, store)
+    return dict(Counter(r.state.value for r in records))
+
+
+@task(retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def push_reviews_task(config: PipelineConfig) -> dict[str, Any]:
+    from annotators.review import push
+
+    report = push(ManifestStore(config.workdir), url=_labelstudio_url(config), token=_labelstudio_token(),
+                  project=config.review.project)
+    return _as_dict(report)
+
+
+@task(retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def pull_reviews_task(config: PipelineConfig) -> dict[str, Any]:
+    from annotators.review import pull
+
+    report = pull(ManifestStore(config.workdir), url=_labelstudio_url(config), token=_labelstudio_token(),
+                  project=config.review.project)
+    return _as_dict(report)
+
+
+# -- flows -----------------------------------------------------------------------------------
+@flow(name="rebuild-dataset", log_prints=True)
+def rebuild_dataset(config: PipelineConfig, shard_ids: list[list[str]] | None = None) -> dict[str, Any]:
+    """Plan, scrape, generate, localise, segment and gate; then push to review.
+
+    ``shard_ids`` is set only for child runs of a fan-out: they process exactly those shards.
+    """
+    logger = get_run_logger()
+    start = time.perf_counter()
+    if shard_ids is not None:
+        done = run_shards(config, shard_ids)
+        return {"shards": len(shard_ids), "records": sum(len(s) for s in shard_ids), "states": done}
+
+    plan = plan_task(config)
+    scraped = scrape_task(config) if config.scrape.urls else {}
+    shards = pending_shards(config)
+    logger.info("%d records to process in %d shards of up to %d", sum(map(len, shards)), len(shards),
+                config.shard_size)
+    if config.fan_out > 1 and shards:
+        fan_out(config, shards)
+    else:
+        run_shards(config, shards)
+
+    review: dict[str, Any] = {}
+    if config.review.mode == "labelstudio":
+        review = push_reviews_task(config)
+    else:
+        logger.info("review mode 'auto': segmented records are published with review status 'machine'")
+    counts = publish_counts(config)
+    summary = (
+        f"# Rebuild of `{config.workdir}`\n\n"
+        f"- profile: `{config.profile}`; planned scenes: {plan['planned']} ({plan['new']} new)\n"
+        f"- scraped: {scraped or 'no URL list in this profile'}\n"
+        f"- shards processed: {len(shards)} (fan-out {config.fan_out})\n"
+        f"- review: {review or config.review.mode}\n"
+        f"- records by state: {counts}\n"
+        f"- records: `{ManifestStore(config.workdir).path('records')}`\n"
+        f"- wall time: {time.perf_counter() - start:.1f} s\n"
+    )
+    create_markdown_artifact(summary, key="rebuild-summary", description="What this rebuild did")
+    return {"plan": plan, "scraped": scraped, "shards": len(shards), "states": counts, "review": review}
+
+
+def run_shards(config: PipelineConfig, shards: list[list[str]]) -> dict[str, int]:
+    """Process shards one after the other in this run, with a progress artifact per shard."""
+    logger = get_run_logger()
+    models = StageModels(config)
+    progress = create_progress_artifact(0.0, description=f"shards done of {len(shards)}")
+    totals: Counter[str] = Counter()
+    for index, shard in enumerate(shards, start=1):
+        totals.update(process_shard(config, shard, models))
+        update_progress_artifact(progress, 100.0 * index / len(shards))
+        logger.info("shard %d/%d done (%d records): %s", index, len(shards), len(shard), dict(totals))
+    return dict(totals)
+
+
+def fan_out(config: PipelineConfig, shards: list[list[str]]) -> None:
+    """Hand the shards round-robin to ``config.fan_out`` child runs of a deployment and wait.
+
+    Raises RuntimeError naming every child run that did not complete.
+    """
+    from prefect import runtime
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    deployment = config.deployment or (
+        f"{runtime.flow_run.flow_name}/{runtime.deployment.name}" if runtime.deployment.name else None)
+    if deployment is None:
+        raise ValueError("fan_out > 1 needs a deployment for the child runs: run this flow from a deployment "
+                         "(prefect deploy) or set config.deployment to 'rebuild-dataset/<name>'")
+    groups = [shards[i:: config.fan_out] for i in range(config.fan_out)]
+    parameters = config.model_dump(mode="json")
+    children = [
+        run_deployment(deployment, parameters={"config": parameters, "shard_ids": group}, timeout=0,
+                       idempotency_key=f"{runtime.flow_run.id}-shards-{index}",
+                       flow_run_name=f"{runtime.flow_run.name}-shards-{index}")
+        for index, group in enumerate(groups) if group
+    ]
+    logger.info("submitted %d child runs to %s", len(children), deployment)
+    progress = create_progress_artifact(0.0, description=f"child runs finished of {len(children)}")
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(child.id) for child in children]
+            finished = [run for run in runs if run.state is not None and run.state.is_final()]
+            update_progress_artifact(progress, 100.0 * len(finished) / len(runs))
+            if len(finished) == len(runs):
+                break
+            time.sleep(2)
+    failed = [f"{run.name} ({run.state.name})" for run in runs if not run.state.is_completed()]
+    if failed:
+        raise RuntimeError(f"child runs did not complete: {', '.join(failed)}; re-run the flow to finish them")
+    logger.info("all %d child runs completed", len(runs))
+
+
+@flow(name="sync-reviews", log_prints=True)
+def sync_reviews(config: PipelineConfig) -> dict[str, Any]:
+    """Pull submitted Label Studio reviews into the records."""
+    report = pull_reviews_task(config)
+    create_markdown_artifact(f"# Review sync\n\n{report}\n\nrecords by state: {publish_counts(config)}",
+                             key="sync-reviews-summary")
+    return report
+
+
+@flow(name="publish-dataset", log_prints=True)
+def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
+    """Build the dataset folder (parquet shards, card, manifest.json) and COCO; push when asked."""
+    from manifests.publish import build_dataset, push_dataset
+    from manifests.publishable import REVIEWED_ONLY, WITH_UNREVIEWED
+
+    logger = get_run_logger()
+    store = ManifestStore(config.workdir)
+    include = WITH_UNREVIEWED if config.publish.include_unreviewed else REVIEWED_ONLY
+    out = Path(config.publish.out)
+    summary = build_dataset(store, out, include=include, version=config.publish.version)
+    built = {"rows": summary.rows, "rows_by_subset": summary.rows_by_subset, "masks": summary.masks,
+             "excluded": summary.excluded_by_reason, "skipped_by_state": summary.skipped,
+             "folder_mb": round(summary.folder_bytes / 2**20, 1)}
+    logger.info("built %s: %s", out, built)
+    result: dict[str, Any] = {"out": str(out), "coco": str(summary.coco_path), **built}
+    if config.publish.push:
+        pushed = push_dataset(out, config.publish.push, tag=config.publish.tag or f"v{config.publish.version}")
+        result["pushed"] = str(pushed)
+    create_markdown_artifact(
+        f"# Published `{out}`\n\n- dataset folder: `{out.resolve()}`\n- COCO: `{summary.coco_path}`\n"
+        f"- load with `datasets.load_dataset({str(out)!r}, split='test')`\n- {built}\n",
+        key="publish-summary",
+    )
+    return result
+
+
+@flow(name="score-benchmark", log_prints=True)
+def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
+    """Score each method of the profile on the dataset; one report folder per method."""
+    from benchmark.datasets import open_dataset
+    from benchmark.evaluate import AnchorDiffMethod, evaluate
+
+    logger = get_run_logger()
+    c = config.score
+    dataset = open_dataset(c.dataset or config.publish.out)
+    reports: dict[str, Any] = {}
+    pipeline = None
+    rows = []
+    for method_name in c.methods:
+        method = AnchorDiffMethod(c.model, preset=c.preset, method=method_name, mode=c.mode, pipeline=pipeline)
+        pipeline = method.pipeline  # the diffusion model loads once for all methods
+        out = Path(c.out) / f"{c.preset}-{c.mode}-{method_name}"
+        with concurrency(GPU_LIMIT, occupy=1):
+            report = evaluate(method, dataset, out_dir=out, limit=c.limit, progress=False)
+        reports[method_name] = str(out)
+        rows.append({"method": method_name, **_headline(report), "report": str(out / "report.md")})
+        logger.info("%s: %s", method_name, rows[-1])
+    create_table_artifact(rows, key="score-benchmark", description=f"MCC scores ({c.preset}, {c.mode})")
+    return reports
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def publish_counts(config: PipelineConfig) -> dict[str, int]:
+    """Counts by state and by rejection reason, also published as a table artifact."""
+    counts = ManifestStore(config.workdir).counts()
+    rows = [{"state": state, "reason": "", "records": n} for state, n in sorted(counts.by_state.items())]
+    rows += [{"state": "rejected", "reason": f"{stage}: {reason}", "records": n}
+             for (stage, reason), n in sorted(counts.by_rejection.items())]
+    create_table_artifact(rows, key="record-counts", description="Records by state and rejection reason")
+    return counts.by_state
+
+
+def _headline(report: Any) -> dict[str, Any]:
+    overall = getattr(report, "overall", None) or {}
+    return {k: overall.get(k) for k in ("miou_fg", "map_fg", "nar", "acc_fg") if k in overall}
+
+
+def _labelstudio_url(config: PipelineConfig) -> str:
+    url = config.review.url or os.environ.get("LABEL_STUDIO_URL")
+    if not url:
+        raise ValueError("no Label Studio URL: set review.url in the profile or LABEL_STUDIO_URL")
+    return url
+
+
+def _labelstudio_token() -> str:
+    token = os.environ.get("LABEL_STUDIO_API_KEY")
+    if not token:
+        raise ValueError("no Label Studio token: export LABEL_STUDIO_API_KEY (printed by `mcc labelstudio start`)")
+    return token
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return {k: v for k, v in asdict(value).items() if isinstance(v, (int, float, str, bool, dict, list))}
+    return dict(value) if isinstance(value, dict) else {"result": str(value)}
