@@ -3,6 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+PACKAGES := manifests generators annotators anchordiff benchmark flows
 
 .PHONY: setup test test-fast lint demo clean
 
@@ -22,7 +23,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests scripts
 
 demo: setup
 	$(PY) -m flows.demo

@@ -118,7 +118,11 @@ class RecordingState:
 
 
 def image_self_attention(
-    query: Tensor, key: Tensor, value: Tensor, *, o_ii_mode: str = "concat",
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    o_ii_mode: str = "concat",
     head_chunk_bytes: int = DEFAULT_HEAD_CHUNK_BYTES,
 ) -> tuple[Tensor, Tensor]:
     """A_II and O_II of one sample from its image queries, keys and values (after qk-norm).
@@ -219,8 +223,11 @@ class RecordingJointAttnProcessor:
             key = attn.norm_k(key)
         ctx_q, ctx_k, ctx_v = self._context_qkv(attn, encoder_hidden_states, heads, head_dim)  # (B, H, T, d)
         joint = F.scaled_dot_product_attention(
-            torch.cat([query, ctx_q], dim=2), torch.cat([key, ctx_k], dim=2), torch.cat([value, ctx_v], dim=2),
-            dropout_p=0.0, is_causal=False,
+            torch.cat([query, ctx_q], dim=2),
+            torch.cat([key, ctx_k], dim=2),
+            torch.cat([value, ctx_v], dim=2),
+            dropout_p=0.0,
+            is_causal=False,
         )
         joint = joint.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)  # (B, N+T, H*d)
         image_out, context_out = joint[:, :n_img], joint[:, n_img:]
@@ -230,7 +237,11 @@ class RecordingJointAttnProcessor:
         q_img, k_img, v_img = query[s], key[s], value[s]  # (H, N, d)
         if self.layer in state.graph_layers:
             a_ii, o_ii = image_self_attention(
-                q_img, k_img, v_img, o_ii_mode=state.o_ii_mode, head_chunk_bytes=state.head_chunk_bytes,
+                q_img,
+                k_img,
+                v_img,
+                o_ii_mode=state.o_ii_mode,
+                head_chunk_bytes=state.head_chunk_bytes,
             )
             state.a_ii[self.layer] = a_ii
             state.o_ii[self.layer] = o_ii
@@ -246,7 +257,9 @@ class RecordingJointAttnProcessor:
         return image_out, context_out
 
     @staticmethod
-    def _context_qkv(attn: nn.Module, tokens: Tensor, heads: int, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _context_qkv(
+        attn: nn.Module, tokens: Tensor, heads: int, head_dim: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Context-stream queries, keys, values (B, H, T, d) with the added qk-norm, as the processor does."""
         batch = tokens.shape[0]
         q = attn.add_q_proj(tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
@@ -259,16 +272,26 @@ class RecordingJointAttnProcessor:
         return q, k, v
 
     def _concept_attention(
-        self, attn: nn.Module, block: _BlockConceptInputs, q_img: Tensor, k_img: Tensor, v_img: Tensor,
-        image_out: Tensor, heads: int, head_dim: int,
+        self,
+        attn: nn.Module,
+        block: _BlockConceptInputs,
+        q_img: Tensor,
+        k_img: Tensor,
+        v_img: Tensor,
+        image_out: Tensor,
+        heads: int,
+        head_dim: int,
     ) -> None:
         """Concept queries over [concepts; image] keys (the stream's update) and the recorded A_CI / maps."""
         state = self.state
         concepts = state.concepts
         c_q, c_k, c_v = self._context_qkv(attn, block.norm_hidden, heads, head_dim)  # (1, H, M, d)
         c_out = F.scaled_dot_product_attention(
-            c_q, torch.cat([c_k, k_img[None]], dim=2), torch.cat([c_v, v_img[None]], dim=2),
-            dropout_p=0.0, is_causal=False,
+            c_q,
+            torch.cat([c_k, k_img[None]], dim=2),
+            torch.cat([c_v, v_img[None]], dim=2),
+            dropout_p=0.0,
+            is_causal=False,
         )
         c_out = c_out.transpose(1, 2).reshape(1, -1, heads * head_dim).to(c_q.dtype)  # (1, M, H*d)
         block.attn_output = c_out
@@ -336,14 +359,21 @@ class AttentionRecorder:
         num_blocks = len(blocks)
         bad = [layer for layer in graph_layers if not 0 <= int(layer) < num_blocks]
         if bad:
-            raise ValueError(f"graph layers {bad} are out of range: the transformer has blocks 0..{num_blocks - 1}")
+            raise ValueError(
+                f"graph layers {bad} are out of range: the transformer has blocks 0..{num_blocks - 1}"
+            )
         if o_ii_mode not in O_II_MODES:
             raise ValueError(f"o_ii_mode must be one of {O_II_MODES}, got {o_ii_mode!r}")
         self.transformer = transformer
         self.blocks = blocks
         self.state = RecordingState(
-            graph_layers=frozenset(int(layer) for layer in graph_layers), concepts=concepts, cfg=cfg,
-            o_ii_mode=o_ii_mode, head_chunk_bytes=int(head_chunk_bytes), armed=armed, once=once,
+            graph_layers=frozenset(int(layer) for layer in graph_layers),
+            concepts=concepts,
+            cfg=cfg,
+            o_ii_mode=o_ii_mode,
+            head_chunk_bytes=int(head_chunk_bytes),
+            armed=armed,
+            once=once,
         )
         self._originals: dict[int, Any] = {}
         self._handles: list[Any] = []
@@ -361,17 +391,25 @@ class AttentionRecorder:
 
     def __enter__(self) -> AttentionRecorder:
         try:
-            self._handles.append(self.transformer.register_forward_pre_hook(self._start_forward, with_kwargs=True))
+            self._handles.append(
+                self.transformer.register_forward_pre_hook(self._start_forward, with_kwargs=True)
+            )
             self._handles.append(self.transformer.register_forward_hook(self._end_forward, with_kwargs=True))
             for layer in self.recorded_layers:
                 block = self.blocks[layer]
                 self._originals[layer] = block.attn.processor
                 block.attn.set_processor(RecordingJointAttnProcessor(layer, self.state, block.attn.processor))
                 if self.state.concepts is not None:
-                    self._handles.append(block.register_forward_pre_hook(
-                        functools.partial(self._block_start, layer), with_kwargs=True))
-                    self._handles.append(block.register_forward_hook(
-                        functools.partial(self._block_end, layer), with_kwargs=True))
+                    self._handles.append(
+                        block.register_forward_pre_hook(
+                            functools.partial(self._block_start, layer), with_kwargs=True
+                        )
+                    )
+                    self._handles.append(
+                        block.register_forward_hook(
+                            functools.partial(self._block_end, layer), with_kwargs=True
+                        )
+                    )
         except BaseException:
             self._restore()
             raise
@@ -425,7 +463,7 @@ class AttentionRecorder:
         if not state.active or state.concept_hidden is None:
             return
         _, temb = _block_inputs(args, kwargs)
-        temb = temb[state.sample:state.sample + 1]
+        temb = temb[state.sample : state.sample + 1]
         concepts = state.concept_hidden
         if block.context_pre_only:
             state.block = _BlockConceptInputs(layer, block.norm1_context(concepts, temb), None)

@@ -64,7 +64,9 @@ SD3_VAE_SHIFT_FACTOR = 0.0609
 SD3_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}
 
 PRESETS: dict[str, Preset] = {
-    "sd3": Preset("sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 24, (9, 18), SD3_MEDIUM_TRANSFORMER),
+    "sd3": Preset(
+        "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 24, (9, 18), SD3_MEDIUM_TRANSFORMER
+    ),
     "sd35": Preset("sd35", "stabilityai/stable-diffusion-3.5-large", 38, (23, 31), SD35_LARGE_TRANSFORMER),
 }
 
@@ -120,16 +122,30 @@ def _tiny_text_encoders(clip_projection_dim: int, t5_dim: int) -> dict:
     components = {}
     for name in ("text_encoder", "text_encoder_2"):
         config = CLIPTextConfig(
-            vocab_size=len(clip_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, projection_dim=clip_projection_dim,
-            max_position_embeddings=clip_tokenizer.model_max_length, bos_token_id=clip_tokenizer.bos_token_id,
-            eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id,
+            vocab_size=len(clip_tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            projection_dim=clip_projection_dim,
+            max_position_embeddings=clip_tokenizer.model_max_length,
+            bos_token_id=clip_tokenizer.bos_token_id,
+            eos_token_id=clip_tokenizer.eos_token_id,
+            pad_token_id=clip_tokenizer.pad_token_id,
         )
         components[name] = CLIPTextModelWithProjection(config).eval()
     t5_config = T5Config(
-        vocab_size=len(t5_tokenizer), d_model=t5_dim, d_ff=64, d_kv=8, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=t5_tokenizer.pad_token_id,
-        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=t5_tokenizer.pad_token_id,
+        vocab_size=len(t5_tokenizer),
+        d_model=t5_dim,
+        d_ff=64,
+        d_kv=8,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id,
+        decoder_start_token_id=t5_tokenizer.pad_token_id,
     )
     components["text_encoder_3"] = T5EncoderModel(t5_config).eval()
     components.update(tokenizer=clip_tokenizer, tokenizer_2=clip_tokenizer, tokenizer_3=t5_tokenizer)
@@ -141,10 +157,18 @@ def _small_vae(num_down_blocks: int, channels: tuple[int, ...], latent_channels:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * num_down_blocks,
-        up_block_types=("UpDecoderBlock2D",) * num_down_blocks, block_out_channels=channels, layers_per_block=1,
-        latent_channels=latent_channels, norm_num_groups=8, scaling_factor=SD3_VAE_SCALING_FACTOR,
-        shift_factor=SD3_VAE_SHIFT_FACTOR, use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * num_down_blocks,
+        up_block_types=("UpDecoderBlock2D",) * num_down_blocks,
+        block_out_channels=channels,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        scaling_factor=SD3_VAE_SCALING_FACTOR,
+        shift_factor=SD3_VAE_SHIFT_FACTOR,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
         mid_block_add_attention=False,
     ).eval()
 
@@ -165,7 +189,10 @@ def build_tiny_pipeline(preset: str = "sd3", seed: int = 0):
         vae = _small_vae(3, (8, 16, 16), config["in_channels"])
         encoders = _tiny_text_encoders(clip_projection_dim=32, t5_dim=config["joint_attention_dim"])
     return StableDiffusion3Pipeline(
-        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), **encoders,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
+        **encoders,
     )
 
 
@@ -188,17 +215,25 @@ def build_random_pipeline(preset: str, device: torch.device, dtype: torch.dtype,
             transformer = SD3Transformer2DModel(**config).eval()
             vae = _small_vae(4, (8, 8, 16, 16), config["in_channels"])
             encoders = _tiny_text_encoders(
-                clip_projection_dim=config["pooled_projection_dim"] // 2, t5_dim=config["joint_attention_dim"],
+                clip_projection_dim=config["pooled_projection_dim"] // 2,
+                t5_dim=config["joint_attention_dim"],
             )
         finally:
             torch.set_default_dtype(previous)
     return StableDiffusion3Pipeline(
-        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), **encoders,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
+        **encoders,
     )
 
 
 def load_pipeline(
-    model: str, preset: str, device: torch.device, dtype: torch.dtype, revision: str | None = None,
+    model: str,
+    preset: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    revision: str | None = None,
     local_files_only: bool | None = None,
 ):
     """The ``StableDiffusion3Pipeline`` for a model reference, on ``device`` in ``dtype``.
@@ -224,8 +259,9 @@ def load_pipeline(
         kwargs["local_files_only"] = local_files_only
     is_folder = Path(model).expanduser().is_dir()
     try:
-        pipe = StableDiffusion3Pipeline.from_pretrained(str(Path(model).expanduser()) if is_folder else model,
-                                                        **kwargs)
+        pipe = StableDiffusion3Pipeline.from_pretrained(
+            str(Path(model).expanduser()) if is_folder else model, **kwargs
+        )
     except (OSError, ValueError) as error:
         where = "the folder" if is_folder else "the Hub repo (or its copy in the Hugging Face cache)"
         raise OSError(

@@ -232,8 +232,15 @@ class AnchorDiff:
     (:class:`AnchorDiffOptions`); ``config`` lists both for reports.
     """
 
-    def __init__(self, pipe: Any, *, model: str = "custom", preset: str = "sd3", revision: str | None = None,
-                 options: AnchorDiffOptions | None = None):
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        model: str = "custom",
+        preset: str = "sd3",
+        revision: str | None = None,
+        options: AnchorDiffOptions | None = None,
+    ):
         check_preset(preset)
         self.pipe = pipe
         self.model = model
@@ -250,7 +257,8 @@ class AnchorDiff:
             what="graph layers" if self.options.graph_layers else f"the graph layers of preset {preset!r}",
         )
         self.max_sequence_length = self.options.max_sequence_length or (
-            TINY_MAX_SEQUENCE_LENGTH if tiny else DEFAULT_MAX_SEQUENCE_LENGTH)
+            TINY_MAX_SEQUENCE_LENGTH if tiny else DEFAULT_MAX_SEQUENCE_LENGTH
+        )
         self.patch_size = self.transformer.config.patch_size
         self.token_factor = pipe.vae_scale_factor * self.patch_size
         native = self.transformer.config.sample_size * pipe.vae_scale_factor
@@ -262,7 +270,9 @@ class AnchorDiff:
             )
         limit = self.transformer.config.pos_embed_max_size * self.token_factor
         if self.resolution > limit:
-            raise ValueError(f"resolution {self.resolution} exceeds the model's positional embeddings ({limit} px)")
+            raise ValueError(
+                f"resolution {self.resolution} exceeds the model's positional embeddings ({limit} px)"
+            )
 
     # -- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -293,7 +303,9 @@ class AnchorDiff:
             **options: fields of :class:`AnchorDiffOptions` (e.g. ``prompt_template``, ``graph_layers``).
         """
         if not isinstance(model, str) or not model:
-            raise TypeError(f"model must be a repo id, a folder, 'tiny' or 'random-sd3'/'random-sd35', got {model!r}")
+            raise TypeError(
+                f"model must be a repo id, a folder, 'tiny' or 'random-sd3'/'random-sd35', got {model!r}"
+            )
         if preset is not None:
             check_preset(preset)
         if model.startswith(RANDOM_PREFIX):
@@ -374,7 +386,9 @@ class AnchorDiff:
         names = []
         for concept in concepts:
             if not isinstance(concept, str) or not concept.strip():
-                raise ValueError(f"every concept must be a non-empty string, got {concept!r} in {list(concepts)}")
+                raise ValueError(
+                    f"every concept must be a non-empty string, got {concept!r} in {list(concepts)}"
+                )
             names.append(concept.strip())
         seen: dict[str, str] = {}
         for name in names:
@@ -459,10 +473,14 @@ class AnchorDiff:
             layers = self._check_layers(layers)
         graph_layers = (layers or self.graph_layers) if graph else ()
         record = self.record(image, concepts, mode=mode, prompt=prompt, graph_layers=graph_layers, seed=seed)
-        output = self.heatmaps_from_record(record, method=method, layers=layers, steps=steps,
-                                           gate_quantile=gate_quantile)
-        output.timings = {**record.timings, "heatmaps": output.timings["heatmaps"],
-                          "total": time.perf_counter() - started}
+        output = self.heatmaps_from_record(
+            record, method=method, layers=layers, steps=steps, gate_quantile=gate_quantile
+        )
+        output.timings = {
+            **record.timings,
+            "heatmaps": output.timings["heatmaps"],
+            "total": time.perf_counter() - started,
+        }
         if return_record:
             output.record = record
         return output
@@ -518,8 +536,15 @@ class AnchorDiff:
         state = self._recorded_forward(noisy, timesteps[index], prompt_embeds, pooled, tokens, graph_layers)
         clock("forward")
         return self._assemble_record(
-            state, tokens, grid=tuple(s // self.patch_size for s in latents.shape[-2:]), image_size=image.size,
-            prompt=prompt, mode=mode, concepts=concepts, timestep=float(timesteps[index]), timings=timings,
+            state,
+            tokens,
+            grid=tuple(s // self.patch_size for s in latents.shape[-2:]),
+            image_size=image.size,
+            prompt=prompt,
+            mode=mode,
+            concepts=concepts,
+            timestep=float(timesteps[index]),
+            timings=timings,
         )
 
     def heatmaps_from_record(
@@ -543,8 +568,9 @@ class AnchorDiff:
         self._check_graph_args(steps, gate_quantile)
         device = self.device
         all_layers = tuple(range(record.a_ci.shape[0]))
-        anchor_layers = all_layers if anchor_layers is None else self._check_layers(anchor_layers,
-                                                                                    what="anchor_layers")
+        anchor_layers = (
+            all_layers if anchor_layers is None else self._check_layers(anchor_layers, what="anchor_layers")
+        )
         a_ci = record.a_ci[list(anchor_layers)].to(device).mean(dim=0)  # (K, N)
         if method in GRAPH_METHODS:
             layers = self.graph_layers if layers is None else self._check_layers(layers)
@@ -557,8 +583,13 @@ class AnchorDiff:
             a_ii = torch.stack([record.a_ii[x].to(device) for x in layers]).mean(dim=0)  # (N, N)
             o_ii = torch.stack([record.o_ii[x].to(device) for x in layers]).mean(dim=0)  # (N, D)
             token_maps = anchordiff_heatmaps(
-                a_ii, o_ii, a_ci, gate_quantile=float(gate_quantile), steps=steps,
-                clamp_negative=self.options.clamp_negative, empty_row=self.options.empty_row,
+                a_ii,
+                o_ii,
+                a_ci,
+                gate_quantile=float(gate_quantile),
+                steps=steps,
+                clamp_negative=self.options.clamp_negative,
+                empty_row=self.options.empty_row,
                 **GRAPH_METHODS[method],
             )
             anchors = select_anchors(a_ci)
@@ -615,8 +646,13 @@ class AnchorDiff:
         tokens = self.encode_concepts(concepts)
         step = num_inference_steps // 2
         recorder = AttentionRecorder(
-            self.transformer, graph_layers=graph_layers, concepts=tokens, cfg=guidance_scale > 1.0,
-            armed=step == 0, o_ii_mode=self.options.o_ii_heads, head_chunk_bytes=self.options.head_chunk_mb * 2**20,
+            self.transformer,
+            graph_layers=graph_layers,
+            concepts=tokens,
+            cfg=guidance_scale > 1.0,
+            armed=step == 0,
+            o_ii_mode=self.options.o_ii_heads,
+            head_chunk_bytes=self.options.head_chunk_mb * 2**20,
         )
 
         def arm_before_recorded_step(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
@@ -626,23 +662,39 @@ class AnchorDiff:
 
         with recorder:
             result = self.pipe(
-                prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, height=height, width=width,
-                generator=torch.Generator("cpu").manual_seed(seed), max_sequence_length=self.max_sequence_length,
-                callback_on_step_end=arm_before_recorded_step, output_type="pil",
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                generator=torch.Generator("cpu").manual_seed(seed),
+                max_sequence_length=self.max_sequence_length,
+                callback_on_step_end=arm_before_recorded_step,
+                output_type="pil",
             )
         if recorder.state.recorded_forwards != 1:
             raise RuntimeError(f"expected one recorded step, got {recorder.state.recorded_forwards}")
         image = result.images[0]
         record = self._assemble_record(
-            recorder.state, tokens, grid=(height // self.token_factor, width // self.token_factor),
-            image_size=image.size, prompt=prompt, mode="generate", concepts=concepts,
-            timestep=float(self.pipe.scheduler.timesteps[step]), timings={"generate": time.perf_counter() - started},
+            recorder.state,
+            tokens,
+            grid=(height // self.token_factor, width // self.token_factor),
+            image_size=image.size,
+            prompt=prompt,
+            mode="generate",
+            concepts=concepts,
+            timestep=float(self.pipe.scheduler.timesteps[step]),
+            timings={"generate": time.perf_counter() - started},
         )
-        output = self.heatmaps_from_record(record, method=method, layers=layers, steps=steps,
-                                           gate_quantile=gate_quantile)
-        output.timings = {**record.timings, "heatmaps": output.timings["heatmaps"],
-                          "total": time.perf_counter() - started}
+        output = self.heatmaps_from_record(
+            record, method=method, layers=layers, steps=steps, gate_quantile=gate_quantile
+        )
+        output.timings = {
+            **record.timings,
+            "heatmaps": output.timings["heatmaps"],
+            "total": time.perf_counter() - started,
+        }
         output.record = record
         return image, output
 
@@ -663,7 +715,11 @@ class AnchorDiff:
     def _encode_prompt(self, prompt: str) -> tuple[Tensor, Tensor]:
         """(1, T, joint_attention_dim) prompt embeddings and (1, pooled_projection_dim) pooled, model dtype."""
         embeds, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompt, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
+            prompt=prompt,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=False,
             max_sequence_length=self.max_sequence_length,
         )
         return embeds.to(self.dtype), pooled.to(self.dtype)
@@ -679,17 +735,28 @@ class AnchorDiff:
         concepts = self._check_concepts(concepts)
         pipe = self.pipe
         embeds, _, _, _ = pipe.encode_prompt(
-            prompt=concepts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
+            prompt=concepts,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=False,
             max_sequence_length=self.max_sequence_length,
         )  # (K, 77 + T, joint_attention_dim)
         clip_length = embeds.shape[1] - self.max_sequence_length
-        clip = pipe.tokenizer(concepts, padding="max_length", max_length=clip_length, truncation=True,
-                              return_tensors="pt")
+        clip = pipe.tokenizer(
+            concepts, padding="max_length", max_length=clip_length, truncation=True, return_tensors="pt"
+        )
         clip_real = clip.attention_mask.sum(dim=1).tolist()
         t5_real = [0] * len(concepts)
         if pipe.text_encoder_3 is not None:
-            t5 = pipe.tokenizer_3(concepts, padding="max_length", max_length=self.max_sequence_length,
-                                  truncation=True, add_special_tokens=True, return_tensors="pt")
+            t5 = pipe.tokenizer_3(
+                concepts,
+                padding="max_length",
+                max_length=self.max_sequence_length,
+                truncation=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            )
             t5_real = t5.attention_mask.sum(dim=1).tolist()
         rows, index = [], []
         for k, concept in enumerate(concepts):
@@ -713,7 +780,7 @@ class AnchorDiff:
         else:
             latent = posterior.sample(torch.Generator(self.device).manual_seed(seed))
         shift = pipe.vae.config.shift_factor or 0.0
-        return ((latent.float() - shift) * pipe.vae.config.scaling_factor)
+        return (latent.float() - shift) * pipe.vae.config.scaling_factor
 
     def _schedule(self, latents: Tensor) -> tuple[Any, Tensor]:
         """A private copy of the pipeline's scheduler with ``num_inference_steps`` timesteps set."""
@@ -724,14 +791,18 @@ class AnchorDiff:
         if scheduler.config.get("use_dynamic_shifting", False):
             seq_len = (latents.shape[-2] // self.patch_size) * (latents.shape[-1] // self.patch_size)
             kwargs["mu"] = calculate_shift(
-                seq_len, scheduler.config.get("base_image_seq_len", 256),
-                scheduler.config.get("max_image_seq_len", 4096), scheduler.config.get("base_shift", 0.5),
+                seq_len,
+                scheduler.config.get("base_image_seq_len", 256),
+                scheduler.config.get("max_image_seq_len", 4096),
+                scheduler.config.get("base_shift", 0.5),
                 scheduler.config.get("max_shift", 1.16),
             )
         scheduler.set_timesteps(self.options.num_inference_steps, device=self.device, **kwargs)
         return scheduler, scheduler.timesteps
 
-    def _invert(self, latents: Tensor, scheduler: Any, index: int, prompt_embeds: Tensor, pooled: Tensor) -> Tensor:
+    def _invert(
+        self, latents: Tensor, scheduler: Any, index: int, prompt_embeds: Tensor, pooled: Tensor
+    ) -> Tensor:
         """Deterministic Euler flow-matching inversion from sigma = 0 up to ``sigmas[index]``.
 
         ``x <- x + (sigma_next - sigma) * v(x, sigma * num_train_timesteps)`` over the scheduler's sigmas in
@@ -750,8 +821,11 @@ class AnchorDiff:
             sigma, sigma_next = sigmas[i], sigmas[i - 1]
             model_input = x.to(self.dtype).expand(len(prompt_embeds), -1, -1, -1)
             velocity = self.transformer(
-                hidden_states=model_input, timestep=(sigma * train_steps).expand(len(model_input)),
-                encoder_hidden_states=prompt_embeds, pooled_projections=pooled, return_dict=False,
+                hidden_states=model_input,
+                timestep=(sigma * train_steps).expand(len(model_input)),
+                encoder_hidden_states=prompt_embeds,
+                pooled_projections=pooled,
+                return_dict=False,
             )[0].float()
             if scale > 1.0:
                 uncond, cond = velocity.chunk(2)
@@ -759,17 +833,36 @@ class AnchorDiff:
             x = x + (sigma_next - sigma) * velocity
         return x
 
-    def _recorded_forward(self, latents: Tensor, timestep: Tensor, prompt_embeds: Tensor, pooled: Tensor,
-                          tokens: ConceptTokens, graph_layers: tuple[int, ...]):
+    def _recorded_forward(
+        self,
+        latents: Tensor,
+        timestep: Tensor,
+        prompt_embeds: Tensor,
+        pooled: Tensor,
+        tokens: ConceptTokens,
+        graph_layers: tuple[int, ...],
+    ):
         """One transformer forward under the recorder (two with ``concept_pass="separate"``); its state."""
-        kwargs = {"o_ii_mode": self.options.o_ii_heads, "head_chunk_bytes": self.options.head_chunk_mb * 2**20}
-        inputs = {"hidden_states": latents.to(self.dtype), "timestep": timestep.reshape(1).to(self.device),
-                  "encoder_hidden_states": prompt_embeds, "pooled_projections": pooled, "return_dict": False}
+        kwargs = {
+            "o_ii_mode": self.options.o_ii_heads,
+            "head_chunk_bytes": self.options.head_chunk_mb * 2**20,
+        }
+        inputs = {
+            "hidden_states": latents.to(self.dtype),
+            "timestep": timestep.reshape(1).to(self.device),
+            "encoder_hidden_states": prompt_embeds,
+            "pooled_projections": pooled,
+            "return_dict": False,
+        }
         if self.options.concept_pass == "joint":
-            with AttentionRecorder(self.transformer, graph_layers=graph_layers, concepts=tokens, **kwargs) as rec:
+            with AttentionRecorder(
+                self.transformer, graph_layers=graph_layers, concepts=tokens, **kwargs
+            ) as rec:
                 self.transformer(**inputs)
             return rec.state
-        with AttentionRecorder(self.transformer, graph_layers=graph_layers, concepts=None, **kwargs) as graph_rec:
+        with AttentionRecorder(
+            self.transformer, graph_layers=graph_layers, concepts=None, **kwargs
+        ) as graph_rec:
             self.transformer(**inputs)
         with AttentionRecorder(self.transformer, graph_layers=(), concepts=tokens, **kwargs) as rec:
             self.transformer(**inputs)
@@ -783,20 +876,31 @@ class AnchorDiff:
         if missing:
             raise RuntimeError(f"the concept stream did not reach blocks {missing}")
         return AttentionRecord(
-            a_ii=dict(state.a_ii), o_ii=dict(state.o_ii),
+            a_ii=dict(state.a_ii),
+            o_ii=dict(state.o_ii),
             a_ci=torch.stack([state.a_ci[x] for x in layers]),
             concept_outputs=torch.stack([state.concept_outputs[x] for x in layers]),
             concept_maps=torch.stack([state.concept_maps[x] for x in layers]),
-            concept_token_counts=tokens.token_counts().tolist(), **record_fields,
+            concept_token_counts=tokens.token_counts().tolist(),
+            **record_fields,
         )
 
-    def _output(self, record: AttentionRecord, method: str, token_maps: Tensor, anchors: Tensor,
-                degenerate: Tensor, started: float) -> AnchorDiffOutput:
+    def _output(
+        self,
+        record: AttentionRecord,
+        method: str,
+        token_maps: Tensor,
+        anchors: Tensor,
+        degenerate: Tensor,
+        started: float,
+    ) -> AnchorDiffOutput:
         """Token maps (K, N) -> the output at the input image's size (bilinear, min-max, mean threshold)."""
         gh, gw = record.grid
         width, height = record.image_size
         grid_maps = token_maps.reshape(-1, gh, gw)
-        upsampled = F.interpolate(grid_maps[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        upsampled = F.interpolate(
+            grid_maps[None], size=(height, width), mode="bilinear", align_corners=False
+        )[0]
         heatmaps = minmax(upsampled.reshape(len(upsampled), -1))[0].reshape(upsampled.shape)
         masks = mean_threshold_masks(heatmaps)
         anchors = anchors.long()
@@ -804,7 +908,12 @@ class AnchorDiff:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return AnchorDiffOutput(
-            heatmaps=heatmaps.cpu(), masks=masks.cpu(), anchors=anchors_rc.cpu(), token_heatmaps=grid_maps.cpu(),
-            degenerate=degenerate.cpu(), timings={"heatmaps": time.perf_counter() - started},
-            concepts=list(record.concepts), method=method,
+            heatmaps=heatmaps.cpu(),
+            masks=masks.cpu(),
+            anchors=anchors_rc.cpu(),
+            token_heatmaps=grid_maps.cpu(),
+            degenerate=degenerate.cpu(),
+            timings={"heatmaps": time.perf_counter() - started},
+            concepts=list(record.concepts),
+            method=method,
         )

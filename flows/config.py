@@ -42,7 +42,9 @@ class GenerateConfig(Section):
 
 
 class ScrapeConfig(Section):
-    urls: str | None = Field(None, description="CSV/JSONL/parquet URL list (url, group, licence, ...); none: skip.")
+    urls: str | None = Field(
+        None, description="CSV/JSONL/parquet URL list (url, group, licence, ...); none: skip."
+    )
     allow_private_networks: bool = False
     allow_unknown_licence: bool = False
 
@@ -54,13 +56,18 @@ class LocalizeConfig(Section):
     dtype: str = "bfloat16"
     batch_size: int = 4
     max_new_tokens: int = 512
-    every_concept: bool = Field(False, description="Constrain answers to start with one box per concept "
-                                                   "(generated images name every concept).")
+    every_concept: bool = Field(
+        False,
+        description="Constrain answers to start with one box per concept "
+        "(generated images name every concept).",
+    )
 
 
 class SegmentConfig(Section):
-    model: str = Field("configs/sam2.1/sam2.1_hiera_l.yaml:checkpoints/sam2.1_hiera_large.pt",
-                       description="'tiny' or CONFIG:CHECKPOINT of SAM2.")
+    model: str = Field(
+        "configs/sam2.1/sam2.1_hiera_l.yaml:checkpoints/sam2.1_hiera_large.pt",
+        description="'tiny' or CONFIG:CHECKPOINT of SAM2.",
+    )
     device: str | None = None
 
 
@@ -72,7 +79,7 @@ class ReviewSection(Section):
     mode: Literal["labelstudio", "auto"] = Field(
         "labelstudio",
         description="'labelstudio': push segmented records for human review. 'auto': skip review; records are "
-                    "published with review status 'machine' (offline smoke runs only).",
+        "published with review status 'machine' (offline smoke runs only).",
     )
     url: str | None = Field(None, description="Label Studio URL (default: $LABEL_STUDIO_URL).")
     project: str = "MCC review"
@@ -81,10 +88,13 @@ class ReviewSection(Section):
 class PublishSection(Section):
     out: str = "mcc-workdir/dataset"
     include_unreviewed: bool = Field(
-        False, description="Also publish records not reviewed by a person (review status 'machine'); smoke runs only."
+        False,
+        description="Also publish records not reviewed by a person (review status 'machine'); smoke runs only.",
     )
     version: str = "0.1.0"
-    push: str | None = Field(None, description="Hub dataset repo id to upload to; none: nothing leaves the machine.")
+    push: str | None = Field(
+        None, description="Hub dataset repo id to upload to; none: nothing leaves the machine."
+    )
     tag: str | None = None
 
 
@@ -103,10 +113,13 @@ class PipelineConfig(Section):
 
     profile: str | None = Field(None, description="'smoke', 'full' or a YAML path; other fields override it.")
     workdir: str = Field("mcc-workdir", description="Local folder or fsspec URL shared by all workers.")
-    shard_size: int = Field(16, ge=1, description="Records per shard (one Prefect task per shard, never per image).")
+    shard_size: int = Field(
+        16, ge=1, description="Records per shard (one Prefect task per shard, never per image)."
+    )
     fan_out: int = Field(1, ge=1, description="Child flow runs to spread the shards over (run_deployment).")
     deployment: str | None = Field(
-        None, description="Deployment the child runs use when fan_out > 1 (default: this run's own deployment)."
+        None,
+        description="Deployment the child runs use when fan_out > 1 (default: this run's own deployment).",
     )
     plan: PlanConfig = Field(default_factory=PlanConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -137,7 +150,9 @@ def read_profile(profile: str) -> dict[str, Any]:
         text = path.read_text()
     values = yaml.safe_load(text) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"profile {profile!r} must be a YAML mapping of sections (workdir, plan, generate, ...)")
+        raise ValueError(
+            f"profile {profile!r} must be a YAML mapping of sections (workdir, plan, generate, ...)"
+        )
     return values
 
 

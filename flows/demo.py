@@ -28,7 +28,9 @@ LABEL_STUDIO_PORT = 8089
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--no-review", action="store_true", help="skip Label Studio (records marked machine)")
     args = parser.parse_args(argv)
     review = not args.no_review and os.environ.get("MCC_DEMO_REVIEW", "1") != "0"
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         step("1/4 Label Studio skipped (--no-review): records are published with review status 'machine'")
     config = load_profile("smoke", **overrides)
 
-    step("2/4 rebuild-dataset flow: plan, generate (tiny FLUX), localise (tiny Qwen2.5-VL), "
-         "segment (random SAM2), quality gate" + (", push to review" if review else ""))
+    step(
+        "2/4 rebuild-dataset flow: plan, generate (tiny FLUX), localise (tiny Qwen2.5-VL), "
+        "segment (random SAM2), quality gate" + (", push to review" if review else "")
+    )
     rebuilt = rebuild_dataset(config)
     print(f"    records by state: {rebuilt['states']}")
     if rebuilt.get("review"):
@@ -65,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     step("3/4 publish-dataset flow: Hugging Face dataset folder + COCO")
     published = publish_dataset(config)
-    print(f"    {published['rows']} images ({published['rows_by_subset']}), {published['masks']} masks, "
-          f"excluded {published['excluded'] or 'none'}")
+    print(
+        f"    {published['rows']} images ({published['rows_by_subset']}), {published['masks']} masks, "
+        f"excluded {published['excluded'] or 'none'}"
+    )
 
     step("4/4 score-benchmark flow: tiny AnchorDiff, cross-attention and ConceptAttention maps")
     reports = score_benchmark(config)
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = ManifestStore(workdir).counts()
     print()
     print("=" * 78)
-    print("The models were random-weight miniatures (\"tiny\"): the images, boxes, masks and scores")
+    print('The models were random-weight miniatures ("tiny"): the images, boxes, masks and scores')
     print("are noise. This run proves every code path, not quality. See README for the GPU path.")
     print(f"work dir:        {workdir}  ({counts.total} records: {counts.by_state})")
     for name, folder in reports.items():
@@ -83,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"review tasks:    {server.url}  (login {server.username} / {server.password})")
         print("                 stop it with: .venv/bin/mcc labelstudio stop --workdir demo-workdir")
     print(f"wall time:       {time.perf_counter() - start:.0f} s")
-    print(f"load it:         datasets.load_dataset({str(Path(published['out']).relative_to(REPO))!r}, split='test')")
+    print(
+        f"load it:         datasets.load_dataset({str(Path(published['out']).relative_to(REPO))!r}, split='test')"
+    )
     print(f"dataset folder:  {published['out']}")
     return 0
 

@@ -53,8 +53,16 @@ class StageModels:
 
             c = self.config.generate
             self._generator = FluxGenerator(
-                c.model, revision=c.revision, device=c.device, dtype=c.dtype, steps=c.steps, guidance=c.guidance,
-                size=c.size, batch_size=c.batch_size, cpu_offload=c.cpu_offload, vae_tiling=c.vae_tiling,
+                c.model,
+                revision=c.revision,
+                device=c.device,
+                dtype=c.dtype,
+                steps=c.steps,
+                guidance=c.guidance,
+                size=c.size,
+                batch_size=c.batch_size,
+                cpu_offload=c.cpu_offload,
+                vae_tiling=c.vae_tiling,
             )
         return self._generator
 
@@ -65,8 +73,13 @@ class StageModels:
 
             c = self.config.localize
             self._localizer = QwenLocalizer(
-                c.model, revision=c.revision, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
-                max_new_tokens=c.max_new_tokens, require_every_concept=c.every_concept,
+                c.model,
+                revision=c.revision,
+                device=c.device,
+                dtype=c.dtype,
+                batch_size=c.batch_size,
+                max_new_tokens=c.max_new_tokens,
+                require_every_concept=c.every_concept,
             )
         return self._localizer
 
@@ -79,8 +92,9 @@ class StageModels:
 
             sam_config, checkpoint = parse_segmenter(self.config.segment.model)
             quality = QualityConfig.permissive() if self.config.quality.permissive else QualityConfig()
-            self._segmenter = Sam2Segmenter(sam_config, checkpoint, device=self.config.segment.device,
-                                            gate=QualityGate(quality))
+            self._segmenter = Sam2Segmenter(
+                sam_config, checkpoint, device=self.config.segment.device, gate=QualityGate(quality)
+            )
         return self._segmenter
 
 
@@ -102,10 +116,13 @@ def scrape_task(config: PipelineConfig) -> dict[str, int]:
     from generators.web import ScrapeConfig, scrape_url_list
 
     c = config.scrape
-    scrape_config = ScrapeConfig(download=DownloadConfig(allow_private_networks=c.allow_private_networks),
-                                 allow_unknown_licence=c.allow_unknown_licence)
-    records = scrape_url_list(c.urls, ManifestStore(config.workdir), scrape_config,
-                              groups_file=config.plan.groups_file)
+    scrape_config = ScrapeConfig(
+        download=DownloadConfig(allow_private_networks=c.allow_private_networks),
+        allow_unknown_licence=c.allow_unknown_licence,
+    )
+    records = scrape_url_list(
+        c.urls, ManifestStore(config.workdir), scrape_config, groups_file=config.plan.groups_file
+    )
     counts = Counter(r.state.value for r in records)
     get_run_logger().info("scraped %d URLs: %s", len(records), dict(counts))
     return dict(counts)
@@ -114,9 +131,12 @@ def scrape_task(config: PipelineConfig) -> dict[str, int]:
 def pending_shards(config: PipelineConfig) -> list[list[str]]:
     """Ids of the records not yet past segmentation, in id order, cut into shards."""
     store = ManifestStore(config.workdir)
-    ids = [r.id for r in store.iter() if r.state in PENDING_STATES
-           and not (r.state == State.planned and r.source.kind == "web")]
-    return [ids[i: i + config.shard_size] for i in range(0, len(ids), config.shard_size)]
+    ids = [
+        r.id
+        for r in store.iter()
+        if r.state in PENDING_STATES and not (r.state == State.planned and r.source.kind == "web")
+    ]
+    return [ids[i : i + config.shard_size] for i in range(0, len(ids), config.shard_size)]
 
 
 @task(cache_policy=NO_CACHE)
@@ -138,8 +158,12 @@ def process_shard(config: PipelineConfig, shard: list[str], models: StageModels)
 def push_reviews_task(config: PipelineConfig) -> dict[str, Any]:
     from annotators.review import push
 
-    report = push(ManifestStore(config.workdir), url=_labelstudio_url(config), token=_labelstudio_token(),
-                  project=config.review.project)
+    report = push(
+        ManifestStore(config.workdir),
+        url=_labelstudio_url(config),
+        token=_labelstudio_token(),
+        project=config.review.project,
+    )
     return _as_dict(report)
 
 
@@ -147,8 +171,12 @@ def push_reviews_task(config: PipelineConfig) -> dict[str, Any]:
 def pull_reviews_task(config: PipelineConfig) -> dict[str, Any]:
     from annotators.review import pull
 
-    report = pull(ManifestStore(config.workdir), url=_labelstudio_url(config), token=_labelstudio_token(),
-                  project=config.review.project)
+    report = pull(
+        ManifestStore(config.workdir),
+        url=_labelstudio_url(config),
+        token=_labelstudio_token(),
+        project=config.review.project,
+    )
     return _as_dict(report)
 
 
@@ -168,8 +196,12 @@ def rebuild_dataset(config: PipelineConfig, shard_ids: list[list[str]] | None = 
     plan = plan_task(config)
     scraped = scrape_task(config) if config.scrape.urls else {}
     shards = pending_shards(config)
-    logger.info("%d records to process in %d shards of up to %d", sum(map(len, shards)), len(shards),
-                config.shard_size)
+    logger.info(
+        "%d records to process in %d shards of up to %d",
+        sum(map(len, shards)),
+        len(shards),
+        config.shard_size,
+    )
     if config.fan_out > 1 and shards:
         fan_out(config, shards)
     else:
@@ -219,17 +251,25 @@ def fan_out(config: PipelineConfig, shards: list[list[str]]) -> None:
 
     logger = get_run_logger()
     deployment = config.deployment or (
-        f"{runtime.flow_run.flow_name}/{runtime.deployment.name}" if runtime.deployment.name else None)
+        f"{runtime.flow_run.flow_name}/{runtime.deployment.name}" if runtime.deployment.name else None
+    )
     if deployment is None:
-        raise ValueError("fan_out > 1 needs a deployment for the child runs: run this flow from a deployment "
-                         "(prefect deploy) or set config.deployment to 'rebuild-dataset/<name>'")
-    groups = [shards[i:: config.fan_out] for i in range(config.fan_out)]
+        raise ValueError(
+            "fan_out > 1 needs a deployment for the child runs: run this flow from a deployment "
+            "(prefect deploy) or set config.deployment to 'rebuild-dataset/<name>'"
+        )
+    groups = [shards[i :: config.fan_out] for i in range(config.fan_out)]
     parameters = config.model_dump(mode="json")
     children = [
-        run_deployment(deployment, parameters={"config": parameters, "shard_ids": group}, timeout=0,
-                       idempotency_key=f"{runtime.flow_run.id}-shards-{index}",
-                       flow_run_name=f"{runtime.flow_run.name}-shards-{index}")
-        for index, group in enumerate(groups) if group
+        run_deployment(
+            deployment,
+            parameters={"config": parameters, "shard_ids": group},
+            timeout=0,
+            idempotency_key=f"{runtime.flow_run.id}-shards-{index}",
+            flow_run_name=f"{runtime.flow_run.name}-shards-{index}",
+        )
+        for index, group in enumerate(groups)
+        if group
     ]
     logger.info("submitted %d child runs to %s", len(children), deployment)
     progress = create_progress_artifact(0.0, description=f"child runs finished of {len(children)}")
@@ -243,7 +283,9 @@ def fan_out(config: PipelineConfig, shards: list[list[str]]) -> None:
             time.sleep(2)
     failed = [f"{run.name} ({run.state.name})" for run in runs if not run.state.is_completed()]
     if failed:
-        raise RuntimeError(f"child runs did not complete: {', '.join(failed)}; re-run the flow to finish them")
+        raise RuntimeError(
+            f"child runs did not complete: {', '.join(failed)}; re-run the flow to finish them"
+        )
     logger.info("all %d child runs completed", len(runs))
 
 
@@ -251,8 +293,9 @@ def fan_out(config: PipelineConfig, shards: list[list[str]]) -> None:
 def sync_reviews(config: PipelineConfig) -> dict[str, Any]:
     """Pull submitted Label Studio reviews into the records."""
     report = pull_reviews_task(config)
-    create_markdown_artifact(f"# Review sync\n\n{report}\n\nrecords by state: {publish_counts(config)}",
-                             key="sync-reviews-summary")
+    create_markdown_artifact(
+        f"# Review sync\n\n{report}\n\nrecords by state: {publish_counts(config)}", key="sync-reviews-summary"
+    )
     return report
 
 
@@ -267,13 +310,20 @@ def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
     include = WITH_UNREVIEWED if config.publish.include_unreviewed else REVIEWED_ONLY
     out = Path(config.publish.out)
     summary = build_dataset(store, out, include=include, version=config.publish.version)
-    built = {"rows": summary.rows, "rows_by_subset": summary.rows_by_subset, "masks": summary.masks,
-             "excluded": summary.excluded_by_reason, "skipped_by_state": summary.skipped,
-             "folder_mb": round(summary.folder_bytes / 2**20, 1)}
+    built = {
+        "rows": summary.rows,
+        "rows_by_subset": summary.rows_by_subset,
+        "masks": summary.masks,
+        "excluded": summary.excluded_by_reason,
+        "skipped_by_state": summary.skipped,
+        "folder_mb": round(summary.folder_bytes / 2**20, 1),
+    }
     logger.info("built %s: %s", out, built)
     result: dict[str, Any] = {"out": str(out), "coco": str(summary.coco_path), **built}
     if config.publish.push:
-        pushed = push_dataset(out, config.publish.push, tag=config.publish.tag or f"v{config.publish.version}")
+        pushed = push_dataset(
+            out, config.publish.push, tag=config.publish.tag or f"v{config.publish.version}"
+        )
         result["pushed"] = str(pushed)
     create_markdown_artifact(
         f"# Published `{out}`\n\n- dataset folder: `{out.resolve()}`\n- COCO: `{summary.coco_path}`\n"
@@ -296,7 +346,9 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
     pipeline = None
     rows = []
     for method_name in c.methods:
-        method = AnchorDiffMethod(c.model, preset=c.preset, method=method_name, mode=c.mode, pipeline=pipeline)
+        method = AnchorDiffMethod(
+            c.model, preset=c.preset, method=method_name, mode=c.mode, pipeline=pipeline
+        )
         pipeline = method.pipeline  # the diffusion model loads once for all methods
         out = Path(c.out) / f"{c.preset}-{c.mode}-{method_name}"
         with concurrency(GPU_LIMIT, occupy=1):
@@ -313,8 +365,10 @@ def publish_counts(config: PipelineConfig) -> dict[str, int]:
     """Counts by state and by rejection reason, also published as a table artifact."""
     counts = ManifestStore(config.workdir).counts()
     rows = [{"state": state, "reason": "", "records": n} for state, n in sorted(counts.by_state.items())]
-    rows += [{"state": "rejected", "reason": f"{stage}: {reason}", "records": n}
-             for (stage, reason), n in sorted(counts.by_rejection.items())]
+    rows += [
+        {"state": "rejected", "reason": f"{stage}: {reason}", "records": n}
+        for (stage, reason), n in sorted(counts.by_rejection.items())
+    ]
     create_table_artifact(rows, key="record-counts", description="Records by state and rejection reason")
     return counts.by_state
 
@@ -334,7 +388,9 @@ def _labelstudio_url(config: PipelineConfig) -> str:
 def _labelstudio_token() -> str:
     token = os.environ.get("LABEL_STUDIO_API_KEY")
     if not token:
-        raise ValueError("no Label Studio token: export LABEL_STUDIO_API_KEY (printed by `mcc labelstudio start`)")
+        raise ValueError(
+            "no Label Studio token: export LABEL_STUDIO_API_KEY (printed by `mcc labelstudio start`)"
+        )
     return token
 
 

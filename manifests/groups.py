@@ -70,7 +70,9 @@ def load_groups(path: str | Path | None = None) -> list[ConceptGroup]:
     except yaml.YAMLError as error:
         raise GroupsFileError(f"{source} is not valid YAML: {error}") from None
     if not isinstance(document, dict) or not isinstance(document.get("groups"), list):
-        raise GroupsFileError(f"{source} must hold a top-level 'groups:' list of {{id, domain, concepts}} entries")
+        raise GroupsFileError(
+            f"{source} must hold a top-level 'groups:' list of {{id, domain, concepts}} entries"
+        )
 
     groups: list[ConceptGroup] = []
     for index, entry in enumerate(document["groups"]):
@@ -85,7 +87,9 @@ def load_groups(path: str | Path | None = None) -> list[ConceptGroup]:
 
     for group_id, count in Counter(g.id for g in groups).items():
         if count > 1:
-            raise GroupsFileError(f"{source}: group id {group_id!r} appears {count} times; ids must be unique")
+            raise GroupsFileError(
+                f"{source}: group id {group_id!r} appears {count} times; ids must be unique"
+            )
     seen: dict[frozenset[str], str] = {}
     for group in groups:
         key = frozenset(c.lower() for c in group.concepts)

@@ -19,7 +19,9 @@ def encode_mask(mask: np.ndarray) -> RLE:
     if mask.ndim != 2:
         raise ValueError(f"a mask must be a 2-D (H, W) array, got shape {mask.shape}")
     encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return RLE(size=(int(encoded["size"][0]), int(encoded["size"][1])), counts=encoded["counts"].decode("ascii"))
+    return RLE(
+        size=(int(encoded["size"][0]), int(encoded["size"][1])), counts=encoded["counts"].decode("ascii")
+    )
 
 
 def decode_mask(rle: RLE) -> np.ndarray:

@@ -46,7 +46,12 @@ def draw_record(record: Record, image: Image.Image, *, alpha: float = 0.45) -> I
         colour = CONCEPT_COLOURS[index % len(CONCEPT_COLOURS)]
         pen.rectangle((6, y, 6 + font.size, y + font.size), fill=colour)
         status = "no mask" if concept.mask is None else f"mask ({concept.review})"
-        pen.text((14 + font.size, y), f"{concept.name}: {len(concept.boxes)} box(es), {status}", fill="black", font=font)
+        pen.text(
+            (14 + font.size, y),
+            f"{concept.name}: {len(concept.boxes)} box(es), {status}",
+            fill="black",
+            font=font,
+        )
     out = Image.new("RGB", (canvas.width, canvas.height + legend.height), "white")
     out.paste(canvas, (0, 0))
     out.paste(legend, (0, canvas.height))

@@ -162,14 +162,18 @@ class Record(BaseModel):
                 return c
         raise KeyError(f"record {self.id} has no concept {name!r}; it has {self.concept_names}")
 
-    def advance(self, state: State, stage: str, params: dict[str, Any] | None = None, note: str | None = None):
+    def advance(
+        self, state: State, stage: str, params: dict[str, Any] | None = None, note: str | None = None
+    ):
         """Move to ``state`` and log the stage that did it."""
         self.history.append(StageEvent(stage=stage, params=params or {}, note=note))
         self.state = state
         self.rejection = None
         return self
 
-    def reject(self, stage: str, reason: str, detail: str | None = None, params: dict[str, Any] | None = None):
+    def reject(
+        self, stage: str, reason: str, detail: str | None = None, params: dict[str, Any] | None = None
+    ):
         """Mark the record rejected by ``stage``; it is kept, never deleted."""
         self.history.append(StageEvent(stage=stage, params=params or {}, note=f"rejected: {reason}"))
         self.state = State.rejected
@@ -189,8 +193,9 @@ def _digest(payload: Any) -> str:
 
 def generated_record_id(group: str, concepts: list[str], template: str, setting: str, seed: int) -> str:
     """The id of a generated image: a hash of its scene spec."""
-    return "gen-" + _digest({"group": group, "concepts": concepts, "template": template,
-                             "setting": setting, "seed": seed})
+    return "gen-" + _digest(
+        {"group": group, "concepts": concepts, "template": template, "setting": setting, "seed": seed}
+    )
 
 
 def canonical_url(url: str) -> str:

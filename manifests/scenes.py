@@ -86,14 +86,16 @@ def plan_scenes(groups: list[ConceptGroup] | str | Path, per_group: int, seed: i
         setting_order = rng.sample(settings, len(settings))
         template_order = rng.sample(templates, len(templates))
         for index in range(per_group):
-            specs.append(SceneSpec(
-                group=group.id,
-                domain=group.domain,
-                concepts=group.concepts,
-                template=template_order[index % len(template_order)],
-                setting=setting_order[index % len(setting_order)],
-                seed=rng.randrange(2**31),
-            ))
+            specs.append(
+                SceneSpec(
+                    group=group.id,
+                    domain=group.domain,
+                    concepts=group.concepts,
+                    template=template_order[index % len(template_order)],
+                    setting=setting_order[index % len(setting_order)],
+                    seed=rng.randrange(2**31),
+                )
+            )
     return specs
 
 

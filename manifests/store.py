@@ -124,7 +124,9 @@ class ManifestStore:
         names = (p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
         return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith("."))
 
-    def iter(self, state: State | str | None = None, *, errors: list[RecordLoadError] | None = None) -> Iterator[Record]:
+    def iter(
+        self, state: State | str | None = None, *, errors: list[RecordLoadError] | None = None
+    ) -> Iterator[Record]:
         """Yield records in id order, optionally only those in ``state``.
 
         A file that is not a valid record is skipped with a warning naming it (and

@@ -30,9 +30,20 @@ yes no answer only is it not which what where show please return list coordinate
 JSON_PIECES = ['{"', '":', '"', '",', "[", "]", "{", "}", ",", ":", "bbox_2d", "label", "```", "json", " "]
 
 QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 
 # The chat format of Qwen2.5-VL-Instruct (system prompt, image placeholders, generation prompt).
@@ -65,8 +76,11 @@ def project_words() -> tuple[str, ...]:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table used by byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for byte in range(256):
@@ -80,11 +94,13 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Apply BPE merges (lowest rank first) to a symbol sequence, as the tokenizer does."""
     while len(symbols) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:], strict=False))]
+        pairs = [
+            (ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:], strict=False))
+        ]
         rank, i = min(pairs)
         if rank == len(ranks):
             break
-        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2:]
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
     return symbols
 
 

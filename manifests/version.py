@@ -18,7 +18,10 @@ def code_version() -> str:
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=10", "HEAD"],
-            cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""

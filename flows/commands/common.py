@@ -12,8 +12,12 @@ err_console = Console(stderr=True)
 
 WorkdirOption = Annotated[
     str,
-    typer.Option("--workdir", "-w", help="The work dir: a local folder or an fsspec URL (s3://...).",
-                 envvar="MCC_WORKDIR"),
+    typer.Option(
+        "--workdir",
+        "-w",
+        help="The work dir: a local folder or an fsspec URL (s3://...).",
+        envvar="MCC_WORKDIR",
+    ),
 ]
 
 

@@ -17,7 +17,9 @@ def plan(
     workdir: WorkdirOption,
     per_group: Annotated[int, typer.Option(help="Scenes to plan per concept group.", min=1)] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the plan; the same seed plans the same scenes.")] = 0,
-    groups: Annotated[Path | None, typer.Option(help="A groups YAML file (default: the packaged one).")] = None,
+    groups: Annotated[
+        Path | None, typer.Option(help="A groups YAML file (default: the packaged one).")
+    ] = None,
 ) -> None:
     """Plan generated scenes for every concept group (idempotent: re-running creates nothing new)."""
     try:
@@ -66,7 +68,9 @@ def show(
     except KeyError as error:
         raise fail(str(error.args[0])) from None
     if record.image is None:
-        raise fail(f"record {record_id} has no image yet (state {record.state.value}); run the generators first")
+        raise fail(
+            f"record {record_id} has no image yet (state {record.state.value}); run the generators first"
+        )
     picture = draw_record(record, store.open_image(record))
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)

@@ -11,7 +11,9 @@ from flows.commands.common import console, fail
 
 def rebuild(
     profile: Annotated[str, typer.Option(help="smoke, full, or the path of a profile YAML file.")] = "smoke",
-    workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="Override the profile's work dir.")] = None,
+    workdir: Annotated[
+        str | None, typer.Option("--workdir", "-w", help="Override the profile's work dir.")
+    ] = None,
 ) -> None:
     """Plan, generate, scrape, localise, segment, gate and push to review, as the flow does.
 

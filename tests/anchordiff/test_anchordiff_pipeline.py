@@ -93,7 +93,9 @@ def test_every_method_from_one_record(ad, image):
     torch.testing.assert_close(outputs["cross_attention"].token_heatmaps.reshape(3, -1), expected)
     # concept_attention: softmax over concepts per block, mean over blocks, min-max.
     probs = record.concept_maps.softmax(dim=1).mean(0)
-    expected = (probs - probs.amin(1, keepdim=True)) / (probs.amax(1, keepdim=True) - probs.amin(1, keepdim=True))
+    expected = (probs - probs.amin(1, keepdim=True)) / (
+        probs.amax(1, keepdim=True) - probs.amin(1, keepdim=True)
+    )
     torch.testing.assert_close(outputs["concept_attention"].token_heatmaps.reshape(3, -1), expected)
     # The ablations change the graph, so their maps differ from AnchorDiff's.
     assert not torch.allclose(outputs["anchordiff"].token_heatmaps, outputs["no_gate"].token_heatmaps)
@@ -164,15 +166,35 @@ def test_separate_concept_pass_gives_the_same_record(image):
 
 
 def test_options_change_the_recording(image):
-    ad = AnchorDiff.from_pretrained("tiny", num_inference_steps=6, timestep_index=1, o_ii_heads="mean_attention",
-                                    prompt_template="an image with {concepts}", concept_separator=", ",
-                                    graph_layers=(2,), resolution=64)
+    ad = AnchorDiff.from_pretrained(
+        "tiny",
+        num_inference_steps=6,
+        timestep_index=1,
+        o_ii_heads="mean_attention",
+        prompt_template="an image with {concepts}",
+        concept_separator=", ",
+        graph_layers=(2,),
+        resolution=64,
+    )
     record = ad.record(image, ["husky", "wolf"], mode="noise")
     assert record.prompt == "an image with husky, wolf"
     assert record.graph_layers == (2,) and record.grid == (8, 8) and record.o_ii[2].shape == (64, 32)
     config = ad.config
-    for key in ("model", "revision", "preset", "dtype", "device", "prompt_template", "concept_pass", "o_ii_heads",
-                "clamp_negative", "empty_row", "num_inference_steps", "graph_layers", "recorded_step"):
+    for key in (
+        "model",
+        "revision",
+        "preset",
+        "dtype",
+        "device",
+        "prompt_template",
+        "concept_pass",
+        "o_ii_heads",
+        "clamp_negative",
+        "empty_row",
+        "num_inference_steps",
+        "graph_layers",
+        "recorded_step",
+    ):
         assert key in config
     assert config["recorded_step"] == 1 and config["graph_layers"] == [2] and config["resolution"] == 64
     assert config["model"] == "tiny" and config["dtype"] == "float32" and config["device"] == "cpu"
@@ -180,22 +202,38 @@ def test_options_change_the_recording(image):
 
 
 def test_generate_records_the_midpoint_under_cfg(ad):
-    image, out = ad.generate("a photo of a husky and a wolf", ["husky", "wolf"], num_inference_steps=4,
-                             guidance_scale=4.0, height=64, width=96, seed=1)
+    image, out = ad.generate(
+        "a photo of a husky and a wolf",
+        ["husky", "wolf"],
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        height=64,
+        width=96,
+        seed=1,
+    )
     assert image.size == (96, 64)
     _check_output(out, 2, size=(96, 64), grid=(8, 12))
     assert out.record.mode == "generate" and out.record.grid == (8, 12)
     assert out.record.timestep == pytest.approx(float(_midpoint_timestep(ad)))
     assert "generate" in out.timings
-    plain = ad.pipe("a photo of a husky and a wolf", num_inference_steps=4, guidance_scale=4.0, height=64,
-                    width=96, generator=torch.Generator().manual_seed(1), max_sequence_length=ad.max_sequence_length)
+    plain = ad.pipe(
+        "a photo of a husky and a wolf",
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        height=64,
+        width=96,
+        generator=torch.Generator().manual_seed(1),
+        max_sequence_length=ad.max_sequence_length,
+    )
     difference = np.abs(np.asarray(plain.images[0], dtype=int) - np.asarray(image, dtype=int)).max()
     assert difference <= 1  # recording did not change the generated image
 
 
 def test_tiny_sd35_end_to_end(image):
     ad = AnchorDiff.from_pretrained("tiny", preset="sd35", num_inference_steps=2)
-    assert ad.transformer.config.qk_norm == "rms_norm" and ad.transformer.transformer_blocks[0].attn2 is not None
+    assert (
+        ad.transformer.config.qk_norm == "rms_norm" and ad.transformer.transformer_blocks[0].attn2 is not None
+    )
     _check_output(ad(image, ["lemon", "lime"], mode="invert"), 2)
     assert ad.config["preset"] == "sd35"
 
@@ -203,8 +241,13 @@ def test_tiny_sd35_end_to_end(image):
 def test_real_presets_match_published_configurations():
     from diffusers import SD3Transformer2DModel
 
-    for config, blocks, params in ((SD3_MEDIUM_TRANSFORMER, 24, 2_028_328_000), (SD35_LARGE_TRANSFORMER, 38, None)):
-        assert config["num_attention_heads"] * config["attention_head_dim"] == config["caption_projection_dim"]
+    for config, blocks, params in (
+        (SD3_MEDIUM_TRANSFORMER, 24, 2_028_328_000),
+        (SD35_LARGE_TRANSFORMER, 38, None),
+    ):
+        assert (
+            config["num_attention_heads"] * config["attention_head_dim"] == config["caption_projection_dim"]
+        )
         with torch.device("meta"):
             model = SD3Transformer2DModel(**config)
         assert len(model.transformer_blocks) == blocks
@@ -231,8 +274,11 @@ def test_real_presets_match_published_configurations():
         (lambda ad, im: ad(im, ["husky"], steps=0), ValueError, "steps"),
         (lambda ad, im: ad(im, ["husky"], gate_quantile=1.5), ValueError, "gate_quantile"),
         (lambda ad, im: ad(im, ["husky"], prompt="  "), ValueError, "prompt"),
-        (lambda ad, im: ad.heatmaps_from_record(ad.record(im, ["husky"], mode="noise"), layers=(0,)),
-         ValueError, "not recorded"),
+        (
+            lambda ad, im: ad.heatmaps_from_record(ad.record(im, ["husky"], mode="noise"), layers=(0,)),
+            ValueError,
+            "not recorded",
+        ),
         (lambda ad, im: ad.generate("a dog", ["husky"], height=100), ValueError, "multiple of"),
     ],
 )

@@ -80,12 +80,24 @@ def test_recording_changes_no_output(pipe, with_concepts):
 
 def test_recording_during_pipeline_generation_changes_no_latents(pipe):
     """A full denoising run (CFG, recorder armed at the midpoint step by a callback) gives the same latents."""
-    args = {"prompt": "a photo of a husky", "num_inference_steps": 4, "guidance_scale": 5.0, "height": 64,
-            "width": 64, "max_sequence_length": 16, "output_type": "latent"}
+    args = {
+        "prompt": "a photo of a husky",
+        "num_inference_steps": 4,
+        "guidance_scale": 5.0,
+        "height": 64,
+        "width": 64,
+        "max_sequence_length": 16,
+        "output_type": "latent",
+    }
     pipe.set_progress_bar_config(disable=True)
     reference = pipe(generator=torch.Generator().manual_seed(0), **args).images
-    recorder = AttentionRecorder(pipe.transformer, graph_layers=GRAPH_LAYERS, concepts=_concepts(pipe.transformer),
-                                 cfg=True, armed=False)
+    recorder = AttentionRecorder(
+        pipe.transformer,
+        graph_layers=GRAPH_LAYERS,
+        concepts=_concepts(pipe.transformer),
+        cfg=True,
+        armed=False,
+    )
 
     def arm(pipeline, i, t, kwargs):
         if i + 1 == 2:
@@ -101,7 +113,9 @@ def test_recording_during_pipeline_generation_changes_no_latents(pipe):
 
 def test_a_ii_rows_sum_to_one_and_o_ii_shape(pipe):
     transformer = pipe.transformer
-    _, state = _run(transformer, _inputs(transformer), graph_layers=GRAPH_LAYERS, concepts=_concepts(transformer))
+    _, state = _run(
+        transformer, _inputs(transformer), graph_layers=GRAPH_LAYERS, concepts=_concepts(transformer)
+    )
     heads = transformer.config.num_attention_heads
     head_dim = transformer.config.attention_head_dim
     n = 8 * 8
@@ -157,7 +171,9 @@ def test_image_self_attention_chunking_and_modes():
         torch.testing.assert_close(a_ii, probs.mean(0), atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(o_ii, (probs @ v).transpose(0, 1).reshape(40, 40), atol=1e-5, rtol=1e-5)
     _, o_mean = image_self_attention(q, k, v, o_ii_mode="mean_attention")
-    torch.testing.assert_close(o_mean, (probs.mean(0) @ v).transpose(0, 1).reshape(40, 40), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        o_mean, (probs.mean(0) @ v).transpose(0, 1).reshape(40, 40), atol=1e-5, rtol=1e-5
+    )
     a_ci = image_only_softmax(q[:, :3], k)
     torch.testing.assert_close(a_ci, probs[:, :3].mean(0), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="o_ii_mode"):
@@ -179,7 +195,9 @@ def test_cfg_records_the_conditional_half(pipe):
     cond = _inputs(transformer, seed=0)
     uncond = _inputs(transformer, seed=5)
     uncond["hidden_states"] = cond["hidden_states"]  # CFG: same latents, different text
-    both = {key: torch.cat([uncond[key], cond[key]]) if torch.is_tensor(cond[key]) else cond[key] for key in cond}
+    both = {
+        key: torch.cat([uncond[key], cond[key]]) if torch.is_tensor(cond[key]) else cond[key] for key in cond
+    }
     concepts = _concepts(transformer)
     _, single = _run(transformer, cond, graph_layers=GRAPH_LAYERS, concepts=concepts)
     _, single_uncond = _run(transformer, uncond, graph_layers=GRAPH_LAYERS, concepts=concepts)
@@ -203,7 +221,9 @@ def test_concept_stream_equals_context_stream_when_concepts_are_the_prompt(pipe)
     transformer = pipe.transformer
     cond = _inputs(transformer, seed=0)
     uncond = _inputs(transformer, seed=3)
-    both = {key: torch.cat([uncond[key], cond[key]]) if torch.is_tensor(cond[key]) else cond[key] for key in cond}
+    both = {
+        key: torch.cat([uncond[key], cond[key]]) if torch.is_tensor(cond[key]) else cond[key] for key in cond
+    }
     text = cond["encoder_hidden_states"][0]
     with torch.no_grad():
         hidden = transformer.context_embedder(text)[None]
@@ -216,8 +236,9 @@ def test_concept_stream_equals_context_stream_when_concepts_are_the_prompt(pipe)
             pairs.append((recorder.state.concept_hidden[0].clone(), output[0][1].clone()))
 
     with torch.no_grad(), recorder:
-        handles = [block.register_forward_hook(compare, with_kwargs=True)
-                   for block in transformer.transformer_blocks]
+        handles = [
+            block.register_forward_hook(compare, with_kwargs=True) for block in transformer.transformer_blocks
+        ]
         try:
             transformer(**both)
         finally:
@@ -237,21 +258,29 @@ def test_processors_restored_after_exit_and_on_exception(pipe):
     recorder = AttentionRecorder(transformer, graph_layers=GRAPH_LAYERS, concepts=_concepts(transformer))
     with recorder:
         installed = transformer.attn_processors
-        recording = [name for name, proc in installed.items() if isinstance(proc, RecordingJointAttnProcessor)]
+        recording = [
+            name for name, proc in installed.items() if isinstance(proc, RecordingJointAttnProcessor)
+        ]
         assert len(recording) == len(transformer.transformer_blocks)
         assert all(name.endswith(".attn.processor") for name in recording)  # SD3.5 attn2 untouched
         with torch.no_grad():
             transformer(**inputs)
     assert transformer.attn_processors == before
     assert not transformer._forward_pre_hooks and not transformer._forward_hooks
-    assert all(not block._forward_pre_hooks and not block._forward_hooks for block in transformer.transformer_blocks)
+    assert all(
+        not block._forward_pre_hooks and not block._forward_hooks for block in transformer.transformer_blocks
+    )
 
-    with pytest.raises(KeyError, match="boom"), AttentionRecorder(transformer, graph_layers=GRAPH_LAYERS,
-                                                                   concepts=_concepts(transformer)):
+    with (
+        pytest.raises(KeyError, match="boom"),
+        AttentionRecorder(transformer, graph_layers=GRAPH_LAYERS, concepts=_concepts(transformer)),
+    ):
         raise KeyError("boom")
     assert transformer.attn_processors == before
     assert not transformer._forward_pre_hooks and not transformer._forward_hooks
-    assert all(not block._forward_pre_hooks and not block._forward_hooks for block in transformer.transformer_blocks)
+    assert all(
+        not block._forward_pre_hooks and not block._forward_hooks for block in transformer.transformer_blocks
+    )
 
 
 def test_recorder_records_once_then_runs_original_processors(pipe):

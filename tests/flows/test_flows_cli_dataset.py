@@ -65,5 +65,7 @@ def test_show_unknown_record_and_missing_image(workdir, tmp_path):
     assert result.exit_code == 2 and "nope" in result.output
     runner.invoke(app, ["plan", "--workdir", str(workdir), "--per-group", "1"])
     record_id = ManifestStore(workdir).ids()[0]
-    result = runner.invoke(app, ["show", record_id, "--workdir", str(workdir), "--out", str(tmp_path / "x.png")])
+    result = runner.invoke(
+        app, ["show", record_id, "--workdir", str(workdir), "--out", str(tmp_path / "x.png")]
+    )
     assert result.exit_code == 2 and "no image yet" in result.output

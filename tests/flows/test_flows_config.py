@@ -15,7 +15,8 @@ def test_packaged_profiles_load_and_differ():
 
 def test_fields_override_the_profile_section_by_section():
     config = PipelineConfig.model_validate(
-        {"profile": "smoke", "workdir": "/tmp/x", "generate": {"steps": 5}, "fan_out": 3})
+        {"profile": "smoke", "workdir": "/tmp/x", "generate": {"steps": 5}, "fan_out": 3}
+    )
     assert config.workdir == "/tmp/x" and config.fan_out == 3
     assert config.generate.steps == 5 and config.generate.model == "tiny"  # the rest of the section stays
     # a dumped config validates to itself (child runs of a fan-out receive it this way)

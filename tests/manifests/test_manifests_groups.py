@@ -20,16 +20,26 @@ def test_packaged_groups_cover_the_benchmark():
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("- {id: a, domain: food, concepts: [lemon, lime]}\n- {id: a, domain: food, concepts: [x, y]}",
-         "group id 'a' appears 2 times"),
-        ("- {id: citrus, domain: food, concepts: [lemon, Lemon]}", "group 'citrus' is invalid: .*appears twice"),
+        (
+            "- {id: a, domain: food, concepts: [lemon, lime]}\n- {id: a, domain: food, concepts: [x, y]}",
+            "group id 'a' appears 2 times",
+        ),
+        (
+            "- {id: citrus, domain: food, concepts: [lemon, Lemon]}",
+            "group 'citrus' is invalid: .*appears twice",
+        ),
         ("- {id: citrus, domain: food, concepts: [lemon, '']}", "group 'citrus' is invalid: .*empty"),
         ("- {id: lonely, domain: food, concepts: [lemon]}", "group 'lonely' is invalid: .*2 or 3"),
         ("- {id: crowd, domain: food, concepts: [a, b, c, d]}", "group 'crowd' is invalid: .*2 or 3"),
-        ("- {id: wordy, domain: food, concepts: [a very long concept name here, b]}", "group 'wordy'.*1 to 4"),
+        (
+            "- {id: wordy, domain: food, concepts: [a very long concept name here, b]}",
+            "group 'wordy'.*1 to 4",
+        ),
         ("- {id: '', domain: food, concepts: [a, b]}", "must not be empty"),
-        ("- {id: p, domain: food, concepts: [a, b]}\n- {id: q, domain: food, concepts: [b, a]}",
-         "group 'q' has the same concepts as group 'p'"),
+        (
+            "- {id: p, domain: food, concepts: [a, b]}\n- {id: q, domain: food, concepts: [b, a]}",
+            "group 'q' has the same concepts as group 'p'",
+        ),
     ],
 )
 def test_invalid_groups_name_the_offending_group(tmp_path, body, message):
@@ -66,7 +76,9 @@ def test_plan_is_deterministic_and_idempotent(workdir):
 
 def test_invalid_groups_file_fails_before_writing(workdir, tmp_path):
     path = tmp_path / "groups.yaml"
-    path.write_text("groups:\n  - {id: ok, domain: food, concepts: [a, b]}\n  - {id: bad, domain: food, concepts: [c]}\n")
+    path.write_text(
+        "groups:\n  - {id: ok, domain: food, concepts: [a, b]}\n  - {id: bad, domain: food, concepts: [c]}\n"
+    )
     with pytest.raises(GroupsFileError, match="'bad'"):
         plan_scenes(path, per_group=2, seed=0)
     assert not (workdir / "records").exists()

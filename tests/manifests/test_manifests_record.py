@@ -14,8 +14,12 @@ def test_record_needs_two_or_three_distinct_concepts():
 
 
 def test_source_is_discriminated_on_reload():
-    record = Record(id="web-1", group="g", concepts=[Concept(name="a"), Concept(name="b")],
-                    source=WebSource(url="https://example.org/a.jpg", licence="cc-by"))
+    record = Record(
+        id="web-1",
+        group="g",
+        concepts=[Concept(name="a"), Concept(name="b")],
+        source=WebSource(url="https://example.org/a.jpg", licence="cc-by"),
+    )
     again = Record.model_validate_json(record.model_dump_json())
     assert isinstance(again.source, WebSource)
     assert again.source.licence == "cc-by"
@@ -31,12 +35,18 @@ def test_ids_are_deterministic_and_canonical():
     specs_b = plan_scenes(load_groups(), per_group=2, seed=5)
     assert [s.record_id for s in specs_a] == [s.record_id for s in specs_b]
     assert len({s.record_id for s in specs_a}) == len(specs_a)
-    assert [s.record_id for s in plan_scenes(load_groups(), per_group=2, seed=6)] != [s.record_id for s in specs_a]
+    assert [s.record_id for s in plan_scenes(load_groups(), per_group=2, seed=6)] != [
+        s.record_id for s in specs_a
+    ]
 
 
 def test_concept_lookup_names_what_exists():
-    record = Record(id="x", group="g", concepts=[Concept(name="lemon"), Concept(name="lime")],
-                    source=GeneratedSource(template="t", setting="s", seed=1))
+    record = Record(
+        id="x",
+        group="g",
+        concepts=[Concept(name="lemon"), Concept(name="lime")],
+        source=GeneratedSource(template="t", setting="s", seed=1),
+    )
     assert record.concept("lime").name == "lime"
     with pytest.raises(KeyError, match="lemon"):
         record.concept("orange")

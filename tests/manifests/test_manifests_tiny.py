@@ -23,7 +23,8 @@ def test_special_tokens_and_roundtrip():
     assert qwen.decode(qwen(text).input_ids) == text
     prompt = qwen.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "find the lime"}]}],
-        tokenize=False, add_generation_prompt=True,
+        tokenize=False,
+        add_generation_prompt=True,
     )
     assert "<|vision_start|><|image_pad|><|vision_end|>find the lime<|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")

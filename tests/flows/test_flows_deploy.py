@@ -1,0 +1,244 @@
+"""Deployments for real: a Prefect server on loopback, `prefect deploy --all`, process workers.
+
+One server for the module; each test starts and stops its own workers. The smoke profile
+runs with ``fan_out=4`` over four one-record shards: four child runs of the deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from manifests import ManifestStore
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+DEPLOYMENTS = {
+    "rebuild-dataset/full",
+    "rebuild-dataset/smoke",
+    "sync-reviews/every-30-min",
+    "publish-dataset/hub",
+    "score-benchmark/sd3",
+    "score-benchmark/sd35",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Prefect server on a free loopback port, its env, and the pools and deployments."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
+    }
+    log = open(home / "server.log", "wb")  # noqa: SIM115 (open for the server's lifetime)
+    process = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}"
+                )
+            time.sleep(1)
+        for pool in ("cpu", "gpu"):
+            run_cli(env, "work-pool", "create", pool, "--type", "process")
+        deployed = run_cli(env, "--no-prompt", "deploy", "--all")
+        assert "rebuild-dataset/smoke" in deployed
+        yield env
+    finally:
+        kill_tree(process.pid)
+        log.close()
+
+
+def run_cli(env, *args) -> str:
+    result = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started (a worker and its flow-run processes)."""
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    for process in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    psutil.wait_procs([parent], timeout=10)
+
+
+class Workers:
+    """Process workers on the `cpu` pool, stopped (with their flow runs) on exit."""
+
+    def __init__(self, env, tmp_path, count: int):
+        self.env, self.tmp_path, self.count = env, tmp_path, count
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self):
+        for index in range(self.count):
+            log = open(self.tmp_path / f"worker-{index}-{time.monotonic_ns()}.log", "wb")
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        PREFECT,
+                        "worker",
+                        "start",
+                        "--pool",
+                        "cpu",
+                        "--type",
+                        "process",
+                        "--name",
+                        f"w{index}-{os.getpid()}",
+                    ],
+                    env=self.env,
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        return self
+
+    def kill(self):
+        for process in self.processes:
+            kill_tree(process.pid)
+
+    def __exit__(self, *exc):
+        self.kill()
+
+
+def start_run(env, config: dict) -> str:
+    """Create a run of rebuild-dataset/smoke; returns its id."""
+    out = run_cli(
+        env, "deployment", "run", "rebuild-dataset/smoke", "--params", json.dumps({"config": config})
+    )
+    for line in out.splitlines():
+        if "UUID:" in line:
+            return line.split("UUID:")[1].strip()
+    raise AssertionError(f"no flow run id in: {out}")
+
+
+def read_run(env, run_id: str) -> dict:
+    response = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def child_runs(env, parent_name: str) -> list[dict]:
+    body = {"flow_runs": {"name": {"like_": f"{parent_name}-shards-"}}}
+    response = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_final(env, run_id: str, timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = read_run(env, run_id)
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout} s: {run['state']}")
+
+
+def smoke_params(workdir: Path) -> dict:
+    return {
+        "profile": "smoke",
+        "workdir": str(workdir),
+        "fan_out": 4,
+        "shard_size": 1,
+        "plan": {"max_groups": 2, "per_group": 2},
+        "generate": {"batch_size": 1},
+        "localize": {"batch_size": 1},
+    }
+
+
+def manifest_outcome(workdir: Path) -> dict:
+    """What a run decided per record (no timestamps): state, reason, boxes, masks."""
+    return {
+        r.id: (
+            r.state.value,
+            r.rejection.reason if r.rejection else None,
+            [(c.boxes, c.mask.counts if c.mask else None) for c in r.concepts],
+        )
+        for r in ManifestStore(workdir).iter()
+    }
+
+
+def test_all_deployments_exist(server):
+    listed = run_cli(server, "deployment", "ls")
+    for name in DEPLOYMENTS:
+        flow_name, deployment = name.split("/")
+        assert flow_name in listed and deployment in listed, name
+
+
+def test_fan_out_processes_every_shard_once_then_survives_a_killed_worker(server, tmp_path):
+    # 1. the uninterrupted run: 4 shards over 4 child runs on two workers
+    reference = tmp_path / "reference"
+    with Workers(server, tmp_path, count=2):
+        parent = wait_final(server, start_run(server, smoke_params(reference)))
+        assert parent["state"]["type"] == "COMPLETED", parent["state"]
+        children = child_runs(server, parent["name"])
+    assert len(children) == 4
+    assert all(child["state"]["type"] == "COMPLETED" for child in children)
+    assert len({child["parameters"]["shard_ids"][0][0] for child in children}) == 4  # each its own shard
+    store = ManifestStore(reference)
+    records = list(store.iter())
+    assert len(records) == 4  # the plan: 2 groups x 2 scenes
+    assert all(Counter(e.stage for e in r.history)["generate"] == 1 for r in records)  # processed once
+    assert all(r.state.value in ("segmented", "rejected") for r in records)
+
+    # 2. kill the workers mid-run, start new ones, run again: same manifest as uninterrupted
+    interrupted = tmp_path / "interrupted"
+    with Workers(server, tmp_path, count=2) as workers:
+        start_run(server, smoke_params(interrupted))
+        deadline = time.monotonic() + 600
+        while not any(r.image for r in ManifestStore(interrupted).iter()):
+            assert time.monotonic() < deadline, "no record was generated in time"
+            time.sleep(0.5)
+        workers.kill()
+    assert manifest_outcome(interrupted) != manifest_outcome(reference)  # it really was cut short
+    with Workers(server, tmp_path, count=2):
+        rerun = wait_final(server, start_run(server, smoke_params(interrupted)))
+        assert rerun["state"]["type"] == "COMPLETED", rerun["state"]
+    assert manifest_outcome(interrupted) == manifest_outcome(reference)
