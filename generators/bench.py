@@ -264,9 +264,10 @@ def random_flux_dev_pipeline(
     tiny in-memory ones, so only the embedding tables are smaller than the real ones.
     """
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+    from generators.flux import assemble_flux_pipeline
     from manifests.tiny import tiny_clip_tokenizer, tiny_t5_tokenizer
 
     clip_tokenizer, t5_tokenizer = tiny_clip_tokenizer(), tiny_t5_tokenizer(model_max_length=512)
@@ -333,22 +334,8 @@ def random_flux_dev_pipeline(
         torch.set_default_dtype(previous)
     for module in (transformer, vae, text_encoder, text_encoder_2):
         module.eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    return FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=t5_tokenizer,
-        transformer=transformer,
+    return assemble_flux_pipeline(
+        transformer, vae, text_encoder, text_encoder_2, clip_tokenizer, t5_tokenizer
     )
 
 

@@ -57,7 +57,7 @@ def build_tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):
     ``FlowMatchEulerDiscreteScheduler`` with dynamic shifting. Weights are drawn in float32
     (the same numbers for every ``dtype``) and then cast to ``dtype``.
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from manifests.tiny import tiny_clip_tokenizer, tiny_t5_tokenizer
@@ -124,6 +124,15 @@ def build_tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):
         module.eval()
         if dtype != torch.float32:
             module.to(dtype)
+    return assemble_flux_pipeline(
+        transformer, vae, text_encoder, text_encoder_2, clip_tokenizer, t5_tokenizer
+    )
+
+
+def assemble_flux_pipeline(transformer, vae, text_encoder, text_encoder_2, clip_tokenizer, t5_tokenizer):
+    """A ``FluxPipeline`` from built parts, with FLUX.1-dev's scheduler settings (dynamic shifting)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0,
         use_dynamic_shifting=True,

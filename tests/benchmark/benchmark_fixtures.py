@@ -49,6 +49,7 @@ def make_mcc_rows(n_images: int = 5, size: int = SIZE) -> list[dict]:
                 "prompt": "a husky and a wolf" if generated else None,
                 "seed": index if generated else None,
                 "url": None if generated else f"https://example.org/{index}.jpg",
+                "page_url": None,
                 "licence": None if generated else "cc-by",
                 "attribution": None if generated else "someone",
                 "review": ["accepted"] * k,
@@ -59,28 +60,10 @@ def make_mcc_rows(n_images: int = 5, size: int = SIZE) -> list[dict]:
 
 def write_mcc_folder(path: Path, rows: list[dict]) -> Path:
     """Write ``rows`` as ``path/data/test-00000-of-00001.parquet`` with the published features."""
-    from datasets import Dataset, Features, List, Value
-    from datasets import Image as ImageFeature
+    from datasets import Dataset
 
-    features = Features(
-        {
-            "image_id": Value("string"),
-            "image": ImageFeature(),
-            "concepts": List(Value("string")),
-            "masks": List(ImageFeature()),
-            "boxes": List(List(List(Value("float64"), length=4))),
-            "group": Value("string"),
-            "num_concepts": Value("int32"),
-            "source": Value("string"),
-            "generator": Value("string"),
-            "prompt": Value("string"),
-            "seed": Value("int64"),
-            "url": Value("string"),
-            "licence": Value("string"),
-            "attribution": Value("string"),
-            "review": List(Value("string")),
-        }
-    )
+    from manifests.publish import FEATURES as features
+
     columns = {name: [row[name] for row in rows] for name in features}
     (path / "data").mkdir(parents=True, exist_ok=True)
     Dataset.from_dict(columns, features=features).to_parquet(
