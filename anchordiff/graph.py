@@ -168,7 +168,9 @@ def gate_threshold(w_attn: torch.Tensor, gate_quantile: float = 0.98) -> float:
     Linear interpolation between the two neighbouring order statistics at rank
     ``q * (n - 1)`` (``numpy.percentile``'s default), the rank computed in float64 and the
     order statistics by ``kthvalue`` on the flattened matrix, so it works for any number of
-    entries (``torch.quantile`` refuses more than 2^24) and any floating dtype.
+    entries and any floating dtype (``torch.quantile`` computes the rank in float32, which
+    rounds it at 2^24 entries, refuses low-precision inputs, and in older releases refuses
+    more than 2^24 entries).
 
     Args:
         w_attn: any shape, floating dtype (converted to float32), any device.
@@ -313,9 +315,15 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int) -> 
 
 
 def _sparse_graph(
-    a_ii: torch.Tensor, o_ii: torch.Tensor, q: float, use_wcos: bool, clamp_negative: bool, empty_row: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gated graph (eqs. 8-11) on validated float32 inputs -> ``(W_hat, W_hat^T)``, both CSR.
+    a_ii: torch.Tensor,
+    o_ii: torch.Tensor,
+    q: float,
+    use_wcos: bool,
+    clamp_negative: bool,
+    empty_row: str,
+    transposed: bool,
+) -> torch.Tensor:
+    """Gated graph (eqs. 8-11) on validated float32 inputs -> ``W_hat`` or ``W_hat^T`` as CSR.
 
     ``W`` is symmetric (``G``, ``W_attn`` and ``W_cos`` are), so ``W_hat = D^-1 W`` and
     ``W_hat^T = W D^-1`` share one sorted sparsity pattern and differ only in their values
@@ -336,7 +344,7 @@ def _sparse_graph(
     row_sum = torch.zeros(n, dtype=torch.float32, device=vals.device).index_add_(0, rows, vals)
     empty = row_sum == 0
     if not bool(empty.any()):
-        return _csr(rows, cols, vals / row_sum[rows], n), _csr(rows, cols, vals / row_sum[cols], n)
+        return _csr(rows, cols, vals / row_sum[cols if transposed else rows], n)
 
     # Rows that sum to 0 lose their entries (non-zero only without the clamp) and get the
     # self-loop of weight 1, or nothing. The pattern is then no longer symmetric.
@@ -350,7 +358,7 @@ def _sparse_graph(
             torch.cat([vals, torch.ones_like(loops, dtype=vals.dtype)]),
             n=n,
         )
-    return _csr(rows, cols, vals, n), _csr(*_sort_pairs(cols, rows, vals, n=n), n)
+    return _csr(*_sort_pairs(cols, rows, vals, n=n), n) if transposed else _csr(rows, cols, vals, n)
 
 
 def _normalize_dense(w: torch.Tensor, empty_row: str) -> torch.Tensor:
@@ -379,15 +387,15 @@ def _check_graph_inputs(a_ii, o_ii, gate_quantile, empty_row) -> tuple[torch.Ten
     return a_ii, o_ii, _check_quantile(gate_quantile)
 
 
-def _graph(a_ii, o_ii, q, use_gate, use_wcos, clamp_negative, empty_row) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W_hat, W_hat^T)`` on validated inputs; ``W_hat^T`` in the layout propagation wants."""
+def _graph(a_ii, o_ii, q, use_gate, use_wcos, clamp_negative, empty_row, transposed) -> torch.Tensor:
+    """``W_hat``, or ``W_hat^T`` in the layout propagation wants, on validated inputs."""
     if use_gate:
-        return _sparse_graph(a_ii, o_ii, q, use_wcos, clamp_negative, empty_row)
+        return _sparse_graph(a_ii, o_ii, q, use_wcos, clamp_negative, empty_row, transposed)
     w = cosine_affinity(o_ii if use_wcos else a_ii)
     if clamp_negative:
         w.clamp_(min=0)
     w_hat = _normalize_dense(w, empty_row)
-    return w_hat, w_hat.T.contiguous()
+    return w_hat.T.contiguous() if transposed else w_hat
 
 
 def build_graph(
@@ -425,7 +433,7 @@ def build_graph(
         Every row sums to 1 except empty rows under ``empty_row="zero"``.
     """
     a_ii, o_ii, q = _check_graph_inputs(a_ii, o_ii, gate_quantile, empty_row)
-    return _graph(a_ii, o_ii, q, use_gate, use_wcos, clamp_negative, empty_row)[0]
+    return _graph(a_ii, o_ii, q, use_gate, use_wcos, clamp_negative, empty_row, transposed=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -567,7 +575,7 @@ def anchordiff_heatmaps(
         )
     _check_same_device(a_ii=a_ii, a_ci=a_ci)
     steps = _check_steps(steps)
-    _, w_hat_t = _graph(a_ii, o_ii, q, use_gate, use_wcos, clamp_negative, empty_row)
+    w_hat_t = _graph(a_ii, o_ii, q, use_gate, use_wcos, clamp_negative, empty_row, transposed=True)
     return minmax(_propagate_transposed(w_hat_t, select_anchors(a_ci), steps))[0]
 
 
@@ -608,7 +616,8 @@ def token_labels(
 
     The token cell of grid position ``(r, c)`` covers the pixel rectangle
     ``[r * H / gh, (r + 1) * H / gh) x [c * W / gw, (c + 1) * W / gw)`` (adaptive average
-    pooling of the masks).
+    pooling of the masks: exact when ``H`` and ``W`` are multiples of ``gh`` and ``gw``, as at
+    1024 px on a 64 x 64 grid; otherwise the cells are widened to whole pixels).
 
     Args:
         masks: ``(K, H, W)`` bool masks at image resolution, one per concept (may overlap).
@@ -679,7 +688,6 @@ def affinity_stats(
     gated = w_cos * (w_attn.double() > tau)
 
     labels = labels.long()
-    valid = labels >= 0
     fg = labels > 0
     bg = labels == 0
     same = (labels[:, None] == labels[None, :]) & fg[:, None] & fg[None, :]
@@ -688,9 +696,7 @@ def affinity_stats(
     pair_sets = {
         "same_object": same,
         "confusable": (labels[:, None] != labels[None, :]) & fg[:, None] & fg[None, :],
-        "fg_bg": ((fg[:, None] & bg[None, :]) | (bg[:, None] & fg[None, :]))
-        & valid[:, None]
-        & valid[None, :],
+        "fg_bg": (fg[:, None] & bg[None, :]) | (bg[:, None] & fg[None, :]),
     }
     out: dict[str, dict[str, float]] = {}
     for name, w in (("w_attn", w_attn), ("w_cos", w_cos), ("w_cos_gated", gated)):

@@ -16,7 +16,16 @@ relies on (``method.md``, paper Sections 3-4):
   over image keys.
 
 So the raw concept attention leaks onto the look-alikes, ``W_cos`` alone connects them, and
-only the ``W_attn`` gate separates them. Everything is seeded and deterministic on CPU.
+only the ``W_attn`` gate separates them. With the defaults (32 x 32 grid, 2-3 objects, seeds
+0-5) the mean affinities of ``anchordiff.graph.affinity_stats`` (same object / confusable /
+foreground-background) are about ``W_cos`` 0.80 / 0.70 / 0.33 (paper Table 1: 0.79 / 0.67 /
+0.42) and ``W_attn`` 0.34 / 0.00 / 0.004 (paper: 0.22 / 0.05 / 0.01): the objects here never
+touch, so attention rows across objects barely overlap. Everything is seeded and
+deterministic on CPU::
+
+    from anchordiff.synthetic import synthetic_scene
+    scene = synthetic_scene((32, 32), num_objects=3, seed=0)
+    heat = anchordiff_heatmaps(scene.a_ii, scene.o_ii, scene.a_ci).reshape(3, 32, 32)
 """
 
 from __future__ import annotations
