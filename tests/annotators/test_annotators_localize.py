@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,6 @@ from qwen_vl_utils import process_vision_info
 from annotators.grounding import grounding_schema
 from annotators.localize import Generation, QwenLocalizer, build_tiny_qwen, verification_prompt
 from manifests import Concept, GeneratedSource, ManifestStore, Record, State, WebSource
-
-jsonschema = pytest.importorskip("jsonschema")
 
 GROUPS = [
     ["siberian husky", "gray wolf", "alaskan malamute"],

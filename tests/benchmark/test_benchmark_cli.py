@@ -73,7 +73,6 @@ def test_score_says_what_is_wrong(mcc_folder, tmp_path, user_method):
 
 @pytest.mark.slow
 def test_score_and_sweep_with_the_tiny_anchordiff(mcc_folder, tmp_path):
-    pytest.importorskip("anchordiff.pipeline")
     out = tmp_path / "score"
     result = runner.invoke(app, ["score", "--dataset", str(mcc_folder), "--method", "anchordiff", "--model", "tiny",
                                  "--mode", "noise", "--limit", "2", "--out", str(out), "--no-progress"])  # fmt: skip

@@ -50,8 +50,7 @@ def test_rebuild_publish_score_and_resume(harness, workdir):
     assert again["shards"] == 0
     assert stage_events(store) == events
 
-    if "segmented" not in result["states"]:
-        pytest.skip("the random tiny models rejected every record; nothing to publish")
+    assert result["states"].get("segmented", 0) >= 1  # seeded models: the same records pass every time
     published = publish_dataset(config)
     assert published["rows"] == result["states"]["segmented"]
     assert (workdir / "dataset" / "README.md").is_file()
