@@ -200,8 +200,8 @@ def bench_scrape(args) -> None:
                 for name in names:
                     writer.writerow([f"{base}/{name}", "lemon-lime", "CC0", "", ""])
             for label, keep in (
-                ("mcc scrape (stored as PNG)", False),
-                ("mcc scrape --keep-original-bytes", True),
+                ("mcc scrape (default: original bytes, JPEG metadata removed)", True),
+                ("mcc scrape --reencode-png", False),
             ):
                 result = run_mcc_scraper(url_csv, root / f"mcc-{keep}", args.concurrency, args.per_host, keep)
                 rows.append((label, result))

@@ -115,8 +115,9 @@ class ScrapeConfig(BaseModel):
         1, ge=0, le=9, description="zlib level of the stored PNG: 1 is ~5x faster than 6 for ~10% more bytes"
     )
     keep_original_bytes: bool = Field(
-        False,
-        description="store RGB JPEG/PNG/WebP files as downloaded (images/<id>.jpg...) instead of re-encoding to PNG",
+        True,
+        description="store RGB JPEG/PNG/WebP files as downloaded (images/<id>.jpg...; JPEG metadata such as EXIF "
+        "and GPS removed) instead of re-encoding to PNG, which costs ~5x the CPU and ~10x the bytes of a JPEG",
     )
 
 
@@ -225,6 +226,44 @@ def load_web_image(data: bytes, min_side: int = 512, max_pixels: int = 89_478_48
 
 
 KEEPABLE_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+JPEG_KEPT_SEGMENTS = {0xE0, 0xE2, 0xEE}
+"""APP0 (JFIF), APP2 (ICC colour profile) and APP14 (Adobe colour transform) change how
+the pixels decode; every other APPn segment and COM (EXIF, GPS, XMP, IPTC, comments) is
+metadata."""
+
+
+def strip_jpeg_metadata(data: bytes) -> bytes | None:
+    """The JPEG ``data`` without its metadata segments, pixels untouched; None if it cannot be parsed.
+
+    Walks the marker segments from SOI to SOS, drops APPn segments other than
+    ``JPEG_KEPT_SEGMENTS`` and comments, and copies the entropy-coded data from SOS on
+    byte for byte. Returns ``data`` itself when nothing had to go.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    kept = [data[:2]]
+    dropped = False
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xDA:  # start of scan: the rest is image data
+            kept.append(data[position:])
+            return b"".join(kept) if dropped else data
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        end = position + 2 + length
+        if length < 2 or end > len(data):
+            return None
+        if (0xE0 <= marker <= 0xEF and marker not in JPEG_KEPT_SEGMENTS) or marker == 0xFE:
+            dropped = True
+        else:
+            kept.append(data[position:end])
+        position = end
+    return None
 
 
 @dataclass(frozen=True)
@@ -258,7 +297,8 @@ def prepare_image(
 
     With ``keep_original``, a single-frame RGB JPEG, PNG or WebP that needs no EXIF
     rotation is stored as downloaded (its pixels are exactly what the checks saw, and
-    nothing is re-encoded); anything else is stored as PNG. A plain function of bytes so
+    nothing is re-encoded), JPEGs without their EXIF / XMP / IPTC / comment segments
+    (camera, GPS and editing metadata are not redistributed); anything else is stored as PNG. A plain function of bytes so
     that it can run in a worker process: all the CPU work of an image happens here.
     """
     web_image = load_web_image(data, min_side, max_pixels)
@@ -270,8 +310,10 @@ def prepare_image(
         and web_image.frames == 1
         and not web_image.exif_transposed
     )
-    if keep:
-        stored, extension, stored_sha = data, KEEPABLE_FORMATS[web_image.format], content_sha
+    stored = (strip_jpeg_metadata(data) if web_image.format == "JPEG" else data) if keep else None
+    if stored is not None:
+        extension = KEEPABLE_FORMATS[web_image.format]
+        stored_sha = content_sha if stored is data else hashlib.sha256(stored).hexdigest()
     else:
         buffer = io.BytesIO()
         icc = web_image.image.info.get("icc_profile")  # keep the colour space of wide-gamut photos

@@ -184,8 +184,12 @@ def scrape(
     max_mb: Annotated[float, typer.Option(help="Largest download, MiB.", min=0.01)] = 20.0,
     keep_original_bytes: Annotated[
         bool,
-        typer.Option(help="Store RGB JPEG/PNG/WebP files as downloaded instead of re-encoding them to PNG."),
-    ] = False,
+        typer.Option(
+            "--keep-original-bytes/--reencode-png",
+            help="Store RGB JPEG/PNG/WebP files as downloaded (JPEG metadata removed), or re-encode every image "
+            "to PNG.",
+        ),
+    ] = True,
     retry_failed: Annotated[
         bool, typer.Option(help="Try again URLs rejected for a timeout, HTTP or connection error.")
     ] = False,

@@ -8,10 +8,12 @@ tests below read its records.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import time
 
+import numpy as np
 import pytest
 from generators_testserver import Route, encode, pattern_image, serve
 from PIL import Image
@@ -277,7 +279,11 @@ def test_good_images_are_stored_with_full_provenance(scraped):
         image = store.open_image(record)
         assert image.mode == "RGB" and image.size == (record.image.width, record.image.height)
         assert min(image.size) >= 512
-        assert store.read_bytes(record.image.path)[:8] == b"\x89PNG\r\n\x1a\n"
+        stored = store.read_bytes(record.image.path)
+        if record.history[-1].params["format"] in ("JPEG", "PNG", "WEBP") and not path.startswith("/rotated"):
+            # RGB JPEG/PNG/WebP files are kept as downloaded (metadata aside): the same pixels
+            assert record.image.path.rsplit(".", 1)[1] in ("jpg", "png", "webp")
+        assert hashlib.sha256(stored).hexdigest() == record.image.sha256
 
 
 def test_image_details(scraped):
@@ -536,3 +542,28 @@ def test_robots_crawl_delay_slows_the_host_down(tmp_path):
         out = WebScraper(_config(per_host_rate=0)).scrape(records, store)
         assert time.monotonic() - started >= 2.0  # three requests 1 s apart (urllib reads whole seconds)
     assert all(r.state == State.generated for r in out)
+
+
+def test_kept_jpegs_lose_their_metadata_not_their_pixels():
+    from generators.web import prepare_image, strip_jpeg_metadata
+
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"  # Make
+    exif[0x8825] = {2: (48.0, 51.0, 24.0)}  # GPS latitude
+    picture = pattern_image(7)
+    jpeg = encode(picture, "JPEG", quality=90, exif=exif.tobytes(), comment=b"private note")
+    assert b"SecretCam" in jpeg and b"private note" in jpeg
+    stripped = strip_jpeg_metadata(jpeg)
+    assert b"SecretCam" not in stripped and b"private note" not in stripped and b"Exif" not in stripped
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(stripped))), np.asarray(Image.open(io.BytesIO(jpeg)))
+    )
+    plain = encode(picture, "JPEG", quality=90)
+    assert strip_jpeg_metadata(plain) is plain  # nothing to remove: the very bytes
+    assert strip_jpeg_metadata(b"not a jpeg") is None
+    assert strip_jpeg_metadata(jpeg[:10]) is None
+    prepared = prepare_image(jpeg, min_side=512, max_pixels=10**8, keep_original=True)
+    assert prepared.extension == "jpg" and prepared.stored == stripped
+    assert prepared.stored_sha256 == hashlib.sha256(stripped).hexdigest() != prepared.content_sha256
+    reencoded = prepare_image(jpeg, min_side=512, max_pixels=10**8, keep_original=False)
+    assert reencoded.extension == "png" and reencoded.stored[:4] == b"\x89PNG"
