@@ -99,7 +99,18 @@ class StageModels:
 
 
 # -- tasks ---------------------------------------------------------------------------------
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def retry_unless_misconfigured(task, task_run, state) -> bool:
+    """Retry I/O failures; a ValueError (bad profile, missing token or file) fails at once."""
+    try:
+        state.result()
+    except ValueError:
+        return False
+    except Exception:  # anything else may be transient (network, server, storage)
+        return True
+    return False
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_misconfigured)
 def plan_task(config: PipelineConfig) -> dict[str, int]:
     """Planned records for the scene specs of the profile (idempotent)."""
     groups = load_groups(config.plan.groups_file)[: config.plan.max_groups]
@@ -109,7 +120,7 @@ def plan_task(config: PipelineConfig) -> dict[str, int]:
     return {"planned": len(specs), "new": created}
 
 
-@task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
+@task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_misconfigured)
 def scrape_task(config: PipelineConfig) -> dict[str, int]:
     """Web images of the profile's URL list (skipped when it names none)."""
     from generators.download import DownloadConfig
@@ -154,7 +165,7 @@ def process_shard(config: PipelineConfig, shard: list[str], models: StageModels)
     return dict(Counter(r.state.value for r in records))
 
 
-@task(retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_misconfigured)
 def push_reviews_task(config: PipelineConfig) -> dict[str, Any]:
     from annotators.review import push
 
@@ -167,7 +178,7 @@ def push_reviews_task(config: PipelineConfig) -> dict[str, Any]:
     return _as_dict(report)
 
 
-@task(retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_misconfigured)
 def pull_reviews_task(config: PipelineConfig) -> dict[str, Any]:
     from annotators.review import pull
 
