@@ -427,8 +427,13 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     scrape = commands.add_parser("scrape", help="scraper throughput on loopback vs img2dataset")
     scrape.add_argument("--images", type=int, default=2000)
-    scrape.add_argument("--concurrency", type=int, default=32)
-    scrape.add_argument("--per-host", type=int, default=8, help="connections to the one local host")
+    scrape.add_argument("--concurrency", type=int, default=64)
+    scrape.add_argument(
+        "--per-host",
+        type=int,
+        default=32,
+        help="connections to the one local host (img2dataset has no per-host limit; mcc scrape's default is 8)",
+    )
     scrape.add_argument("--img2dataset", help="img2dataset executable (default: on PATH)")
     scrape.add_argument(
         "--threads", type=int, default=2, help="torch threads (the scraper does not use torch)"
