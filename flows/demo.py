@@ -48,10 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     server = None
     if review:
-        from annotators.labelstudio_server import start as start_labelstudio
+        from annotators import labelstudio_server
 
         step("1/4 Label Studio (its own venv, SQLite under demo-workdir/labelstudio)")
-        server = start_labelstudio(workdir, port=LABEL_STUDIO_PORT)
+        port = labelstudio_server.status(workdir)["port"] or (
+            LABEL_STUDIO_PORT
+            if labelstudio_server.port_is_free(LABEL_STUDIO_PORT)
+            else labelstudio_server.free_port()
+        )
+        server = labelstudio_server.start(workdir, port=port)
         os.environ["LABEL_STUDIO_API_KEY"] = server.token
         overrides["review"] = {"mode": "labelstudio", "url": server.url}
     else:
