@@ -33,7 +33,3 @@ def decode_mask(rle: RLE) -> np.ndarray:
     if mask.shape != tuple(rle.size):
         raise ValueError(f"mask RLE decodes to {mask.shape}, its size says {tuple(rle.size)}")
     return mask.astype(bool)
-
-
-def mask_area(rle: RLE) -> int:
-    return int(mask_utils.area({"size": list(rle.size), "counts": rle.counts.encode("ascii")}))

@@ -100,10 +100,6 @@ class ManifestStore:
         data = record.model_dump_json(indent=1).encode()
         self._write_atomic(self._record_path(record.id), data)
 
-    def put_many(self, records: list[Record]) -> None:
-        for record in records:
-            self.put(record)
-
     def get(self, record_id: str) -> Record:
         """The record with this id. KeyError if there is none, RecordLoadError if it is corrupt."""
         path = self._record_path(record_id)
