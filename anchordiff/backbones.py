@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from manifests.dtypes import torch_dtype
+
 TINY = "tiny"
 RANDOM_PREFIX = "random-"
 
@@ -205,8 +207,7 @@ def build_random_pipeline(preset: str, device: torch.device, dtype: torch.dtype,
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = torch_dtype(dtype)
     config = check_preset(preset).transformer_config
     previous = torch.get_default_dtype()
     with _seeded(seed, device), device:

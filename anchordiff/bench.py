@@ -102,6 +102,11 @@ def dense_reference(
 
 
 # -- timing helpers -----------------------------------------------------------------------------------------
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class _Clock:
     """Stage timer (wall seconds; CUDA synchronised before each reading) plus process CPU seconds."""
 
@@ -113,8 +118,7 @@ class _Clock:
         self._last = time.perf_counter()
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        _synchronize(self.device)
 
     def __call__(self, stage: str) -> None:
         self._sync()
@@ -196,37 +200,38 @@ def graph_benchmark(
     }
 
 
-# -- GPU: whole queries --------------------------------------------------------------------------------------
-def gpu_query_benchmark(repeats: int) -> dict[str, Any]:
-    """Seconds per concept query at 1024 x 1024 with random SD3-medium weights in bf16 (offline)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# -- whole queries --------------------------------------------------------------------------------------------
+CONCEPT_SETS = {"1 concept": ["husky"], "3 concepts": ["husky", "wolf", "malamute"]}
+RECORDER_TOLERANCE = 1.6e-2
+"""Largest change of the transformer output under the recorder, relative to max |output| (torch.testing's
+bfloat16 rtol): the recorder recomputes the joint attention, so only rounding may differ."""
+
+
+def query_benchmark(ad: Any, repeats: int) -> list[dict[str, Any]]:
+    """Seconds per concept query of a loaded ``AnchorDiff`` on a random image of its native size.
+
+    For each mode (``noise``, ``invert``): one warm-up call (kernels, cuBLAS workspaces), then the median of
+    ``repeats`` calls with one concept and with three (``per_concept_query_s`` = call seconds / concepts).
+    ``peak_bytes``: ``torch.cuda.max_memory_allocated`` over the timed calls (None on the CPU).
+    """
     import numpy as np
     from PIL import Image
 
-    from anchordiff.pipeline import AnchorDiff
-
-    device = torch.device("cuda")
-    torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    ad = AnchorDiff.from_pretrained("random-sd3", preset="sd3", device="cuda", dtype=torch.bfloat16)
-    torch.cuda.synchronize(device)
-    load_s = time.perf_counter() - started
-    loaded_bytes = torch.cuda.memory_allocated(device)
-    rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8))
-    concept_sets = {"1 concept": ["husky"], "3 concepts": ["husky", "wolf", "malamute"]}
+    device = ad.device
+    side = ad.resolution
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
     rows = []
     for mode in ("noise", "invert"):
-        ad(image, concept_sets["3 concepts"], mode=mode)  # warm-up (kernels, cuBLAS workspaces)
-        for label, concepts in concept_sets.items():
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
+        ad(image, CONCEPT_SETS["3 concepts"], mode=mode)  # warm-up
+        for label, concepts in CONCEPT_SETS.items():
+            _synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             times, stage_runs = [], []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 out = ad(image, concepts, mode=mode)
-                torch.cuda.synchronize(device)
+                _synchronize(device)
                 times.append(time.perf_counter() - t0)
                 stage_runs.append(dict(out.timings))
             call_s = statistics.median(times)
@@ -236,16 +241,72 @@ def gpu_query_benchmark(repeats: int) -> dict[str, Any]:
                     "concepts": label,
                     "call_s": call_s,
                     "per_concept_query_s": call_s / len(concepts),
-                    "peak_bytes": torch.cuda.max_memory_allocated(device),
+                    "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                     "stages_s": _median_stages(stage_runs),
                 }
             )
+    return rows
+
+
+@torch.no_grad()
+def recorder_output_change(
+    ad: Any, concepts: tuple[str, ...] = ("husky", "wolf", "malamute"), seed: int = 0
+) -> float:
+    """How much the ``AttentionRecorder`` changes one transformer forward: max |with - without| / max |without|.
+
+    One forward of ``ad.transformer`` in its dtype at ``ad``'s native size (random (1, C, res/f, res/f)
+    latents, random (1, CLIP length + max_sequence_length, joint_attention_dim) prompt embeddings (the
+    layout of SD3's ``encode_prompt``) and pooled projections, timestep 500), without and then with the
+    recorder (A_II / O_II at ``ad.graph_layers``, the concept stream of ``concepts`` at every block).
+    Compare with :data:`RECORDER_TOLERANCE`. Raises RuntimeError when the recorder recorded nothing.
+    """
+    from anchordiff.attention import AttentionRecorder
+
+    transformer, config = ad.transformer, ad.transformer.config
+    side = ad.resolution // ad.pipe.vae_scale_factor
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "hidden_states": (1, config.in_channels, side, side),
+        "encoder_hidden_states": (
+            1,
+            ad.pipe.tokenizer_max_length + ad.max_sequence_length,
+            config.joint_attention_dim,
+        ),
+        "pooled_projections": (1, config.pooled_projection_dim),
+    }
+    inputs = {name: torch.randn(shape, generator=g).to(ad.device, ad.dtype) for name, shape in shapes.items()}
+    inputs.update(timestep=torch.full((1,), 500.0, device=ad.device), return_dict=False)
+    plain = transformer(**inputs)[0].float()
+    tokens = ad.encode_concepts(list(concepts))
+    with AttentionRecorder(transformer, graph_layers=ad.graph_layers, concepts=tokens) as recorder:
+        recorded = transformer(**inputs)[0].float()
+    state = recorder.state
+    if state.recorded_forwards != 1 or sorted(state.a_ii) != sorted(ad.graph_layers):
+        raise RuntimeError(
+            f"the recorder recorded {state.recorded_forwards} forwards, A_II at {sorted(state.a_ii)}"
+        )
+    return float((recorded - plain).abs().max() / plain.abs().max().clamp_min(1e-30))
+
+
+def gpu_query_benchmark(repeats: int) -> dict[str, Any]:
+    """Seconds per concept query at 1024 x 1024 with random SD3-medium weights in bf16 (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from anchordiff.pipeline import AnchorDiff
+
+    device = torch.device("cuda")
+    torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    ad = AnchorDiff.from_pretrained("random-sd3", preset="sd3", device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize(device)
+    load_s = time.perf_counter() - started
+    weights_bytes = torch.cuda.memory_allocated(device)
     return {
         "device_name": torch.cuda.get_device_name(device),
         "model": ad.config,
         "load_s": load_s,
-        "weights_bytes": loaded_bytes,
-        "queries": rows,
+        "weights_bytes": weights_bytes,
+        "queries": query_benchmark(ad, repeats),
     }
 
 

@@ -43,6 +43,7 @@ from anchordiff.backbones import (
     load_pipeline,
 )
 from anchordiff.graph import anchordiff_heatmaps, mean_threshold_masks, minmax, select_anchors
+from manifests.dtypes import torch_dtype
 
 METHODS = ("anchordiff", "cross_attention", "concept_attention", "no_gate", "no_wcos")
 MODES = ("invert", "noise")
@@ -281,7 +282,7 @@ class AnchorDiff:
         model: str,
         preset: str | None = None,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         revision: str | None = None,
         *,
         local_files_only: bool | None = None,
@@ -297,7 +298,9 @@ class AnchorDiff:
             preset: "sd3" or "sd35": graph-layer defaults (and the architecture of ``"tiny"``). None: from
                 the model name for ``random-*``, "sd35" for a 38-block transformer, else "sd3".
             device: default CUDA when available, else CPU.
-            dtype: default bfloat16 on CUDA and float32 on the CPU (always float32 for ``"tiny"`` unless given).
+            dtype: ``torch.bfloat16`` / ``float16`` / ``float32`` or its name (``"bfloat16"``; others raise a
+                ValueError naming these); default bfloat16 on CUDA and float32 on the CPU (always float32 for
+                ``"tiny"`` unless given).
             revision: Hub revision of a repo id.
             local_files_only: passed to ``from_pretrained`` when given.
             **options: fields of :class:`AnchorDiffOptions` (e.g. ``prompt_template``, ``graph_layers``).
@@ -316,6 +319,7 @@ class AnchorDiff:
         device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" and model != TINY else torch.float32
+        dtype = torch_dtype(dtype)
         known = {f.name for f in fields(AnchorDiffOptions)}
         unknown = sorted(set(options) - known)
         if unknown:

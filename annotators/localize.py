@@ -60,6 +60,7 @@ from annotators.grounding import (
     grounding_schema,
     parse_grounding,
 )
+from manifests.dtypes import torch_dtype
 from manifests.record import Record, State
 from manifests.store import ManifestStore
 from manifests.tiny import tiny_qwen_tokenizer
@@ -175,7 +176,8 @@ class QwenLocalizer:
         frame that this class does not map.
       revision: the Hub revision (branch, tag or commit) to load.
       device: ``"cuda"``, ``"cpu"``...; default CUDA when available.
-      dtype: the weights' dtype; default bfloat16 on CUDA, float32 on CPU.
+      dtype: the weights' dtype, one of ``manifests.dtypes.DTYPES`` or its torch dtype;
+        default bfloat16 on CUDA, float32 on CPU.
       min_pixels, max_pixels: the model input's pixel limits (default 256*28*28 ..
         1280*28*28; for ``"tiny"`` 4*28*28 .. 64*28*28). Used by both
         ``process_vision_info`` and the processor.
@@ -216,11 +218,7 @@ class QwenLocalizer:
         self.model_ref = model
         self.revision = revision
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype, None) if dtype != "auto" else None
-            if not isinstance(dtype, torch.dtype):
-                raise ValueError("dtype must be a torch dtype or its name, e.g. 'bfloat16' or 'float32'")
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = torch_dtype(dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32))
         self.min_pixels = min_pixels or (TINY_MIN_PIXELS if tiny else DEFAULT_MIN_PIXELS)
         self.max_pixels = max_pixels or (TINY_MAX_PIXELS if tiny else DEFAULT_MAX_PIXELS)
         if self.min_pixels > self.max_pixels:

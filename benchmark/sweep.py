@@ -289,6 +289,7 @@ def run_sweep(
         "model": pipeline_config.get("model"),
         "revision": pipeline_config.get("revision"),
         "preset": preset,
+        "dtype": pipeline_config.get("dtype"),
     }
     dataset_info = dataset.describe()
     check_run_file(

@@ -339,11 +339,39 @@ def random_flux_dev_pipeline(
     )
 
 
+def seconds_per_image(generator, images: int) -> tuple[float, list]:
+    """Wall seconds per image of ``generator.generate`` (prompt encoding, denoising, VAE decode, PNG store).
+
+    Plans ``images`` scenes plus one warm-up batch (``generator.batch_size`` scenes, not timed: kernels,
+    allocator) in a temporary work dir. With CUDA the peak-memory counter is reset after the warm-up.
+    Returns the seconds per image and the timed records (``generated``, or ``rejected`` with the reason).
+    """
+    import torch
+
+    from manifests import ManifestStore, add_planned, load_groups, plan_scenes
+
+    cuda = generator.device.type == "cuda"
+    with tempfile.TemporaryDirectory(prefix="mcc-bench-flux-") as workdir:
+        store = ManifestStore(workdir)
+        add_planned(store, plan_scenes(load_groups(), per_group=1)[: images + generator.batch_size])
+        records = list(store.iter())
+        generator.generate(records[: generator.batch_size], store)  # warm-up, not timed
+        timed = records[generator.batch_size : generator.batch_size + images]
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        generator.generate(timed, store)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    return seconds / max(len(timed), 1), timed
+
+
 def bench_flux(args) -> None:
     import torch
 
     from generators.flux import FluxGenerator
-    from manifests import ManifestStore, add_planned, load_groups, plan_scenes
 
     torch.set_num_threads(max(1, args.threads))
     cuda = torch.cuda.is_available() and not args.cpu
@@ -376,22 +404,8 @@ def bench_flux(args) -> None:
         build_s = time.perf_counter() - started
         label = f"tiny FLUX pipeline, float32, CPU ({torch.get_num_threads()} threads)"
 
-    with tempfile.TemporaryDirectory(prefix="mcc-bench-flux-") as workdir:
-        store = ManifestStore(workdir)
-        add_planned(store, plan_scenes(load_groups(), per_group=1)[: args.images + args.batch_size])
-        records = list(store.iter())
-        generator.generate(records[: args.batch_size], store)  # warm-up (kernels, allocator), not timed
-        timed = records[args.batch_size : args.batch_size + args.images]
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        generator.generate(timed, store)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        ok = sum(r.state.value == "generated" for r in timed)
-    per_image = seconds / max(len(timed), 1)
+    per_image, timed = seconds_per_image(generator, args.images)
+    ok = sum(r.state.value == "generated" for r in timed)
     table = Table(
         title="FLUX generation (FluxGenerator.generate: prompt encoding, denoising, VAE decode, PNG store)"
     )

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from generators.prompts import prompt_for_record
+from manifests.dtypes import torch_dtype
 from manifests.record import GeneratedSource, Record, State
 from manifests.store import ManifestStore
 
@@ -37,14 +38,6 @@ DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 TINY = "tiny"
 TINY_REVISION = "tiny-seed0"
 GENERATE_FAILURE_REASONS = ("out_of_memory", "generation_error", "blank_image")
-_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-}
 
 
 def build_tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -170,8 +163,8 @@ class FluxGenerator:
     ``model``: a Hub repo id (``black-forest-labs/FLUX.1-dev``, gated: accept its licence
     and ``hf auth login`` once), a local folder in diffusers layout, or ``"tiny"``.
     ``size``: int (square) or (width, height) in pixels, a multiple of 16 (of
-    ``2 * vae_scale_factor``); default 1024, 128 for tiny. ``dtype`` default bfloat16
-    (float32 for tiny). ``device`` default CUDA when available. ``cpu_offload`` keeps only
+    ``2 * vae_scale_factor``); default 1024, 128 for tiny. ``dtype``: one of
+    ``manifests.dtypes.DTYPES`` or its torch dtype, default bfloat16 (float32 for tiny). ``device`` default CUDA when available. ``cpu_offload`` keeps only
     the active sub-model on the GPU (about 3x slower, fits 24 GB cards); ``vae_tiling``
     decodes large images in tiles. ``max_sequence_length``: T5 tokens (512 for FLUX.1-dev,
     128 for tiny).
@@ -199,11 +192,7 @@ class FluxGenerator:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
-            dtype = _DTYPES[dtype]
-        self.dtype = dtype or (torch.float32 if self.tiny else torch.bfloat16)
+        self.dtype = torch_dtype(dtype or (torch.float32 if self.tiny else torch.bfloat16))
         self.device = (
             torch.device(device)
             if device is not None

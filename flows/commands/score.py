@@ -47,7 +47,12 @@ SeedOption = Annotated[int, typer.Option(help="Seed of the noise (mode noise) an
 DeviceOption = Annotated[
     str | None, typer.Option(help="Torch device, e.g. cuda or cpu (default: automatic).")
 ]
-DtypeOption = Annotated[str | None, typer.Option(help="Torch dtype, e.g. float16, bfloat16, float32.")]
+DtypeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="bfloat16, float16 or float32 (default: bfloat16 on CUDA, float32 on CPU and for tiny)."
+    ),
+]
 RevisionOption = Annotated[str | None, typer.Option(help="Model revision (git ref on the Hub).")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")]
 
@@ -72,7 +77,20 @@ def _open(dataset: str, benchmark: str, config: str, class_names: Path | None):
         raise fail(str(error)) from None
 
 
-def _anchordiff(model: str | None, preset: str, device: str | None, dtype: str | None, revision: str | None):
+def _dtype(dtype: str | None):
+    """The torch dtype named by --dtype (None: the model's default), or exit naming the allowed values."""
+    if dtype is None:
+        return None
+    from manifests.dtypes import torch_dtype
+
+    try:
+        return torch_dtype(dtype)
+    except ValueError as error:
+        raise fail(f"--{error}") from None
+
+
+def _anchordiff(model: str | None, preset: str, device: str | None, dtype, revision: str | None):
+    """AnchorDiff loaded once; ``dtype`` a torch dtype (from :func:`_dtype`) or None."""
     if preset not in PRESET_MODELS:
         raise fail(f"--preset must be sd3 or sd35, got {preset!r}")
     try:
@@ -144,9 +162,10 @@ def score(
 
     if mode not in ("invert", "noise"):
         raise fail(f"--mode must be invert or noise, got {mode!r}")
+    torch_dtype = _dtype(dtype)
     data = _open(dataset, benchmark, config, class_names)
     if method in ANCHORDIFF_METHODS:
-        pipeline = _anchordiff(model, preset, device, dtype, revision)
+        pipeline = _anchordiff(model, preset, device, torch_dtype, revision)
         runner = AnchorDiffMethod(
             model or PRESET_MODELS[preset], preset=preset, method=method, mode=mode,
             layers=_int_list(layers, "--layers"), steps=steps, gate_quantile=gate_quantile, seed=seed,
@@ -229,8 +248,9 @@ def sweep(
         raise fail(f"--method must be anchordiff, no_gate or no_wcos, got {method!r}")
     if mode not in ("invert", "noise"):
         raise fail(f"--mode must be invert or noise, got {mode!r}")
+    torch_dtype = _dtype(dtype)
     data = _open(dataset, "mcc", config, None)
-    pipeline = _anchordiff(model, preset, device, dtype, revision)
+    pipeline = _anchordiff(model, preset, device, torch_dtype, revision)
     pair_list = None
     if pairs:
         try:

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from anchordiff.bench import _inputs, dense_reference, main
+from anchordiff import AnchorDiff
+from anchordiff.bench import RECORDER_TOLERANCE, _inputs, dense_reference, main, recorder_output_change
 from anchordiff.graph import anchordiff_heatmaps
 
 
@@ -17,6 +18,13 @@ def test_dense_reference_equals_the_fast_path(kind):
     heat, gate = dense_reference(a_ii, o_ii, a_ci)
     assert gate.dtype == torch.bool and int(gate.sum()) <= 0.02 * 144**2 + 1
     assert torch.allclose(heat, anchordiff_heatmaps(a_ii, o_ii, a_ci), atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["sd3", "sd35"])
+def test_the_recorder_leaves_the_bf16_transformer_output_unchanged(preset):
+    ad = AnchorDiff.from_pretrained("tiny", preset=preset, device="cpu", dtype=torch.bfloat16)
+    assert ad.transformer.dtype == torch.bfloat16
+    assert 0 <= recorder_output_change(ad) <= RECORDER_TOLERANCE
 
 
 def test_bench_writes_json_and_markdown(tmp_path, capsys):

@@ -104,7 +104,7 @@ def test_bad_options_fail_up_front():
         FluxGenerator("tiny", size=70)
     with pytest.raises(ValueError, match="cpu_offload needs a CUDA"):
         FluxGenerator("tiny", device="cpu", cpu_offload=True)
-    with pytest.raises(ValueError, match="unknown dtype"):
+    with pytest.raises(ValueError, match="dtype must be one of bfloat16, float16, float32"):
         FluxGenerator("tiny", dtype="float8")
     with pytest.raises(ValueError, match="neither a local folder"):
         FluxGenerator("no-such-model")
