@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import make_record
 from datasets import load_dataset
 from PIL import Image
+from publish_records import make_record
 
 from manifests import ManifestStore, State, decode_mask
 from manifests.publish import FEATURES, MANIFEST_FORMAT, PublishError, build_dataset
