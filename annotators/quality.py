@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from annotators.grounding import box_iou
 from manifests.masks import decode_mask, encode_mask
-from manifests.record import Box, Record, State
+from manifests.record import SAM_SCORE, Box, Record, State
 from manifests.store import ManifestStore
 
 STAGE = "quality"
@@ -109,7 +109,7 @@ class GateSample:
             concepts=record.concept_names,
             boxes={c.name: list(c.boxes) for c in record.concepts},
             masks={c.name: decode_mask(c.mask) if c.mask is not None else None for c in record.concepts},
-            scores={c.name: c.scores.get("sam", 0.0) for c in record.concepts},
+            scores={c.name: c.scores.get(SAM_SCORE, 0.0) for c in record.concepts},
             image_size=(record.image.width, record.image.height),
         )
 

@@ -40,7 +40,7 @@ from label_studio_sdk.core.api_error import ApiError
 from annotators import labelstudio_format as fmt
 from annotators.review_stats import compute_stats, write_stats
 from manifests.masks import decode_mask, encode_mask
-from manifests.record import Record, State
+from manifests.record import SAM_SCORE, Record, State
 from manifests.store import ManifestStore
 
 logger = logging.getLogger(__name__)
@@ -393,6 +393,17 @@ def _auth_header(client: LabelStudio, token: str) -> str:
     return "Token " + token
 
 
+def task_score(record: Record) -> float | None:
+    """The prediction score of a record's task: its weakest concept's SAM score (None if a concept has none).
+
+    Label Studio sorts tasks by it, so the masks the segmenter was least sure of can be reviewed first.
+    """
+    scores = [concept.scores.get(SAM_SCORE) for concept in record.concepts]
+    if not scores or any(score is None for score in scores):
+        return None
+    return float(min(scores))
+
+
 def _task(record: Record, store: ManifestStore, image_url: str) -> dict:
     width, height = record.image.width, record.image.height
     results = []
@@ -406,7 +417,6 @@ def _task(record: Record, store: ManifestStore, image_url: str) -> dict:
         results.append(fmt.brush_result(concept.name, mask, f"m{i}"))
         for j, box in enumerate(concept.boxes):
             results.append(fmt.rectangle_result(concept.name, box, width, height, f"b{i}_{j}"))
-    scores = [v for c in record.concepts for k, v in c.scores.items() if k in ("quality", "iou", "sam_score")]
     return {
         "data": {
             "image": image_url,
@@ -417,7 +427,7 @@ def _task(record: Record, store: ManifestStore, image_url: str) -> dict:
         "predictions": [
             {
                 "model_version": MODEL_VERSION,
-                "score": float(np.mean(scores)) if scores else None,
+                "score": task_score(record),
                 "result": results,
             }
         ],

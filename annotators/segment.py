@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from annotators.quality import GateSample, QualityGate
 from manifests.masks import encode_mask
-from manifests.record import Record, State
+from manifests.record import SAM_SCORE, Record, State
 from manifests.store import ManifestStore
 
 logger = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class Sam2Segmenter:
             return
         for concept in record.concepts:
             concept.mask = encode_mask(masks[concept.name])
-            concept.scores["sam"] = scores[concept.name]
+            concept.scores[SAM_SCORE] = scores[concept.name]
         record.log(STAGE, "masks from SAM2", params)
         sample = GateSample(
             record.concept_names,

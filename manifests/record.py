@@ -113,8 +113,16 @@ class RLE(BaseModel):
     counts: str
 
 
+SAM_SCORE = "sam"
+"""Key of ``Concept.scores`` that ``annotators.segment`` writes: SAM's predicted IoU of the concept's mask
+(the lowest among its boxes), in [0, 1]. The quality gate and the review push read it."""
+
+
 class Concept(BaseModel):
-    """One concept of a record and everything the stages found for it."""
+    """One concept of a record and everything the stages found for it.
+
+    ``scores`` holds named model scores in [0, 1]; ``scores[SAM_SCORE]`` is the segmenter's.
+    """
 
     name: str
     boxes: list[Box] = Field(default_factory=list)

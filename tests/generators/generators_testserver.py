@@ -10,7 +10,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -112,7 +112,12 @@ class _Server(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def serve(routes: dict[str, Route]) -> Iterator[Served]:
-    """Serve ``routes`` (path -> Route) on 127.0.0.1 at a free port while the block runs."""
+    """Serve ``routes`` (path -> Route) on 127.0.0.1 at a free port while the block runs.
+
+    Hits are counted on copies of the routes (``Served.routes``), so a ``fail_first`` route fails again on
+    the next server: module-level routes carry no state from one test or fixture to the next.
+    """
+    routes = {path: replace(route, hits=0) for path, route in routes.items()}
     server = _Server(routes)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from manifests.masks import encode_mask
-from manifests.record import Concept, GeneratedSource, Record, State
+from manifests.record import SAM_SCORE, Concept, GeneratedSource, Record, State
 from manifests.store import ManifestStore
 
 
@@ -30,10 +30,11 @@ def make_segmented(
     rng = np.random.default_rng(seed)
     image = Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
     items = []
-    for name, mask in zip(concepts, disk_masks(height, width, len(concepts)), strict=True):
+    for i, (name, mask) in enumerate(zip(concepts, disk_masks(height, width, len(concepts)), strict=True)):
         ys, xs = np.nonzero(mask)
         box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-        items.append(Concept(name=name, boxes=[box], mask=encode_mask(mask), scores={"quality": 0.9}))
+        score = 0.9 - 0.1 * i  # the SAM score as the segmenter writes it
+        items.append(Concept(name=name, boxes=[box], mask=encode_mask(mask), scores={SAM_SCORE: score}))
     record = Record(
         id=record_id,
         group=group,

@@ -7,9 +7,10 @@ import pytest
 from review_records import disk_masks
 
 from annotators import labelstudio_format as fmt
+from annotators.review import task_score
 from annotators.review_stats import compute_stats
 from manifests.masks import encode_mask
-from manifests.record import Concept, GeneratedSource, Record, State
+from manifests.record import SAM_SCORE, Concept, GeneratedSource, Record, State
 
 
 def test_label_config_lists_each_concept_once_per_control_and_requires_a_verdict():
@@ -115,3 +116,13 @@ def test_compute_stats_counts_accepted_masks_iou_per_group_and_reasons():
     assert stats["iou_by_group"]["dogs"]["mean_iou"] == pytest.approx((1.0 + 0.5 + 0.99 + 1.0) / 4, abs=1e-4)
     assert stats["iou_by_group"]["citrus"]["min_iou"] == pytest.approx(0.7)
     assert stats["rejection_reasons"] == {"blurry": 1}
+
+
+def test_task_score_is_the_weakest_concepts_sam_score_under_the_key_the_segmenter_writes():
+    """The review push orders tasks by the lowest SAM score of the record; a concept without one gives None."""
+    source = GeneratedSource(template="a {a} and a {b}", setting="snow", seed=0)
+    scored = [Concept(name="husky", scores={SAM_SCORE: 0.8}), Concept(name="wolf", scores={SAM_SCORE: 0.55})]
+    record = Record(id="gen-a", group="husky-wolf", concepts=scored, source=source)
+    assert task_score(record) == pytest.approx(0.55)
+    unscored = [Concept(name="husky", scores={SAM_SCORE: 0.8}), Concept(name="wolf", scores={"other": 0.1})]
+    assert task_score(Record(id="gen-b", group="husky-wolf", concepts=unscored, source=source)) is None

@@ -72,6 +72,8 @@ def test_push_creates_one_task_per_record_with_masks_and_boxes_and_is_idempotent
     # the task of the three-concept record: data, one brush per mask, one rectangle per box, in percent
     task = next(t for t in tasks if t["data"]["record_id"] == "gen-3")
     assert task["data"]["concepts"] == "lemon, lime, citron"
+    (prediction,) = _client(info).tasks.get(str(task["id"])).model_dump()["predictions"]
+    assert prediction["score"] == pytest.approx(0.7)  # the weakest of the SAM scores 0.9, 0.8, 0.7
     result = _prediction(info, task["id"])
     brushes = [r for r in result if r["type"] == "brushlabels"]
     rects = [r for r in result if r["type"] == "rectanglelabels"]
