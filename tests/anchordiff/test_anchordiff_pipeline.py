@@ -18,15 +18,6 @@ CONCEPTS = ["husky", "wolf", "alaskan malamute"]
 SIZE = (80, 96)  # (W, H) of the test image: not square, not the native 128 px
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are fastest single-threaded (and do not fight other CPU work)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def ad():
     return AnchorDiff.from_pretrained("tiny", num_inference_steps=4)

@@ -20,15 +20,6 @@ TOL = 1e-5
 GRAPH_LAYERS = (1, 2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are fastest single-threaded (and do not fight other CPU work)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module", params=["sd3", "sd35"])
 def pipe(request):
     return build_tiny_pipeline(request.param)

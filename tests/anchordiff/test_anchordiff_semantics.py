@@ -32,15 +32,6 @@ SIZE = (80, 96)  # (W, H) of the input image: not square, not the native 128 px
 ATOL, RTOL = 1e-5, 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are fastest single-threaded (and do not fight other CPU work)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module", params=["sd3", "sd35"])
 def ad(request):
     return AnchorDiff.from_pretrained("tiny", preset=request.param, num_inference_steps=STEPS)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from metrics_cases import halves_masks
 from sklearn.metrics import average_precision_score
 
 from benchmark.metrics import (
@@ -27,14 +28,6 @@ def two_concept_masks() -> np.ndarray:
     masks = np.zeros((2, 4, 4), dtype=bool)
     masks[0, 0:2, 0:2] = True
     masks[1, 0:2, 1:4] = True
-    return masks
-
-
-def halves_masks() -> np.ndarray:
-    """4x4: M_0 = right half, M_1 = left half (R is the whole image)."""
-    masks = np.zeros((2, 4, 4), dtype=bool)
-    masks[0, :, 2:] = True
-    masks[1, :, :2] = True
     return masks
 
 

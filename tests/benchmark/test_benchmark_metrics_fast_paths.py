@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from metrics_cases import count_calls
 from sklearn.metrics import average_precision_score
 
 from benchmark import metrics
@@ -26,18 +27,6 @@ def scores_with_ties(rng: np.random.Generator, n: int, tied_fraction: float) -> 
     if copies:
         scores[rng.choice(n, copies, replace=False)] = scores[rng.integers(0, n, copies)]
     return scores
-
-
-def count_calls(monkeypatch, name: str) -> list[int]:
-    calls: list[int] = []
-    original = getattr(metrics, name)
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(metrics, name, spy)
-    return calls
 
 
 @pytest.mark.parametrize("path", ["look-ups", "runs"])

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from metrics_cases import count_calls, halves_masks
 from sklearn.metrics import average_precision_score
 
 from benchmark import metrics
@@ -72,27 +73,6 @@ def reference_fg(heatmap: np.ndarray, masks: np.ndarray, target: int) -> dict[st
 def assert_matches_reference(got, expected: dict[str, float]) -> None:
     for name, value in expected.items():
         assert getattr(got, name) == pytest.approx(value, abs=1e-12, nan_ok=True), name
-
-
-def count_calls(monkeypatch, name: str) -> list[int]:
-    """Replace ``metrics.<name>`` by a spy that records each call and forwards it."""
-    calls: list[int] = []
-    original = getattr(metrics, name)
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(metrics, name, spy)
-    return calls
-
-
-def halves_masks() -> np.ndarray:
-    """4x4: M_0 = right half, M_1 = left half (R is the whole image)."""
-    masks = np.zeros((2, 4, 4), dtype=bool)
-    masks[0, :, 2:] = True
-    masks[1, :, :2] = True
-    return masks
 
 
 # --------------------------------------------------------------------------------------------
