@@ -8,8 +8,9 @@ Run after ``mutmut run`` in the folder that holds ``mutants/`` (``make mutants``
 original), one ``<mutant name or fnmatch pattern>\\t<why>`` a line (a pattern such as
 ``benchmark.metrics.xǁ_Scratchǁ*`` covers a function whose every mutant is equivalent, e.g. a buffer cache). They are left out of the "non-equivalent" kill rate, which
 is ``killed / (killed + survived - equivalent)``; timeouts count as killed (the mutant changed behaviour),
-mutants no test reaches count as survivors. A listed name that is no longer a survivor is reported, so the
-list cannot silently go stale.
+mutants no test reaches count as survivors, mutants not run yet are only counted. A listed name that a test
+now kills, or that names no mutant, is reported, so the list cannot silently go stale. ``--sample FILE``
+counts only the mutants named in FILE (a sampled pass, ``scripts/mutation_sample.py``).
 """
 
 from __future__ import annotations
@@ -52,24 +53,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--equivalent", type=Path, default=Path("docs/equivalent_mutants.tsv"))
     parser.add_argument("--diffs", type=Path, default=Path("mutants/survivors.diff"))
+    parser.add_argument(
+        "--sample", type=Path, help="count only the mutants named in this file (scripts/mutation_sample.py)"
+    )
     args = parser.parse_args()
     equivalent = read_equivalent(args.equivalent)
+    sample = set(args.sample.read_text("utf-8").split()) if args.sample else None
 
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     survivors: list[tuple[str, Path]] = []
-    surviving_names: set[str] = set()
+    killed_names: set[str] = set()
+    all_names: set[str] = set()
     for path in walk_mutatable_files():
         data = SourceFileMutationData(path=path)
         data.load()
         for name, exit_code in data.exit_code_by_key.items():
+            all_names.add(name)
+            if sample is not None and name not in sample:
+                continue
             status = status_by_exit_code[exit_code]
             row = counts[str(path)]
             row["mutants"] += 1
             if status in KILLED:
                 row["killed"] += 1
+                killed_names.add(name)
             elif status in SURVIVED:
                 row["survived"] += 1
-                surviving_names.add(name)
                 if _is_equivalent(name, equivalent):
                     row["equivalent"] += 1
                 else:
@@ -85,9 +94,15 @@ def main() -> int:
         print(_row(path, row))
     print(_row("**all**", total))
 
-    stale = sorted(p for p in equivalent if not any(fnmatch.fnmatchcase(n, p) for n in surviving_names))
+    # a listed pattern is stale when a test now kills a mutant it names, or when it names no mutant at all
+    stale = sorted(
+        p
+        for p in equivalent
+        if any(fnmatch.fnmatchcase(n, p) for n in killed_names)
+        or not any(fnmatch.fnmatchcase(n, p) for n in all_names)
+    )
     if stale:
-        print(f"\n{len(stale)} listed equivalent mutants are not survivors any more: {', '.join(stale[:10])}")
+        print(f"\n{len(stale)} listed 'equivalent' mutants are killed or gone: {', '.join(stale[:10])}")
     args.diffs.parent.mkdir(parents=True, exist_ok=True)
     with args.diffs.open("w", encoding="utf-8") as out:
         for name, path in survivors:
