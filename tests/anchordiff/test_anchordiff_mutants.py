@@ -1,0 +1,167 @@
+"""Tests the mutation pass asked for (docs/testing.md): behaviour of the synthetic scenes, the record copy
+and the diagnostics that no other test pinned."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from anchordiff import AnchorDiff, AttentionRecord
+from anchordiff.graph import anchor_accuracy, anchordiff_heatmaps, minmax, select_anchors
+from anchordiff.synthetic import synthetic_scene
+
+
+def test_synthetic_scene_default_seed_is_zero_and_4x4_is_the_smallest_grid():
+    """``seed=0`` is the documented default, and a grid side of exactly 4 is accepted (3 is not)."""
+    default, seeded = synthetic_scene((8, 8), num_objects=2), synthetic_scene((8, 8), num_objects=2, seed=0)
+    assert torch.equal(default.a_ci, seeded.a_ci) and torch.equal(default.a_ii, seeded.a_ii)
+    assert not torch.equal(default.a_ci, synthetic_scene((8, 8), num_objects=2, seed=1).a_ci)
+    for grid in ((4, 9), (9, 4), (4, 4)):
+        assert synthetic_scene(grid, num_objects=1).grid == grid
+    for grid in ((3, 9), (9, 3)):
+        with pytest.raises(ValueError, match="at least 4x4"):
+            synthetic_scene(grid, num_objects=1)
+
+
+def test_synthetic_concept_peak_is_a_gaussian_bump_at_the_object_centre():
+    """Without noise, A_CI logits are target plateau + peak * exp(-d^2 / (2 (0.35 r)^2)) on the object.
+
+    Recovered from the softmax as log-ratios between two tokens of the queried object: the centre token
+    (d = 0, bump 1) against a token at distance d, so the plateau and the normaliser cancel.
+    """
+    peak = 1.5
+    scene = synthetic_scene(
+        (32, 32), num_objects=1, seed=3, concept_noise=0.0, concept_peak=peak, radius=(6.0, 6.0)
+    )
+    gh, gw = scene.grid
+    row, col = (int(round(float(v))) for v in scene.centers[0])
+    logits = scene.a_ci[0].log().reshape(gh, gw)
+    centre_row, centre_col = float(scene.centers[0, 0]), float(scene.centers[0, 1])
+    sigma = 0.35 * 6.0
+    for dr in (0, 1, 2, 3):
+        d2 = (row + dr - centre_row) ** 2 + (col - centre_col) ** 2
+        d2_ref = (row - centre_row) ** 2 + (col - centre_col) ** 2
+        expected = peak * (math.exp(-d2 / (2 * sigma**2)) - math.exp(-d2_ref / (2 * sigma**2)))
+        got = float(logits[row + dr, col] - logits[row, col])
+        assert got == pytest.approx(expected, abs=1e-4), dr
+
+
+def _record(k: int = 2, n: int = 16) -> AttentionRecord:
+    return AttentionRecord(
+        a_ii={1: torch.rand(n, n)},
+        o_ii={1: torch.rand(n, 8)},
+        a_ci=torch.rand(3, k, n),
+        concept_outputs=torch.rand(3, k, 8),
+        concept_maps=torch.rand(3, k, n),
+        concept_token_counts=[1] * k,
+        grid=(4, 4),
+        image_size=(32, 32),
+        prompt="a photo of a and b",
+        mode="noise",
+        concepts=["a", "b"][:k],
+        timestep=500.0,
+    )
+
+
+def test_attention_record_to_copies_every_tensor():
+    """``AttentionRecord.to`` keeps every tensor (values equal) and every other field."""
+    record = _record()
+    moved = record.to("cpu")
+    assert moved is not record
+    for name in ("a_ci", "concept_outputs", "concept_maps"):
+        assert torch.equal(getattr(moved, name), getattr(record, name)), name
+    assert torch.equal(moved.a_ii[1], record.a_ii[1]) and torch.equal(moved.o_ii[1], record.o_ii[1])
+    assert (moved.grid, moved.prompt, moved.concepts, moved.timestep) == (
+        record.grid,
+        record.prompt,
+        record.concepts,
+        record.timestep,
+    )
+
+
+def test_anchor_accuracy_with_flat_and_grid_anchors_on_a_non_square_grid():
+    """Flat token indices and (row, column) anchors give the same verdicts on a 2 x 3 grid."""
+    masks = torch.zeros(2, 4, 6, dtype=torch.bool)
+    masks[0, :2, :2] = True  # token (0, 0)
+    masks[1, 2:, 4:] = True  # token (1, 2)
+    flat = torch.tensor([0, 5])
+    assert anchor_accuracy(flat, masks, (2, 3)).tolist() == [True, True]
+    assert anchor_accuracy(torch.tensor([[0, 0], [1, 2]]), masks, (2, 3)).tolist() == [True, True]
+    assert anchor_accuracy(torch.tensor([5, 0]), masks, (2, 3)).tolist() == [False, False]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return AnchorDiff.from_pretrained("tiny", num_inference_steps=4)
+
+
+def _synthetic_record(seed: int = 0) -> AttentionRecord:
+    """A 4-block record on a 16 x 16 grid: A_II / A_CI from a synthetic scene, random (signed) O_II and
+    ConceptAttention logits that differ per block, graph layers 1 and 2 (the tiny model's)."""
+    scene = synthetic_scene((16, 16), num_objects=2, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    n = scene.a_ii.shape[0]
+    a_ci = torch.stack([torch.softmax(torch.randn(2, n, generator=g) * 3, dim=1) for _ in range(4)])
+    a_ci[3] = scene.a_ci
+    record = _record(k=2, n=n)
+    return dataclasses.replace(
+        record,
+        a_ii={1: scene.a_ii, 2: scene.a_ii.T.softmax(dim=1)},
+        o_ii={1: torch.randn(n, 8, generator=g), 2: torch.randn(n, 8, generator=g)},
+        a_ci=a_ci,
+        concept_maps=torch.randn(4, 2, n, generator=g),
+        grid=(16, 16),
+        image_size=(16, 16),
+    )
+
+
+def test_anchor_layers_choose_the_a_ci_blocks_of_the_anchors_and_of_cross_attention(tiny):
+    """``anchor_layers=(3,)`` uses block 3's A_CI alone: cross_attention maps and the anchors follow it."""
+    record = _synthetic_record()
+    out = tiny.heatmaps_from_record(record, method="cross_attention", anchor_layers=(3,))
+    expected, _ = minmax(record.a_ci[3])
+    assert torch.allclose(out.token_heatmaps.reshape(2, -1), expected, atol=1e-6)
+    default = tiny.heatmaps_from_record(record, method="cross_attention")
+    assert not torch.allclose(default.token_heatmaps, out.token_heatmaps, atol=1e-3)
+    graph = tiny.heatmaps_from_record(record, anchor_layers=(3,))
+    flat = graph.anchors[:, 0] * 16 + graph.anchors[:, 1]
+    assert torch.equal(flat, select_anchors(record.a_ci[3]))
+
+
+def test_concept_attention_layers_choose_the_averaged_blocks(tiny):
+    """``layers=(2,)`` for concept_attention: minmax of block 2's softmax over the concepts."""
+    record = _synthetic_record()
+    out = tiny.heatmaps_from_record(record, method="concept_attention", layers=(2,))
+    expected, _ = minmax(record.concept_maps[2].softmax(dim=0))
+    assert torch.allclose(out.token_heatmaps.reshape(2, -1), expected, atol=1e-6)
+    every = tiny.heatmaps_from_record(record, method="concept_attention")
+    assert not torch.allclose(every.token_heatmaps, out.token_heatmaps, atol=1e-3)
+
+
+def test_clamp_negative_option_reaches_the_graph():
+    """``AnchorDiffOptions.clamp_negative=False`` changes the maps, exactly as in ``anchordiff_heatmaps``.
+
+    O_II is random, so gated cosines have both signs; 5 steps keep the unclamped walk finite.
+    """
+    record = _synthetic_record(seed=1)
+    unclamped = AnchorDiff.from_pretrained("tiny", num_inference_steps=4, clamp_negative=False)
+    out = unclamped.heatmaps_from_record(record, layers=(1,), steps=5)
+    a_ci = record.a_ci.mean(dim=0)
+    graph = (record.a_ii[1], record.o_ii[1], a_ci)
+    expected, _ = minmax(anchordiff_heatmaps(*graph, steps=5, clamp_negative=False))
+    assert bool(torch.isfinite(expected).all())
+    assert torch.allclose(out.token_heatmaps.reshape(2, -1), expected, atol=1e-5)
+    clamped, _ = minmax(anchordiff_heatmaps(*graph, steps=5, clamp_negative=True))
+    assert not torch.allclose(clamped, expected, atol=1e-3)
+
+
+def test_separate_concept_pass_records_only_the_requested_graph_layers():
+    """With ``concept_pass="separate"`` the concept pass adds no A_II / O_II of its own."""
+    separate = AnchorDiff.from_pretrained("tiny", num_inference_steps=4, concept_pass="separate")
+    image = Image.new("RGB", (64, 64), (120, 90, 60))
+    record = separate.record(image, ["husky", "wolf"], mode="noise", graph_layers=(1,))
+    assert record.graph_layers == (1,) and set(record.o_ii) == {1}
