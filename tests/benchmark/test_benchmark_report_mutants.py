@@ -9,10 +9,15 @@ ConceptAttention-compatible mIoU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pathlib
 
+import pytest
+
+from benchmark import published
 from benchmark.evaluate import _drop_failed
-from benchmark.report import Report
+from benchmark.report import METRIC_DECISIONS, Report
 
 HEADER = "| Method | ImageNet-Seg Acc ↑ | mIoU ↑ | mAP ↑ | VOC single-class Acc ↑ | mIoU ↑ | mAP ↑ | source |"
 
@@ -76,3 +81,265 @@ def test_drop_failed_rewrites_the_kept_rows_verbatim(tmp_path):
     _drop_failed(path)
     assert [json.loads(line) for line in path.read_text().splitlines()] == [ok, invalid]
     assert not path.with_suffix(".jsonl.tmp").exists()
+
+
+# -- the whole fg report -------------------------------------------------------------------------
+def fg_rows() -> list[dict]:
+    """Two scored pairs (one degenerate) of a 2-concept web image, a failed and an invalid pair."""
+
+    def scores(miou, iou, acc, ap, nar, degenerate):
+        return {"miou_fg": miou, "iou_target": iou, "acc_fg": acc, "map_fg": ap, "nar": nar,
+                "degenerate": degenerate}  # fmt: skip
+
+    web2 = {"num_concepts": "2", "source": "web"}
+    gen3 = {"num_concepts": "3", "source": "generated"}
+    return [
+        {"sample_id": "a", "target": 0, "status": "ok", "tags": web2, "anchor_in_mask": True,
+         "method_seconds": 1.5, "scores": scores(0.5, 0.25, 0.75, 0.625, 0.125, False)},
+        {"sample_id": "a", "target": 1, "status": "ok", "tags": web2, "anchor_in_mask": False,
+         "method_seconds": 2.5, "scores": scores(0.25, 0.5, 0.25, 0.375, None, True)},
+        {"sample_id": "b", "target": 0, "status": "failed", "error": "RuntimeError: boom", "tags": gen3},
+        {"sample_id": "c", "target": 0, "status": "invalid", "error": "empty | mask", "tags": gen3},
+    ]  # fmt: skip
+
+
+CONFIGURATION = {
+    "preset": "sd35",
+    "mode": "invert",
+    "prompt_template": "a photo",
+    "layers": [1, 2],
+    "pipeline": {"o_ii_heads": "concat", "concept_pass": "separate", "clamp_negative": False,
+                 "empty_row": "self_loop"},
+}  # fmt: skip
+
+
+def fg_report() -> Report:
+    report = Report.from_rows(
+        fg_rows(), protocol="fg", method="anchordiff", configuration=CONFIGURATION,
+        dataset={"name": "mcc", "split": "test"}, limit=4,
+    )  # fmt: skip
+    return dataclasses.replace(report, created="2026-01-01T00:00:00+00:00", package_version="9.9.9")
+
+
+PUBLISHED_TABLE4 = [
+    f"| {r.method} | {r.miou_fg:.2f} | {r.map_fg:.2f} | {r.nar:.2f} | {r.acc_fg:.2f} | published (paper Table 4) |"
+    for r in published.TABLE4_MCC
+]
+SETTINGS = [f"| {k} | {v.replace('|', chr(92) + '|')} |" for k, v in METRIC_DECISIONS.items()]
+EXPECTED_FG_MARKDOWN = [
+    "# anchordiff on mcc",
+    "",
+    "> **1 failed and 1 invalid pairs** of 4: the means below cover the 2 scored pairs.",
+    "",
+    "## Results (layout of the paper's Table 4; percent)",
+    "",
+    "| Method | mIoU_fg ↑ | mAP_fg ↑ | NAR ↓ | Acc_fg ↑ | source |",
+    "|---|---:|---:|---:|---:|---|",
+    *PUBLISHED_TABLE4,
+    "| **anchordiff (SD3.5)** | **37.50** | **50.00** | **12.50** | **50.00** | this run, 2 pairs |",
+    "",
+    "## By subset (this run; percent)",
+    "",
+    "| subset | pairs scored | mIoU_fg ↑ | mAP_fg ↑ | NAR ↓ | Acc_fg ↑ | IoU_target ↑ | degenerate |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| all | 2 | 37.50 | 50.00 | 12.50 | 50.00 | 37.50 | 1 |",
+    "| 2 concepts | 2 | 37.50 | 50.00 | 12.50 | 50.00 | 37.50 | 1 |",
+    "| 3 concepts | 0 | – | – | – | – | – | 0 |",
+    "| generated | 0 | – | – | – | – | – | 0 |",
+    "| web | 2 | 37.50 | 50.00 | 12.50 | 50.00 | 37.50 | 1 |",
+    "",
+    "## Counts",
+    "",
+    "| | pairs | scored | degenerate | failed | invalid |",
+    "|---|---:|---:|---:|---:|---:|",
+    "| overall | 4 | 2 | 1 | 1 | 1 |",
+    "| 2 concepts | 2 | 2 | 1 | 0 | 0 |",
+    "| 3 concepts | 2 | 0 | 0 | 1 | 1 |",
+    "| generated | 2 | 0 | 0 | 1 | 1 |",
+    "| web | 2 | 2 | 1 | 0 | 0 |",
+    "",
+    "Anchor accuracy (anchor inside the target mask): **50.00%** (published, paper Table 2, SD3.5: 90.25%)",
+    "",
+    "Method time: 2.000 s per concept query (mean over 2 pairs, this machine).",
+    "",
+    "## Failed and invalid pairs (most frequent errors)",
+    "",
+    "- 1 x `RuntimeError: boom`",
+    "- 1 x `empty | mask`",
+    "",
+    "## Configuration",
+    "",
+    "| setting | value |",
+    "|---|---|",
+    "| scored method | anchordiff |",
+    "| preset | sd35 |",
+    "| mode | invert |",
+    "| prompt_template | a photo |",
+    "| layers | [1, 2] |",
+    "| pipeline.o_ii_heads | concat |",
+    "| pipeline.concept_pass | separate |",
+    "| pipeline.clamp_negative | False |",
+    "| pipeline.empty_row | self_loop |",
+    "| package version | 9.9.9 |",
+    "| dataset.name | mcc |",
+    "| dataset.split | test |",
+    "",
+    "## Decisions (method.md [decision] items)",
+    "",
+    "| decision | value |",
+    "|---|---|",
+    "| existing_image_extraction (mode) | invert (default, "
+    "paper: Euler flow-matching inversion to the midpoint timestep) |",
+    "| prompt for existing images | a photo |",
+    "| O_II heads | concat (default: heads concatenated, N x heads*d_h) |",
+    "| concept stream | separate (two passes, as the paper) |",
+    "| multi-token concepts | not reported by the pipeline |",
+    "| negative cosines | kept |",
+    "| zero-sum rows | self_loop (default) |",
+    "| graph layers | [1, 2] |",
+    "",
+    "## Metric settings",
+    "",
+    "| setting | value |",
+    "|---|---|",
+    *SETTINGS,
+    "| limit_images | 4 |",
+    "| conceptattention_compat | False |",
+    "| ap_channels | None |",
+    "",
+    "_Written 2026-01-01T00:00:00+00:00. Published rows are copied from "
+    "the AnchorDiff paper for reference; they were not produced by this run._",
+    "",
+]
+
+
+def test_fg_report_markdown_line_by_line():
+    """report.md of an fg run: warning, Table 4 layout, by-subset and count tables, anchor accuracy,
+    timing, errors, configuration, decisions, metric settings and the footer, every line."""
+    assert fg_report().to_markdown().split("\n") == EXPECTED_FG_MARKDOWN
+
+
+def test_fg_report_json_figures_and_keys():
+    """report.json of the same run: means over scored pairs, subsets, counts, errors, settings."""
+    data = fg_report().to_dict()
+    assert data["protocol"] == "fg" and data["method"] == "anchordiff"
+    assert data["overall"] == {
+        "miou_fg": 0.375,
+        "iou_target": 0.375,
+        "acc_fg": 0.5,
+        "map_fg": 0.5,
+        "nar": 0.125,
+    }
+    assert list(data["subsets"]) == ["2 concepts", "3 concepts", "generated", "web"]
+    assert data["subsets"]["3 concepts"] == dict.fromkeys(data["overall"])  # no scored pair: null
+    assert data["counts"]["3 concepts"] == {
+        "pairs": 2,
+        "scored": 0,
+        "degenerate": 0,
+        "failed": 1,
+        "invalid": 1,
+    }
+    assert data["counts"]["web"] == {"pairs": 2, "scored": 2, "degenerate": 1, "failed": 0, "invalid": 0}
+    assert data["errors"] == {"RuntimeError: boom": 1, "empty | mask": 1}
+    assert data["anchor_accuracy"] == 0.5
+    assert data["timing"] == {"seconds_per_concept_query": 2.0, "pairs_timed": 2}
+    assert data["metric_settings"]["limit_images"] == 4
+    assert (
+        data["metric_settings"]["ap_channels"] is None
+        and data["metric_settings"]["conceptattention_compat"] is False
+    )
+    assert data["decisions"]["negative cosines"] == "kept"
+
+
+def test_write_then_read_round_trips(tmp_path):
+    """write() makes the folder (parents too) with report.json and report.md (UTF-8); read() gives it back."""
+    report = fg_report()
+    json_path, md_path = report.write(tmp_path / "a" / "run")
+    assert (json_path.name, md_path.name) == ("report.json", "report.md")
+    assert md_path.read_bytes() == report.to_markdown().encode("utf-8")
+    assert json.loads(json_path.read_text("utf-8")) == report.to_dict()
+    again = Report.read(json_path)
+    assert again.to_dict() == report.to_dict()
+    report.write(tmp_path / "a" / "run")  # an existing folder is fine
+
+
+def binary_rows() -> list[dict]:
+    def image(correct, labeled, inter, union, ap):
+        return {"correct": correct, "labeled": labeled, "inter": inter, "union": union, "ap": ap}
+
+    return [
+        {"sample_id": "x", "target": 0, "status": "ok", "binary": image(3, 4, [1, 2], [2, 2], 0.5)},
+        {"sample_id": "y", "target": 0, "status": "ok", "binary": image(1, 4, [1, 0], [3, 4], 0.25)},
+        {"sample_id": "z", "target": 0, "status": "failed", "error": "boom"},
+    ]
+
+
+def test_binary_from_rows_figures_and_compat_proper_miou():
+    """Binary protocol: acc / mIoU from pooled counts, mAP the mean image AP, both IoUs kept;
+    with conceptattention_compat mIoU is Acc / (2 - Acc) and miou_proper the pooled mean IoU."""
+    plain = Report.from_rows(binary_rows(), protocol="binary", method="m", configuration={}, dataset={},
+                             ap_channels="foreground")  # fmt: skip
+    assert plain.overall["acc"] == 0.5 and plain.overall["map"] == 0.375
+    assert plain.overall["iou_background"] == 0.4 and plain.overall["iou_foreground"] == pytest.approx(1 / 3)
+    assert plain.overall["miou"] == pytest.approx((0.4 + 1 / 3) / 2) and "miou_proper" not in plain.overall
+    assert plain.metric_settings["ap_channels"] == "foreground" and plain.counts["overall"]["failed"] == 1
+    compat = Report.from_rows(binary_rows(), protocol="binary", method="m", configuration={}, dataset={},
+                              conceptattention_compat=True)  # fmt: skip
+    assert compat.overall["miou"] == pytest.approx(0.5 / 1.5)
+    assert compat.overall["miou_proper"] == pytest.approx(plain.overall["miou"])
+    assert compat.metric_settings["conceptattention_compat"] is True
+
+
+def test_errors_keep_the_20_most_frequent():
+    """report.errors lists the 20 most frequent failure messages, most frequent first."""
+    rows = [
+        {"sample_id": f"s{i}", "target": j, "status": "failed", "error": f"error {i}"}
+        for i in range(21)
+        for j in range(1 + (i == 5))
+    ]
+    report = Report.from_rows(rows, protocol="fg", method="m", configuration={}, dataset={})
+    assert len(report.errors) == 20 and next(iter(report.errors.items())) == ("error 5", 2)
+    assert report.counts["overall"]["failed"] == 22
+
+
+def test_report_md_is_written_as_utf8(tmp_path, monkeypatch):
+    """report.md (with its ↑ / ↓ arrows) is written as UTF-8 whatever the locale's encoding."""
+    encodings = {}
+    write_text = pathlib.Path.write_text
+
+    def spy(self, data, encoding=None, errors=None, newline=None):
+        encodings[self.name] = encoding
+        return write_text(self, data, encoding=encoding, errors=errors, newline=newline)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", spy)
+    binary_report("voc").write(tmp_path)
+    assert encodings == {"report.json": "utf-8", "report.md": "utf-8"}
+
+
+def test_markdown_of_a_hand_built_report_reads_missing_counts_as_zero():
+    """A Report built directly (counts without ``invalid`` or without a subset's entry) shows 0."""
+    report = Report(
+        method="m",
+        protocol="fg",
+        dataset={"name": "mcc"},
+        configuration={},
+        overall={"miou_fg": 0.5},
+        subsets={"web": {"miou_fg": 0.25}},
+        counts={"overall": {"pairs": 3, "scored": 2, "failed": 1}},
+    )
+    lines = report.to_markdown().splitlines()
+    assert "> **1 failed and 0 invalid pairs** of 3: the means below cover the 2 scored pairs." in lines
+    assert "| web | 0 | 25.00 | – | – | – | – | 0 |" in lines
+
+
+def test_binary_markdown_keeps_title_and_warning_above_table3():
+    """The binary report starts with its title and the failed-pairs warning, then Table 3."""
+    report = binary_report("voc")
+    report.counts["overall"]["failed"] = 2
+    lines = report.to_markdown().splitlines()
+    assert lines[:3] == [
+        "# m on voc",
+        "",
+        "> **2 failed and 0 invalid pairs** of 9: the means below cover the 7 scored pairs.",
+    ]
+    assert lines[4] == "## Results (layout of the paper's Table 3; percent)"
