@@ -4,9 +4,10 @@
 raises ``DownloadFailure(reason, detail)`` with a reason of ``FAILURE_REASONS``. What it
 does, in order, for every hop of a redirect chain:
 
-1. robots.txt of the hop's origin, fetched once per origin and cached (RFC 9309: a 4xx
-   robots.txt allows everything, a 5xx one disallows everything); its ``Crawl-delay``
-   for our user agent slows that host down further;
+1. robots.txt of the hop's origin, fetched once per origin (up to five redirects followed)
+   and cached (RFC 9309: a 4xx robots.txt allows everything, a 5xx one, or more than five
+   redirects, disallows everything); its ``Crawl-delay`` for our user agent slows that
+   host down further;
 2. the per-host rate limit (a minimum interval between requests to one host name);
 3. the connection, through a network backend that resolves the host itself and refuses
    loopback, private, link-local, multicast and other non-global addresses (unless
@@ -438,7 +439,9 @@ class Downloader:
         parser = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
         current = self._parse_url(origin + "/robots.txt")
         try:
-            for _ in range(5):
+            # RFC 9309 2.3.1.2: a robots.txt reached within five consecutive redirects MUST be used,
+            # so up to six requests (the first one and five redirect targets).
+            for _ in range(6):
                 answer = await self._request(current, _ROBOTS_MAX_BYTES, check_noai=False, truncate=True)
                 if answer.status in REDIRECT_CODES and "location" in answer.headers:
                     current = self._parse_url(str(current.join(answer.headers["location"])))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import fnmatch
+import re
 import sys
 from pathlib import Path
 
@@ -94,12 +95,14 @@ def main() -> int:
         print(_row(path, row))
     print(_row("**all**", total))
 
-    # a listed pattern is stale when a test now kills a mutant it names, or when it names no mutant at all
+    # a listed pattern is stale when a test now kills a mutant it names, or when it names no mutant of a
+    # module this pass mutated (patterns of other modules belong to another pass)
+    modules = {_module(n) for n in all_names}
     stale = sorted(
         p
         for p in equivalent
         if any(fnmatch.fnmatchcase(n, p) for n in killed_names)
-        or not any(fnmatch.fnmatchcase(n, p) for n in all_names)
+        or (_module(p) in modules and not any(fnmatch.fnmatchcase(n, p) for n in all_names))
     )
     if stale:
         print(f"\n{len(stale)} listed 'equivalent' mutants are killed or gone: {', '.join(stale[:10])}")
@@ -109,6 +112,11 @@ def main() -> int:
             out.write(f"# {name}\n{get_diff_for_mutant(name, path=path)}\n")
     print(f"\n{len(survivors)} non-equivalent survivors; their diffs: {args.diffs}")
     return 0
+
+
+def _module(mutant_name: str) -> str:
+    """``benchmark.metrics`` of ``benchmark.metrics.x_fg_scores__mutmut_3`` (or of ``...xǁClassǁmethod...``)."""
+    return re.split(r"\.x[_ǁ]", mutant_name, maxsplit=1)[0]
 
 
 def _is_equivalent(name: str, equivalent: dict[str, str]) -> bool:

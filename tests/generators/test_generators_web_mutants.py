@@ -1,0 +1,316 @@
+"""Web scraper details pinned where the mutation pass found gaps (no network, no real processes).
+
+Pins: the non-image description of a rejected body; ``ImageIndex.remove`` forgets exactly the
+one record; ``fetch_and_prepare`` records ``elapsed_s`` and the served Content-Type of a
+non-image; a fetch process's share of the per-host connections is a whole number (rounded
+up); a fetch process reports an unexpected error per URL (with the URL and the error type)
+and keeps going; records of a fetch process that died are rejected, and a process that
+does not exit is waited for a bounded time only; ``scrape_url_list`` refuses unknown group
+ids with ``UrlListError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import types
+
+import pytest
+
+from generators import web
+from generators.download import Download, DownloadConfig, Downloader
+from generators.sources import Candidate
+from generators.sources.urllist import UrlListError
+from generators.web import (
+    FetchOutcome,
+    ImageIndex,
+    ImageRejected,
+    ScrapeConfig,
+    WebScraper,
+    fetch_and_prepare,
+    load_web_image,
+    plan_web_records,
+)
+from manifests import ManifestStore, State, load_groups
+
+GROUPS = {g.id: g for g in load_groups()}
+GROUP = "husky-wolf-malamute"
+
+
+def _rejection(data: bytes) -> ImageRejected:
+    with pytest.raises(ImageRejected) as rejected:
+        load_web_image(data)
+    return rejected.value
+
+
+def test_non_image_bodies_are_described_by_what_they_are():
+    """An empty body says so; a non-empty HTML body is called HTML, not empty."""
+    empty = _rejection(b"")
+    assert empty.reason == "not_an_image" and empty.detail == "empty body (0 bytes)"
+    html = _rejection(b"<!DOCTYPE html><html><body>gone</body></html>")
+    assert html.reason == "not_an_image" and "HTML" in html.detail and "empty" not in html.detail
+    other = _rejection(b"\x00\x01binary")
+    assert "empty" not in other.detail and "x00" in other.detail
+
+
+def test_image_index_remove_forgets_only_that_record():
+    """After ``remove(a)``: a's hashes no longer match, b's still do, and the index holds one image."""
+    index = ImageIndex()
+    index.add("a", ["sha-a"], 0)
+    index.add("b", ["sha-b"], 0xFFFF_FFFF_FFFF_FFFF)
+    index.remove("a")
+    assert len(index) == 1
+    assert index.match("sha-a", 0, 0) is None
+    assert index.match("sha-b", 0, 0) == ("b", "identical bytes (sha256)")
+    assert index.match("other", 0xFFFF_FFFF_FFFF_FFFF, 0)[0] == "b"
+    index.add("c", ["sha-c"], 0x0F0F)
+    assert len(index) == 2 and index.match("x", 0x0F0F, 0)[0] == "c"
+
+
+class _FakeDownloader:
+    def __init__(self, answer: Download):
+        self.answer = answer
+
+    async def get(self, url: str) -> Download:
+        return self.answer
+
+
+def test_fetch_and_prepare_records_elapsed_seconds_and_the_served_type():
+    """``params['elapsed_s']`` is the download time rounded to 0.1 ms; a non-image names its Content-Type."""
+    answer = Download(
+        url="http://example.test/a.jpg",
+        final_url="http://example.test/a.jpg",
+        status=200,
+        content_type="text/html",
+        data=b"<html><body>not a picture</body></html>",
+        attempts=1,
+        elapsed=1.234567,
+    )
+    outcome = asyncio.run(
+        fetch_and_prepare("rid", answer.url, _FakeDownloader(answer), ScrapeConfig(), asyncio.to_thread)
+    )
+    assert outcome.record_id == "rid" and outcome.prepared is None
+    assert outcome.params["elapsed_s"] == 1.2346 and outcome.params["http_status"] == 200
+    assert outcome.reason == "not_an_image"
+    assert outcome.detail == "an HTML document (served as Content-Type text/html)"
+
+
+def test_shard_config_rounds_per_host_connections_up_to_a_whole_number():
+    """8 connections over 3 processes is 3 each (an int), never a fraction; the rate is divided."""
+    config = ScrapeConfig(download=DownloadConfig(per_host_connections=8, per_host_rate=6.0), concurrency=10)
+    shard = web._shard_config(config, 3)
+    assert shard.download.per_host_connections == 3 and type(shard.download.per_host_connections) is int
+    assert shard.download.per_host_rate == 2.0 and shard.concurrency == 4
+    assert web._shard_config(config, 16).download.per_host_connections == 1
+
+
+def test_a_fetch_process_reports_an_unexpected_error_per_url_and_goes_on(monkeypatch):
+    """An exception while fetching one URL becomes its ``error`` outcome (URL, error type and text);
+    the other URLs are still fetched and the shard ends with None."""
+
+    async def flaky(record_id, url, downloader, config, run_cpu):
+        assert isinstance(downloader, Downloader)
+        if url.endswith("bad"):
+            raise KeyError("boom")
+        return FetchOutcome(record_id, {"url": url}, reason="http_error", detail="fine")
+
+    monkeypatch.setattr(web, "fetch_and_prepare", flaky)
+    results: queue.Queue = queue.Queue()
+    items = [("r1", "http://example.test/bad"), ("r2", "http://example.test/good")]
+    web._fetch_process(items, ScrapeConfig(concurrency=4), results)
+    sent = []
+    while not results.empty():
+        sent.append(results.get_nowait())
+    assert sent[-1] is None and len(sent) == 3
+    by_id = {outcome.record_id: outcome for outcome in sent[:-1]}
+    assert by_id["r1"].params == {"url": "http://example.test/bad"} and by_id["r1"].reason == "error"
+    assert by_id["r1"].detail == "KeyError: 'boom'"
+    assert by_id["r2"].detail == "fine"
+
+
+class _DeadProcess:
+    """A fetch process that dies at once without sending anything (exit code -9)."""
+
+    joins: list[float | None] = []
+
+    def __init__(self, target, args, daemon):
+        self.exitcode = None
+
+    def start(self) -> None:
+        self.exitcode = -9
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout=None) -> None:
+        _DeadProcess.joins.append(timeout)
+
+
+def test_records_of_a_dead_fetch_process_are_rejected_and_joins_are_bounded(tmp_path, monkeypatch):
+    """A fetch process that ends early leaves its records rejected as ``error`` (with the exit codes);
+    the scraper waits a bounded time for each process to exit, never forever."""
+    context = types.SimpleNamespace(Queue=lambda maxsize=0: queue.Queue(maxsize), Process=_DeadProcess)
+    monkeypatch.setattr(web, "multiprocessing", types.SimpleNamespace(get_context=lambda method: context))
+    _DeadProcess.joins = []
+    store = ManifestStore(tmp_path)
+    candidates = [Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(2)]
+    records, _ = plan_web_records(candidates, GROUPS, store)
+    out = WebScraper(ScrapeConfig(processes=1)).scrape(records, store)
+    for record in out:
+        assert record.state == State.rejected and record.rejection.reason == "error"
+        assert "the fetch process ended early (exit codes [-9])" in record.rejection.detail
+        assert store.get(record.id).state == State.rejected
+    assert _DeadProcess.joins and all(t is not None and t > 0 for t in _DeadProcess.joins)
+
+
+def test_scrape_url_list_refuses_unknown_group_ids_as_a_url_list_error(tmp_path):
+    """Unknown group ids are a ``UrlListError`` naming the file, raised before anything is planned."""
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url,group,licence\nhttp://example.test/a.jpg,no-such-group,CC0\n")
+    with pytest.raises(UrlListError, match="unknown group"):
+        web.scrape_url_list(urls, ManifestStore(tmp_path / "work"))
+
+
+# -- survivors of the second look (13:55) ---------------------------------------------------------
+def test_sniffing_webp_needs_both_riff_and_webp():
+    """WEBP is ``RIFF`` + size + ``WEBP``: a real WebP sniffs as WEBP, ``WEBP`` alone at offset 8 does not."""
+    from generators_testserver import encode, pattern_image
+
+    from generators.web import sniff_image_format
+
+    assert sniff_image_format(encode(pattern_image(3, (64, 64)), "WEBP")) == "WEBP"
+    assert sniff_image_format(b"XXXX\x00\x00\x00\x00WEBPVP8 ") is None
+
+
+def test_to_rgb_composites_alpha_on_white_and_converts_other_modes():
+    """RGBA: transparent pixels become white; L and CMYK images come out as RGB."""
+    from PIL import Image
+
+    from generators.web import _to_rgb
+
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert _to_rgb(rgba).mode == "RGB" and _to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
+    grey = _to_rgb(Image.new("L", (4, 4), 100))
+    assert grey.mode == "RGB" and grey.getpixel((1, 1)) == (100, 100, 100)
+    assert _to_rgb(Image.new("CMYK", (2, 2))).mode == "RGB"
+
+
+def test_exif_orientation_is_applied():
+    """A JPEG with EXIF orientation 6 comes out upright (width and height swapped), flagged transposed."""
+    from generators_testserver import encode, pattern_image
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(pattern_image(21, (200, 160)), "JPEG", quality=90, exif=exif)
+    loaded = load_web_image(data, min_side=64)
+    assert loaded.exif_transposed and loaded.original_size == (200, 160) and loaded.image.size == (160, 200)
+
+
+def test_strip_jpeg_metadata_removes_exactly_the_metadata_segments():
+    """The result is the input minus its comment segment, byte for byte (no extra or lost bytes)."""
+    from generators_testserver import encode, pattern_image
+
+    from generators.web import strip_jpeg_metadata
+
+    base = encode(pattern_image(5, (64, 64)), "JPEG", quality=80)
+    note = b"private note"
+    with_comment = base[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + base[2:]
+    assert strip_jpeg_metadata(with_comment) == base
+    assert strip_jpeg_metadata(base) is base
+
+
+def test_save_to_merges_entries_into_the_existing_cache(tmp_path):
+    """``save_to`` keeps the cache's entries and adds the new ones."""
+    import json
+
+    from generators.web import INDEX_PATH
+
+    store = ManifestStore(tmp_path)
+    store.write_bytes(INDEX_PATH, json.dumps({"a": {"sha256": "1", "phash": "00"}}).encode())
+    ImageIndex().save_to(store, {"b": {"sha256": "2", "phash": "ff"}})
+    assert json.loads(store.read_bytes(INDEX_PATH)) == {
+        "a": {"sha256": "1", "phash": "00"},
+        "b": {"sha256": "2", "phash": "ff"},
+    }
+
+
+def test_a_transient_rejection_retried_says_why(tmp_path):
+    """With ``retry_transient``, the record is planned again with the note ``retry after <reason>``."""
+    store = ManifestStore(tmp_path)
+    (record,), _ = plan_web_records([Candidate("http://example.test/t.jpg", GROUP, "CC0")], GROUPS, store)
+    record.reject("scrape", "timeout", "slow")
+    store.put(record)
+    (again,), skipped = plan_web_records(
+        [Candidate("http://example.test/t.jpg", GROUP, "CC0")], GROUPS, store, retry_transient=True
+    )
+    assert skipped == [] and again.state == State.planned and again.history[-1].note == "retry after timeout"
+
+
+def test_fetch_processes_start_at_exactly_process_pool_min_images(tmp_path, monkeypatch):
+    """``processes=None``: PROCESS_POOL_MIN_IMAGES fetchable records already go to fetch processes."""
+    calls: list[str] = []
+    monkeypatch.setattr(WebScraper, "_scrape_in_processes", lambda self, *a: calls.append("processes"))
+    monkeypatch.setattr(WebScraper, "_scrape_here", lambda self, *a: calls.append("here"))
+    monkeypatch.setattr(web.asyncio, "run", lambda value: value)
+    store = ManifestStore(tmp_path)
+    count = web.PROCESS_POOL_MIN_IMAGES
+    candidates = [Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(count)]
+    records, _ = plan_web_records(candidates, GROUPS, store)
+    WebScraper(ScrapeConfig(processes=None)).scrape(records, store)
+    WebScraper(ScrapeConfig(processes=None)).scrape(records[:-1], store)
+    assert calls == ["processes", "here"]
+
+
+def _prepared():
+    from generators_testserver import encode, pattern_image
+
+    from generators.web import prepare_image
+
+    return prepare_image(encode(pattern_image(11, (96, 96)), "JPEG"), 64, 10**8)
+
+
+def test_decide_rejects_duplicates_and_records_the_licence_code(tmp_path):
+    """An image already indexed is rejected as ``duplicate``; a new one is stored with ``licence_code``."""
+    from generators.licences import parse_licence
+
+    store = ManifestStore(tmp_path)
+    candidates = [Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(2)]
+    (first, second), _ = plan_web_records(candidates, GROUPS, store)
+    prepared, index, scraper = _prepared(), ImageIndex(), WebScraper(ScrapeConfig())
+    licence = parse_licence("CC0")
+    scraper._decide(
+        first, licence, FetchOutcome(first.id, {"url": "u1"}, prepared=prepared), index, store, {}
+    )
+    assert first.state == State.generated and first.history[-1].params["licence_code"] == licence.code
+    scraper._decide(
+        second, licence, FetchOutcome(second.id, {"url": "u2"}, prepared=prepared), index, store, {}
+    )
+    assert second.state == State.rejected and second.rejection.reason == "duplicate"
+
+
+def test_finish_rejects_at_the_scrape_stage_when_deciding_fails(tmp_path, monkeypatch):
+    """An unexpected error while deciding rejects the record at stage ``scrape`` with reason ``error``."""
+
+    def broken(self, *args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(WebScraper, "_decide", broken)
+    store = ManifestStore(tmp_path)
+    (record,), _ = plan_web_records([Candidate("http://example.test/f.jpg", GROUP, "CC0")], GROUPS, store)
+    outcome = FetchOutcome(record.id, {"url": "u"})
+    WebScraper(ScrapeConfig())._finish(record, None, outcome, ImageIndex(), store, {}, None)
+    assert record.rejection.stage == "scrape" and record.rejection.reason == "error"
+    assert record.rejection.detail == "RuntimeError: boom" and store.get(record.id).state == State.rejected
+
+
+def test_licence_refusals_say_what_is_wrong():
+    """An unrecognised licence is asked to be normalised; a recognised one off the list names the list."""
+    from generators.licences import parse_licence
+
+    scraper = WebScraper(ScrapeConfig())
+    unknown = parse_licence("some odd words")
+    assert unknown.code == "unrecognised" and "not recognised" in scraper._licence_refusal(unknown)
+    non_commercial = parse_licence("CC BY-NC 4.0")
+    refusal = scraper._licence_refusal(non_commercial)
+    assert "allow-list" in refusal and "not recognised" not in refusal
