@@ -1,10 +1,11 @@
-"""The binary-protocol report (``Report._binary_tables``, the paper's Table 3 layout) and the
-``retry_failed`` rewrite of ``pairs.jsonl`` (``evaluate._drop_failed``), pinned cell by cell.
+"""report.md / report.json of a scoring run (``benchmark.report``) and the ``retry_failed`` rewrite
+of ``pairs.jsonl`` (``evaluate._drop_failed``), pinned cell by cell.
 
-report.md is read by users and compared with the paper: the table header, which overall
-metric lands in which column (ImageNet-Seg columns for an ``imagenet*`` dataset, VOC ones
-otherwise), the scored-image count of this run's row, and the note that marks the
-ConceptAttention-compatible mIoU.
+report.md is read by users and compared with the paper: the whole fg report line by line (Table 4
+layout, subsets, counts, anchor accuracy, timing, errors, configuration, decisions, settings), the
+binary Table 3 layout (header, which overall metric lands in which column: ImageNet-Seg columns for
+an ``imagenet*`` dataset, VOC ones otherwise, the scored-image count, the ConceptAttention note),
+report.json's keys and figures, and write() / read().
 """
 
 from __future__ import annotations

@@ -1,0 +1,352 @@
+"""The dataset card (``manifests.card``) of a build with reviewed and machine-mask records, pinned
+whole: the Markdown body line by line (warning, loading snippet, structure and column tables,
+provenance, review, build, statistics and licence sections), the YAML front matter's fields that
+the Hub reads (configs, data files, dataset_info sizes, size category, tags), and the preview
+grid (which rows it picks and where it pastes them)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from publish_records import make_record
+
+from manifests import ManifestStore, State
+from manifests.card import _size_category, _thumbnail, preview_grid
+from manifests.overlay import draw_record
+from manifests.publish import CARD_PATH, FEATURES, build_dataset
+from manifests.publishable import select_publishable
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> ManifestStore:
+    """6 two-concept records (one web, one edited, one segmented with machine masks) and 3
+    three-concept ones (one web)."""
+    store = ManifestStore(tmp_path_factory.mktemp("card") / "work")
+    for i in range(5):
+        make_record(store, i, num_concepts=2, web=(i == 3), review="edited" if i == 1 else "accepted")
+    for i in range(5, 8):
+        make_record(store, i, num_concepts=3, web=(i == 6), size=(64, 48))
+    make_record(store, 8, num_concepts=2, state=State.segmented, review="machine")
+    return store
+
+
+@pytest.fixture(scope="module")
+def build(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("card") / "dataset"
+    summary = build_dataset(store, out, version="1.0.0", include=("reviewed", "segmented"))
+    front, body = (out / CARD_PATH).read_text("utf-8").removeprefix("---\n").split("\n---\n", 1)
+    return summary, yaml.safe_load(front), body
+
+
+def test_card_body_line_by_line(build):
+    """Every line of the card's Markdown body (the records' code versions aside)."""
+    _, _, body = build
+    body = re.sub(r"processed these records: `[^`]*`\.", "processed these records: CODE_VERSIONS.", body)
+    assert body.splitlines() == EXPECTED_BODY.splitlines()
+
+
+def test_card_front_matter(build):
+    """The Hub metadata: names, licence, tags, size category, one config per subset with its
+    data files, and per config the features and the split's sizes summed over its shards."""
+    summary, meta, _ = build
+    shards = {s.path: s for s in summary.shards}
+    two, three = sorted(shards)
+    assert list(meta) == [
+        "pretty_name", "license", "license_name", "language", "task_categories", "tags",
+        "size_categories", "configs", "dataset_info",
+    ]  # fmt: skip
+    assert meta["pretty_name"] == "Multi-Concept Confusion (MCC)"
+    assert (meta["license"], meta["license_name"]) == ("other", "per-source-terms")
+    assert meta["tags"][-1] == "synthetic" and meta["size_categories"] == ["n<1K"]
+    assert meta["configs"] == [
+        {"config_name": "default", "default": True, "data_files": [{"split": "test", "path": [two, three]}]},
+        {"config_name": "two_concepts", "data_files": [{"split": "test", "path": two}]},
+        {"config_name": "three_concepts", "data_files": [{"split": "test", "path": three}]},
+    ]
+    files = {"default": [two, three], "two_concepts": [two], "three_concepts": [three]}
+    for info in meta["dataset_info"]:
+        chosen = [shards[f] for f in files[info["config_name"]]]
+        size = sum(s.num_bytes for s in chosen)
+        assert info == {
+            "config_name": info["config_name"],
+            "features": FEATURES._to_yaml_list(),
+            "splits": [{"name": "test", "num_bytes": size, "num_examples": sum(s.rows for s in chosen)}],
+            "download_size": sum(s.file_bytes for s in chosen),
+            "dataset_size": size,
+        }
+    assert [i["config_name"] for i in meta["dataset_info"]] == ["default", "two_concepts", "three_concepts"]
+
+
+def test_preview_grid_spreads_rows_and_pastes_them_in_place(store):
+    """``count`` rows spread evenly over the items (first and last included), ``columns`` a row,
+    each cell the record drawn at thumbnail width, 8 px apart."""
+    items = sorted(select_publishable(store, ("reviewed", "segmented")).items, key=lambda it: it.id)
+    grid = preview_grid(store, items, count=3, width=40, columns=2)
+    cells = [
+        draw_record(*_thumbnail(items[i].record, store.open_image(items[i].record), 40)) for i in (0, 4, 8)
+    ]
+    cell_w, cell_h = max(c.width for c in cells), max(c.height for c in cells)
+    assert grid.size == (2 * cell_w + 3 * 8, 2 * cell_h + 3 * 8)
+    for n, cell in enumerate(cells):
+        left, top = 8 + (n % 2) * (cell_w + 8), 8 + (n // 2) * (cell_h + 8)
+        pasted = grid.crop((left, top, left + cell.width, top + cell.height))
+        assert np.array_equal(np.asarray(pasted), np.asarray(cell.convert("RGB"))), n
+    assert preview_grid(store, items[:2], count=8, width=40).width == 2 * cells[0].width + 3 * 8
+
+
+EXPECTED_BODY = """
+# Multi-Concept Confusion (MCC)
+
+> **Contains unreviewed machine masks** (`review == "machine"`); the benchmark proper holds human-reviewed masks only.
+
+![Preview: rows of MCC with one colour per concept mask](preview.png)
+
+MCC is a benchmark for **concept grounding among look-alikes**. Every image holds two or three visually
+confusable concepts of one group (a Siberian husky, a gray wolf and an Alaskan malamute; a lemon and a lime)
+and has **one binary mask per concept**. A grounding method is asked for one concept at a time and scored on
+whether its response stays on that concept and off the similar ones ("concept leakage"): mIoU, mAP and
+accuracy on the annotated foreground, and the non-target activation ratio (NAR). The benchmark was introduced
+with AnchorDiff ([arXiv:2605.26460](https://arxiv.org/abs/2605.26460)).
+
+This is version **1.0.0**: **9 images**, **21 image-concept pairs**,
+**2 concept groups**, split `test`.
+
+## Load
+
+```python
+from datasets import load_dataset
+
+ds = load_dataset("<org>/multi-concept-confusion", split="test")
+subset = load_dataset("<org>/multi-concept-confusion", "two_concepts", split="test")  # only two-concepts images
+row = ds[0]
+row["image"]      # PIL image
+row["concepts"]   # e.g. ['siberian husky', 'gray wolf']
+row["masks"][0]   # PIL image, mode "1": numpy.array(row["masks"][0]) is an (H, W) bool mask of concepts[0]
+row["boxes"][0]   # boxes of concepts[0], XYXY pixels
+```
+
+A local copy of this folder loads the same way: `load_dataset("path/to/folder", split="test")`.
+COCO tools: `coco/instances_test.json` holds the same rows as COCO instance annotations (compressed RLE masks,
+`file_name` = `<image_id>.png`; the images themselves are in the parquet shards).
+
+## Score a method
+
+With the MCC code (`pip install` the project, see its README):
+
+```bash
+mcc score --dataset <org>/multi-concept-confusion --method anchordiff --preset sd3 --model stabilityai/stable-diffusion-3-medium-diffusers --out scores/
+mcc score --dataset <org>/multi-concept-confusion --method my_package.my_module:my_method --out scores/   # your own method
+```
+
+Or per image-concept pair in your own loop (a method returns one `(h, w)` heatmap per concept):
+
+```python
+import numpy as np
+from benchmark.metrics import fg_scores
+
+for row in ds:
+    masks = np.stack([np.array(m, dtype=bool) for m in row["masks"]])  # (K, H, W) bool
+    for k, concept in enumerate(row["concepts"]):
+        heatmap = my_method(row["image"], concept)                    # (h, w) float, any resolution
+        scores = fg_scores(heatmap, masks, k)                         # miou_fg, map_fg, acc_fg, nar
+```
+
+## Structure
+
+| config | images | image-concept pairs | parquet files |
+| --- | ---: | ---: | ---: |
+| `default` | 9 | 21 | 2 |
+| `two_concepts` | 6 | 12 | 1 |
+| `three_concepts` | 3 | 9 | 1 |
+
+| column | type | meaning |
+| --- | --- | --- |
+| `image_id` | `string` | the record id in the MCC manifest (`gen-...` generated, `web-...` web) |
+| `image` | `Image` | the image (PNG as stored by the pipeline) |
+| `concepts` | `list[string]` | the 2 or 3 confusable concepts present in the image |
+| `masks` | `list[Image]` | one binary mask per concept, aligned with `concepts` (1-bit PNG, image size) |
+| `boxes` | `list[list[float64[4]]]` | per concept, its boxes as XYXY pixel coordinates of the image |
+| `group` | `string` | the confusable concept group (e.g. `husky-wolf-malamute`) |
+| `num_concepts` | `int32` | 2 or 3 |
+| `source` | `string` | `generated` or `web` |
+| `generator` | `string` | generated images: the model and revision (`model@revision`) |
+| `prompt` | `string` | generated images: the prompt |
+| `seed` | `int64` | generated images: the seed |
+| `url` | `string` | web images: the image URL |
+| `page_url` | `string` | web images: the page the image was found on |
+| `licence` | `string` | web images: the licence stated by the source |
+| `attribution` | `string` | web images: the attribution the licence requires |
+| `review` | `list[string]` | per concept: `accepted` (human-checked, unchanged), `edited` (human-corrected) or `machine` |
+
+`masks[k]`, `boxes[k]` and `review[k]` belong to `concepts[k]`. Masks may overlap where one concept occludes
+another; a metric that needs disjoint regions must handle that (MCC's `fg_scores` removes the target's pixels
+from the non-target region).
+
+## How it was built
+
+Concept groups (2-3 look-alike concepts each, `manifests/groups.yaml`) are expanded into scenes; images are generated with
+FLUX.1-dev or found on the web under open licences; Qwen2.5-VL boxes every concept (constrained JSON
+decoding); SAM2 turns each box into a mask; a quality gate rejects implausible masks; people review and correct
+every mask in Label Studio; this build keeps the reviewed records, checks every image against its recorded
+sha256 and size and every mask against its image, and writes masks as 1-bit PNG.
+
+### Generated images (7)
+
+Scenes are planned from the concept groups: a scene template (how the concepts share the frame), a setting and a seed; the prompt names every concept of the group.
+
+| model @ revision | images |
+| --- | ---: |
+| `black-forest-labs/FLUX.1-dev` @ `0ef5fff` | 7 |
+
+| size, steps, guidance | images |
+| --- | ---: |
+| 64x48 px, 28 steps, guidance 3.5 | 2 |
+| 72x56 px, 28 steps, guidance 3.5 | 5 |
+
+| scene template | images |
+| --- | ---: |
+| `side-by-side` | 7 |
+
+Example prompts:
+
+- `a photo of a lemon and a lime side by side, seed 0`
+- `a photo of a lemon and a lime side by side, seed 1`
+- `a photo of a lemon and a lime side by side, seed 2`
+
+### Web images (2)
+
+Found by searching each concept group's names on openly licensed image sources; every row keeps its `url`, `page_url`, `licence` and `attribution`.
+
+| provider | images |
+| --- | ---: |
+| openverse | 2 |
+
+### Models and settings recorded by each stage
+
+Taken from the records' history (one entry per stage run, with its parameters):
+
+| stage | parameter | value | images |
+| --- | --- | --- | ---: |
+| generate | model | `black-forest-labs/FLUX.1-dev` | 9 |
+| segment | model | `facebook/sam2.1-hiera-large` | 9 |
+
+Code versions that processed these records: CODE_VERSIONS.
+
+### Review
+
+Every concept mask carries its review status (column `review`): `accepted` (a person checked the machine mask and kept it unchanged), `edited` (a person corrected it in Label Studio) or `machine` (not reviewed by a person).
+
+| review status | concept masks | share |
+| --- | ---: | ---: |
+| accepted | 17 | 81.0% |
+| edited | 2 | 9.5% |
+| machine | 2 | 9.5% |
+
+- images whose every mask was reviewed by a person: 8 of 9 (88.9%)
+- machine masks accepted unedited by reviewers: 17 of 19 reviewed masks (89.5%)
+
+**2 masks in this build were not reviewed by a person** (the build admitted records in states reviewed, segmented).
+
+### This build
+
+- dataset version `1.0.0`; records admitted in states: reviewed, segmented
+- records not admitted (by state): none
+- records excluded by the build's checks: 0
+- `manifest.json` lists every row's record id, image sha256 and review status, the build time and the code version; each record's full history (every stage, its parameters and code version) is in the MCC work dir it was built from.
+
+## Statistics
+
+### By number of concepts
+
+| subset | images | image-concept pairs |
+| --- | ---: | ---: |
+| 2 concepts | 6 | 12 |
+| 3 concepts | 3 | 9 |
+| **total** | 9 | 21 |
+
+### By source
+
+| source | images | image-concept pairs |
+| --- | ---: | ---: |
+| generated | 7 | 16 |
+| web | 2 | 5 |
+
+### By concept group (2 groups)
+
+| group | concepts | images | pairs | generated | web |
+| --- | --- | ---: | ---: | ---: | ---: |
+| husky-wolf-malamute | siberian husky, gray wolf, alaskan malamute | 3 | 9 | 2 | 1 |
+| lemon-lime | lemon, lime | 6 | 12 | 5 | 1 |
+
+## Licences
+
+Images keep the terms of their source; this card cannot relicense them. Web images list their licence and the attribution it requires in every row (`licence`, `attribution`, `page_url`): keep them when you redistribute or show an image.
+
+| source | licence / terms | images |
+| --- | --- | ---: |
+| generated | output of `black-forest-labs/FLUX.1-dev`: see that model's licence | 7 |
+| web | CC BY 4.0 | 2 |
+
+## Citation
+
+```bibtex
+@article{zhang2026anchordiff,
+  title   = {AnchorDiff: Training-Free Concept Grounding for MM-DiTs via Anchor-Based Graph Propagation},
+  author  = {Jian Zhang and Zhijun Zhang},
+  journal = {arXiv preprint arXiv:2605.26460},
+  year    = {2026}
+}
+```
+"""
+
+
+@pytest.mark.parametrize(
+    ("n", "category"),
+    [(1, "n<1K"), (999, "n<1K"), (1_000, "1K<n<10K"), (9_999, "1K<n<10K"), (10_000, "10K<n<100K"),
+     (99_999, "10K<n<100K"), (100_000, "100K<n<1M")],
+)  # fmt: skip
+def test_size_category_boundaries(n, category):
+    """The Hub's ``size_categories`` bins: 1000 images is already ``1K<n<10K``."""
+    assert _size_category(n) == category
+
+
+def test_review_section_with_review_stats_keeps_the_status_table(small_store, tmp_path):
+    """With ``reviews/stats.json`` in the work dir the Review section shows the per-status table
+    first, then the recorded review statistics as tables."""
+    stats = {"records_decided": 9, "rejected": 1, "by_reason": {"wrong_concept": 1}}
+    small_store.write_bytes("reviews/stats.json", json.dumps(stats).encode())
+    build_dataset(small_store, tmp_path / "dataset", version="1.0.0")
+    card = (tmp_path / "dataset" / CARD_PATH).read_text("utf-8")
+    review = card.split("### Review\n\n", 1)[1].split("\n\n### This build", 1)[0]
+    assert review.startswith("Every concept mask carries its review status (column `review`)")
+    assert "| review status | concept masks | share |" in review
+    assert review.index("| review status |") < review.index(
+        "Review statistics recorded by `mcc review stats`"
+    )
+    assert review.endswith(
+        "| figure | value |\n| --- | ---: |\n| records decided | 9 |\n| rejected | 1 |\n\n"
+        "**by reason**\n\n|  | value |\n| --- | ---: |\n| wrong_concept | 1 |"
+    )
+
+
+def test_this_build_section_counts_skipped_and_excluded_records(small_store, tmp_path):
+    """ "This build" names the admitted states, the records not admitted per state and the
+    records the checks excluded, with their reasons (sorted, each with its count)."""
+    for index in (20, 21):
+        missing = make_record(small_store, index)
+        (Path(small_store.workdir) / missing.image.path).unlink()
+    tampered = make_record(small_store, 22)
+    small_store.write_bytes(tampered.image.path, small_store.read_bytes(tampered.image.path) + b"x")
+    build_dataset(small_store, tmp_path / "dataset", version="1.0.0")
+    card = (tmp_path / "dataset" / CARD_PATH).read_text("utf-8")
+    section = card.split("### This build\n\n", 1)[1].split("\n\n## Statistics", 1)[0].splitlines()
+    assert section[:3] == [
+        "- dataset version `1.0.0`; records admitted in states: reviewed",
+        "- records not admitted (by state): planned 1, rejected 1, segmented 1",
+        "- records excluded by the build's checks: 3 (`image_missing` 2, `image_sha256_mismatch` 1)",
+    ]
