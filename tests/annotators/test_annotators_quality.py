@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from quality_samples import SIZE, good_sample, rect
 
 from annotators.quality import (
     CHECKS,
@@ -22,25 +23,6 @@ from annotators.quality import (
     resolve_overlaps,
 )
 from manifests import Concept, GeneratedSource, ManifestStore, Record, State, decode_mask, encode_mask
-
-SIZE = 100
-
-
-def rect(x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
-    mask = np.zeros((SIZE, SIZE), dtype=bool)
-    mask[y1:y2, x1:x2] = True
-    return mask
-
-
-def good_sample() -> GateSample:
-    """Two well separated concepts, each mask filling its box."""
-    return GateSample(
-        concepts=["lemon", "lime"],
-        boxes={"lemon": [(10, 10, 40, 40)], "lime": [(60, 60, 90, 90)]},
-        masks={"lemon": rect(12, 12, 38, 38), "lime": rect(62, 62, 88, 88)},
-        scores={"lemon": 0.9, "lime": 0.8},
-        image_size=(SIZE, SIZE),
-    )
 
 
 def test_good_sample_passes_every_check():

@@ -5,31 +5,14 @@ overlaps, and the failure details quote the threshold and the values that failed
 from __future__ import annotations
 
 import numpy as np
+from quality_samples import SIZE, good_sample, rect
 
-from annotators.quality import GateSample, QualityConfig, QualityGate, mask_in_box, min_area, min_sam_score
-
-SIZE = 100
-
-
-def rect(x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
-    mask = np.zeros((SIZE, SIZE), dtype=bool)
-    mask[y1:y2, x1:x2] = True
-    return mask
-
-
-def sample() -> GateSample:
-    return GateSample(
-        concepts=["lemon", "lime"],
-        boxes={"lemon": [(10, 10, 40, 40)], "lime": [(60, 60, 90, 90)]},
-        masks={"lemon": rect(12, 12, 38, 38), "lime": rect(62, 62, 88, 88)},
-        scores={"lemon": 0.9, "lime": 0.8},
-        image_size=(SIZE, SIZE),
-    )
+from annotators.quality import QualityConfig, QualityGate, mask_in_box, min_area, min_sam_score
 
 
 def test_a_concept_without_a_sam_score_counts_as_score_zero():
     """``scores`` without the concept: it is below any positive threshold, reported as 0.0."""
-    s = sample()
+    s = good_sample()
     del s.scores["lime"]
     failure = min_sam_score(s, QualityConfig(min_sam_score=0.5))
     assert failure is not None and failure.reason == "low_sam_score"
@@ -38,7 +21,7 @@ def test_a_concept_without_a_sam_score_counts_as_score_zero():
 
 def test_mask_in_box_skips_a_concept_without_a_mask():
     """A missing or empty mask is masks_present's failure, not mask_in_box's (no error either)."""
-    s = sample()
+    s = good_sample()
     s.masks["lime"] = None
     assert mask_in_box(s, QualityConfig()) is None
     s.masks["lime"] = np.zeros((SIZE, SIZE), bool)
@@ -49,7 +32,7 @@ def test_mask_in_box_skips_a_concept_without_a_mask():
 
 def test_min_area_detail_quotes_the_threshold():
     """The detail names the area floor (0.30 % by default) and each small mask's share."""
-    s = sample()
+    s = good_sample()
     s.masks["lime"] = rect(62, 62, 67, 67)
     assert min_area(s, QualityConfig()).detail == "mask area below 0.30% of the image: {'lime': '0.25%'}"
 
@@ -57,10 +40,10 @@ def test_min_area_detail_quotes_the_threshold():
 def test_report_counts_records_whose_overlap_was_resolved():
     """``overlaps_resolved`` in the report counts the records that lost contested pixels."""
     gate = QualityGate(QualityConfig(max_overlap=0.2))
-    overlapping = sample()
+    overlapping = good_sample()
     overlapping.masks["lime"] = rect(36, 12, 62, 38)
     overlapping.boxes["lime"] = [(36, 10, 62, 40)]
-    for s in (sample(), overlapping):
+    for s in (good_sample(), overlapping):
         gate.report.add(gate.evaluate(s))
     assert gate.report.as_dict() == {
         "seen": 2,
