@@ -53,6 +53,7 @@ from transformers import (
 )
 from xgrammar.contrib.hf import LogitsProcessor as GrammarLogitsProcessor
 
+from annotators.config import LocalizeConfig
 from annotators.grounding import (
     GroundingParseError,
     extract_objects,
@@ -385,31 +386,25 @@ class QwenLocalizer:
             grammars = [lambda size, names=names: self.grounding_grammar(names, size) for names in concepts]
         return self.generate(images, prompts, grammars)
 
-    # -- the stage ------------------------------------------------------------------------
-    def localize(self, records: list[Record], store: ManifestStore, progress=None) -> list[Record]:
-        """Boxes for the concepts of every ``generated`` record; others pass through untouched.
+    # -- the stage (manifests.stage) ----------------------------------------------------------
+    name = STAGE
+    accepts = (State.generated,)
 
-        Each record is written with ``store.put`` as soon as it is done. ``progress``, if
-        given, is called with the number of records finished after each batch.
+    def run(self, batch: list[Record], store: ManifestStore) -> list[Record]:
+        """Boxes for the concepts of a batch of ``generated`` records, in one ``generate`` call.
+
+        A record becomes ``localized``, or rejected (``image_unreadable``, ``model_error``,
+        ``unparseable``, ``no_box``); a failing batch is retried image by image.
         """
-        todo = [r for r in records if r.state == State.generated]
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start : start + self.batch_size]
-            loaded: list[tuple[Record, Image.Image]] = []
-            for record in batch:
-                try:
-                    loaded.append((record, store.open_image(record)))
-                except Exception as error:  # missing file, truncated PNG, no image on the record
-                    record.reject(
-                        STAGE, "image_unreadable", f"{type(error).__name__}: {error}", self.params()
-                    )
-                    store.put(record)
-            for record, answer in self._answers(loaded):
-                self._apply(record, answer)
-                store.put(record)
-            if progress is not None:
-                progress(len(batch))
-        return records
+        loaded: list[tuple[Record, Image.Image]] = []
+        for record in batch:
+            try:
+                loaded.append((record, store.open_image(record)))
+            except Exception as error:  # missing file, truncated PNG, no image on the record
+                record.reject(STAGE, "image_unreadable", f"{type(error).__name__}: {error}", self.params())
+        for record, answer in self._answers(loaded):
+            self._apply(record, answer)
+        return batch
 
     def _answers(self, loaded: list[tuple[Record, Image.Image]]):
         """(record, Generation or exception) per loaded record; a failed batch is retried one by one."""
@@ -472,3 +467,20 @@ def verification_prompt(concept: str, others: Sequence[str]) -> str:
     alternatives = " or ".join(f'a "{o}"' for o in others)
     tail = f", not {alternatives}" if others else ""
     return f'Is the main object in this image a "{concept}"{tail}? Answer yes or no.'
+
+
+def from_config(config: LocalizeConfig) -> QwenLocalizer:
+    """The ``qwen2_5_vl`` backend of ``manifests.registry.LOCALIZERS``, from a profile's ``localize``."""
+    return QwenLocalizer(
+        config.model,
+        revision=config.revision,
+        device=config.device,
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        constrained=config.constrained,
+        require_every_concept=config.every_concept,
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
+        **config.options,
+    )

@@ -1,10 +1,11 @@
 """The quality gate: named checks on a record's boxes and masks before human review.
 
-Where it runs: ``Sam2Segmenter.segment`` calls the gate on each record right after SAM2,
-so a record leaves segmentation either ``segmented`` (every check kept it) or ``rejected``
-with ``rejection.stage == "quality"``. ``QualityGate.gate(records, store)`` re-runs the
-checks on records already ``segmented`` (new thresholds, or the VLM second look added
-later), reading their stored masks.
+Where it runs: the segmentation stage (``Sam2Segmenter``) calls the gate on each record
+right after SAM2, so a record leaves segmentation either ``segmented`` (every check kept
+it) or ``rejected`` with ``rejection.stage == "quality"``. ``QualityGate`` is also a stage
+of its own (``run_stage(QualityGate(config), store)``): it re-runs the checks on records
+already ``segmented`` (new thresholds, or the VLM second look added later), reading
+their stored masks. Either way the run's counts are written to ``reports/quality-*.json``.
 
 Each check takes a ``GateSample`` and returns ``None`` (keep) or a ``Failure`` (a short
 fixed reason code and a detail naming the concepts). Thresholds live in ``QualityConfig``;
@@ -34,14 +35,17 @@ e.g. ``annotators.localize.QwenLocalizer``).
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from annotators.grounding import box_iou
 from manifests.masks import decode_mask, encode_mask
@@ -49,6 +53,19 @@ from manifests.record import SAM_SCORE, Box, Record, State
 from manifests.store import ManifestStore
 
 STAGE = "quality"
+QUALITY_REPORTS = "reports"
+"""Folder of the work dir that holds the gate's ``quality-<time>.json`` report of each run."""
+
+
+THRESHOLDS = (
+    "min_sam_score",
+    "max_box_iou",
+    "max_overlap",
+    "min_inside_box",
+    "min_box_fill",
+    "min_area_fraction",
+)
+"""The thresholds of ``QualityConfig`` (``None`` switches a check off)."""
 
 
 class QualityConfig(BaseModel):
@@ -71,17 +88,25 @@ class QualityConfig(BaseModel):
         0.1, ge=0, le=1, description="crop margin for the second look, of the box size"
     )
 
+    preset: Literal["default", "permissive"] = Field(
+        "default",
+        description="'permissive': every threshold not given is off (smoke runs with random tiny models)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        """``preset: permissive`` starts from ``permissive()``'s thresholds; thresholds given win."""
+        if isinstance(data, dict) and data.get("preset") == "permissive":
+            data = {**{name: None for name in THRESHOLDS}, **data}
+        return data
+
     @classmethod
     def permissive(cls) -> QualityConfig:
         """Every threshold off: only an empty mask rejects. For smoke runs with random tiny
         models, whose masks are noise that the real thresholds would (rightly) reject."""
         return cls(
-            min_sam_score=None,
-            max_box_iou=None,
-            max_overlap=None,
-            min_inside_box=None,
-            min_box_fill=None,
-            min_area_fraction=None,
+            preset="permissive",
         )
 
 
@@ -360,7 +385,8 @@ class QualityGate:
                 "pass verifier=... or set second_look=False"
             )
         self.verifier = verifier
-        self.report = GateReport()
+        self.report = GateReport()  # this run's counts (``finish`` writes them and starts a new one)
+        self.last_report = GateReport()  # the counts of the run ``finish`` last closed
 
     def evaluate(self, sample: GateSample, image: Image.Image | None = None) -> GateResult:
         """All checks on one sample; ``image`` (the stored image) is needed for the second look."""
@@ -414,24 +440,31 @@ class QualityGate:
             record.advance(State.segmented, STAGE, params, note="passed the quality gate")
         return record
 
-    def gate(self, records: list[Record], store: ManifestStore) -> list[Record]:
-        """Re-check ``segmented`` records from their stored masks; failing ones become rejected.
+    # -- the stage (manifests.stage): re-check stored masks -----------------------------------
+    name = STAGE
+    accepts = (State.segmented,)
+    batch_size = 1
 
-        Others pass through untouched; each checked record is written at once.
-        """
-        for record in records:
-            if record.state != State.segmented:
-                continue
+    def run(self, batch: list[Record], store: ManifestStore) -> list[Record]:
+        """Re-check ``segmented`` records from their stored masks; failing ones become rejected."""
+        for record in batch:
             try:
                 sample = GateSample.from_record(record)
                 image = store.open_image(record) if self.config.second_look else None
             except (ValueError, OSError) as error:
                 record.reject(STAGE, "unreadable", f"{type(error).__name__}: {error}")
-                store.put(record)
                 continue
             self.apply(record, sample, self.evaluate(sample, image))
-            store.put(record)
-        return records
+        return batch
+
+    def finish(self, store: ManifestStore) -> dict[str, bytes]:
+        """This run's ``GateReport`` as ``reports/quality-<UTC time>-<random>.json`` (none if it saw nothing)."""
+        report, self.report = self.report, GateReport()
+        self.last_report = report
+        if not report.seen:
+            return {}
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{uuid.uuid4().hex[:6]}"
+        return {f"{QUALITY_REPORTS}/quality-{stamp}.json": json.dumps(report.as_dict(), indent=1).encode()}
 
 
 def crop_concept(image: Image.Image, boxes: Sequence[Box], padding: float, min_side: int = 28) -> Image.Image:

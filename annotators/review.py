@@ -38,9 +38,10 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from annotators import labelstudio_format as fmt
-from annotators.review_stats import compute_stats, write_stats
+from annotators.review_stats import STATS_PATH, compute_stats, stats_bytes, write_stats
 from manifests.masks import decode_mask, encode_mask
 from manifests.record import SAM_SCORE, Record, State
+from manifests.stage import Output, Progress, run_stage
 from manifests.store import ManifestStore
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ MODEL_VERSION = "mcc-machine"
 Images = Literal["auto", "local", "upload"]
 
 __all__ = [
+    "ReviewPush",
+    "ReviewPull",
     "push",
     "pull",
     "PushReport",
@@ -135,78 +138,70 @@ def _find_project(client: LabelStudio, title: str) -> int | None:
 
 
 # -- push ---------------------------------------------------------------------------------------
-def push(
-    store: ManifestStore,
-    *,
-    url: str,
-    token: str,
-    project: str = DEFAULT_PROJECT,
-    batch_size: int = 100,
-    images: Images = "auto",
-) -> PushReport:
-    """Create one Label Studio task per ``segmented`` record and move the records to ``in_review``.
+class ReviewPush:
+    """The push stage (``manifests.stage``): ``segmented`` records without a task -> ``in_review``.
 
-    Finds or creates the project ``project`` (labels = the concepts present), registers the
-    image folder (see the module docstring for ``images``), imports the tasks in batches of
-    ``batch_size`` with the machine masks and boxes as a prediction, and persists each record
-    with its task id as soon as its batch is imported. Records that already have a task are
-    skipped, so pushing twice creates no duplicates.
+    On its first batch it finds or creates the project ``project``, registers the image
+    folder (see the module docstring for ``images``) and lists the tasks already there;
+    each batch is then imported as tasks with the machine masks and boxes as a prediction.
+    A record whose task a crashed push created but did not record adopts that task, so
+    pushing twice creates no duplicates.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if images not in ("auto", "local", "upload"):
-        raise ValueError(f"images must be 'auto', 'local' or 'upload', got {images!r}")
-    if not 0 < len(project) <= 50:
-        raise ValueError(
-            f"a Label Studio project title has 1 to 50 characters, got {len(project)}: {project!r}"
-        )
-    client = connect(url, token)
-    records = [r for r in store.iter(State.segmented) if r.review_task is None]
-    for record in records:
-        _check_pushable(record)
 
-    project_id = _find_project(client, project)
-    concepts = _ordered_concepts(records)
-    if project_id is None and not records:
-        return PushReport(project_id=None)  # nothing to push: no empty project is created
-    if project_id is None:
-        project_id = client.projects.create(
-            title=project,
-            label_config=fmt.label_config(concepts),
-            description="MCC benchmark: check every concept mask; accept or reject the image.",
-            model_version=MODEL_VERSION,
-            show_collab_predictions=True,
-            show_skip_button=True,
-            maximum_annotations=1,
-        ).id
-        logger.info("created Label Studio project %r (id %d)", project, project_id)
-    elif concepts:
-        current = client.projects.get(project_id)
-        known = fmt.config_labels(current.label_config or "")
-        missing = [c for c in concepts if c not in known]
-        if missing or not known:
-            client.projects.update(project_id, label_config=fmt.label_config(known + missing))
-    report = PushReport(project_id=project_id)
-    if not records:
-        return report
+    name = STAGE
+    accepts = (State.segmented,)
 
-    base_url = url.rstrip("/")
-    mode, prefix = _image_mode(client, store, base_url, token, project_id, records, images)
-    report.images = mode
-    existing = _tasks_by_record(client, project_id)
-    for start in range(0, len(records), batch_size):
-        batch = records[start : start + batch_size]
+    def __init__(
+        self,
+        client: LabelStudio,
+        url: str,
+        token: str,
+        project: str = DEFAULT_PROJECT,
+        *,
+        batch_size: int = 100,
+        images: Images = "auto",
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if images not in ("auto", "local", "upload"):
+            raise ValueError(f"images must be 'auto', 'local' or 'upload', got {images!r}")
+        if not 0 < len(project) <= 50:
+            raise ValueError(
+                f"a Label Studio project title has 1 to 50 characters, got {len(project)}: {project!r}"
+            )
+        self.client, self.base_url, self.token, self.project = client, url.rstrip("/"), token, project
+        self.batch_size = batch_size
+        self.images = images
+        self.report = PushReport(project_id=_find_project(client, project))
+        self._existing: dict[str, int] | None = None
+        self._prefix = ""
+
+    def takes(self, record: Record) -> bool:
+        return record.review_task is None
+
+    def run(self, batch: list[Record], store: ManifestStore) -> list[Record]:
+        for record in batch:
+            _check_pushable(record)
+        project_id = self._project(batch)
+        if self._existing is None:  # the first batch of this run
+            mode, self._prefix = _image_mode(
+                self.client, store, self.base_url, self.token, project_id, batch, self.images
+            )
+            self.report.images = mode
+            self._existing = _tasks_by_record(self.client, project_id)
+        existing, mode = self._existing, self.report.images
         adopt = [r for r in batch if r.id in existing]
         new = [r for r in batch if r.id not in existing]
         task_ids = {r.id: existing[r.id] for r in adopt}
+        adopted = set(task_ids)
         if new:
             image_urls = (
-                {r.id: f"/data/local-files/?d={prefix}{r.image.path}" for r in new}
+                {r.id: f"/data/local-files/?d={self._prefix}{r.image.path}" for r in new}
                 if mode == "local"
-                else _upload_images(client, store, base_url, token, project_id, new)
+                else _upload_images(self.client, store, self.base_url, self.token, project_id, new)
             )
             tasks = [_task(r, store, image_urls[r.id]) for r in new]
-            response = client.projects.import_tasks(project_id, request=tasks, return_task_ids=True)
+            response = self.client.projects.import_tasks(project_id, request=tasks, return_task_ids=True)
             ids = list(getattr(response, "task_ids", None) or [])
             if len(ids) != len(new):
                 raise RuntimeError(
@@ -214,6 +209,7 @@ def push(
                     f"{project_id}; re-run push (it adopts the tasks that were created)"
                 )
             task_ids.update({r.id: int(i) for r, i in zip(new, ids, strict=True)})
+            existing.update({r.id: int(i) for r, i in zip(new, ids, strict=True)})
         for record in batch:
             task_id = task_ids[record.id]
             record.review_task = task_id
@@ -222,25 +218,64 @@ def push(
                 STAGE,
                 params={
                     "action": "push",
-                    "url": base_url,
-                    "project": project,
+                    "url": self.base_url,
+                    "project": self.project,
                     "project_id": project_id,
                     "task": task_id,
                     "images": mode,
                 },
-                note=("adopted an existing task" if record.id in existing else None),
+                note=("adopted an existing task" if record.id in adopted else None),
             )
-            store.put(record)
-            report.task_ids[record.id] = task_id
-        report.pushed += len(new)
-        report.adopted += len(adopt)
-        logger.info(
-            "pushed %d/%d records to project %d",
-            min(start + batch_size, len(records)),
-            len(records),
-            project_id,
-        )
-    return report
+            self.report.task_ids[record.id] = task_id
+        self.report.pushed += len(new)
+        self.report.adopted += len(adopt)
+        logger.info("pushed %d records to project %d", len(self.report.task_ids), project_id)
+        return batch
+
+    def _project(self, batch: list[Record]) -> int:
+        """The project's id, created on first use; its labels extended by the batch's new concepts."""
+        concepts = _ordered_concepts(batch)
+        if self.report.project_id is None:
+            self.report.project_id = self.client.projects.create(
+                title=self.project,
+                label_config=fmt.label_config(concepts),
+                description="MCC benchmark: check every concept mask; accept or reject the image.",
+                model_version=MODEL_VERSION,
+                show_collab_predictions=True,
+                show_skip_button=True,
+                maximum_annotations=1,
+            ).id
+            logger.info("created Label Studio project %r (id %d)", self.project, self.report.project_id)
+            return self.report.project_id
+        current = self.client.projects.get(self.report.project_id)
+        known = fmt.config_labels(current.label_config or "")
+        missing = [c for c in concepts if c not in known]
+        if missing or not known:
+            self.client.projects.update(
+                self.report.project_id, label_config=fmt.label_config(known + missing)
+            )
+        return self.report.project_id
+
+
+def push(
+    store: ManifestStore,
+    *,
+    url: str,
+    token: str,
+    project: str = DEFAULT_PROJECT,
+    batch_size: int = 100,
+    images: Images = "auto",
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> PushReport:
+    """Push every ``segmented`` record without a task (at most ``limit``) through ``ReviewPush``.
+
+    No empty project is created when there is nothing to push. A record the manifest holds
+    inconsistently (segmented without an image or a mask) is rejected with reason ``error``.
+    """
+    stage = ReviewPush(connect(url, token), url, token, project, batch_size=batch_size, images=images)
+    run_stage(stage, store, limit=limit, progress=progress)
+    return stage.report
 
 
 def _check_pushable(record: Record) -> None:
@@ -435,6 +470,70 @@ def _task(record: Record, store: ManifestStore, image_url: str) -> dict:
 
 
 # -- pull ---------------------------------------------------------------------------------------
+class ReviewPull:
+    """The pull stage (``manifests.stage``): ``in_review`` records of one project -> reviewed or rejected.
+
+    A record whose task has no submitted annotation yet stays ``in_review`` (not written);
+    one whose task was deleted goes back to ``segmented`` for the next push. The review
+    statistics (``reviews/stats.json``) are rewritten at the end of every run.
+    """
+
+    name = STAGE
+    accepts = (State.in_review,)
+    batch_size = 1_000_000  # the project's tasks are listed once per batch: one batch
+
+    def __init__(
+        self, client: LabelStudio, url: str, project: str = DEFAULT_PROJECT, *, accept_iou: float = ACCEPT_IOU
+    ):
+        self.client, self.accept_iou = client, accept_iou
+        project_id = _find_project(client, project)
+        if project_id is None:
+            raise LabelStudioUnavailable(
+                f"Label Studio at {url.rstrip('/')} has no project named {project!r}; "
+                "check --project (push creates it)"
+            )
+        self.report = PullReport(project_id=project_id)
+        self._users: dict[int, str] = {}
+
+    def takes(self, record: Record) -> bool:
+        return _pushed_project(record) == self.report.project_id
+
+    def run(self, batch: list[Record], store: ManifestStore) -> list[Output]:
+        project_id = self.report.project_id
+        tasks = {int(t["id"]): t for t in _iter_tasks(self.client, project_id, fields="all")}
+        outputs: list[Output] = []
+        for record in batch:
+            task = tasks.get(record.review_task) if record.review_task is not None else None
+            if task is not None and (task.get("data") or {}).get("record_id") != record.id:
+                task = None  # the id was reused by a task created after this record's task was deleted
+            if task is None:
+                old = record.review_task
+                record.review_task = None
+                record.advance(
+                    State.segmented,
+                    STAGE,
+                    params={"action": "pull", "project_id": project_id, "task": old},
+                    note=f"Label Studio task {old} was deleted from project {project_id}; "
+                    "back to segmented, the next push creates a new task",
+                )
+                self.report.returned += 1
+                outputs.append(Output(record))
+                continue
+            annotation = _submitted(task)
+            if annotation is None:
+                self.report.pending += 1
+                outputs.append(Output(record, unchanged=True))
+                continue
+            reviewer = _reviewer(self.client, annotation, self._users)
+            _apply(record, annotation, reviewer, project_id, self.accept_iou, self.report)
+            outputs.append(Output(record))
+        return outputs
+
+    def finish(self, store: ManifestStore) -> dict[str, bytes]:
+        """The review statistics over the whole store, ``reviews/stats.json``."""
+        return {STATS_PATH: stats_bytes(compute_stats(list(store.iter())))}
+
+
 def pull(
     store: ManifestStore,
     *,
@@ -442,53 +541,16 @@ def pull(
     token: str,
     project: str = DEFAULT_PROJECT,
     accept_iou: float = ACCEPT_IOU,
+    progress: Progress | None = None,
 ) -> PullReport:
-    """Bring the submitted reviews of ``project`` back into the records (see the module docstring).
+    """Bring the submitted reviews of ``project`` back into the records through ``ReviewPull``.
 
-    Only records ``in_review`` in this project are touched; each is written as soon as it is
-    done, so an interrupted pull re-run finishes the rest and changes nothing twice.
-    Afterwards the review statistics are rewritten (``reviews/stats.json``).
+    Each record is written as soon as it is done, so an interrupted pull re-run finishes
+    the rest and changes nothing twice.
     """
-    client = connect(url, token)
-    project_id = _find_project(client, project)
-    if project_id is None:
-        raise LabelStudioUnavailable(
-            f"Label Studio at {url.rstrip('/')} has no project named {project!r}; "
-            "check --project (push creates it)"
-        )
-    report = PullReport(project_id=project_id)
-    pending = [r for r in store.iter(State.in_review) if _pushed_project(r) == project_id]
-    if not pending:
-        write_stats(store)
-        return report
-    tasks = {int(t["id"]): t for t in _iter_tasks(client, project_id, fields="all")}
-    users: dict[int, str] = {}
-    for record in pending:
-        task = tasks.get(record.review_task) if record.review_task is not None else None
-        if task is not None and (task.get("data") or {}).get("record_id") != record.id:
-            task = None  # the id was reused by a task created after this record's task was deleted
-        if task is None:
-            old = record.review_task
-            record.review_task = None
-            record.advance(
-                State.segmented,
-                STAGE,
-                params={"action": "pull", "project_id": project_id, "task": old},
-                note=f"Label Studio task {old} was deleted from project {project_id}; "
-                "back to segmented, the next push creates a new task",
-            )
-            store.put(record)
-            report.returned += 1
-            continue
-        annotation = _submitted(task)
-        if annotation is None:
-            report.pending += 1
-            continue
-        reviewer = _reviewer(client, annotation, users)
-        _apply(record, annotation, reviewer, project_id, accept_iou, report)
-        store.put(record)
-    write_stats(store)
-    return report
+    stage = ReviewPull(connect(url, token), url, project, accept_iou=accept_iou)
+    run_stage(stage, store, progress=progress)
+    return stage.report
 
 
 def _pushed_project(record: Record) -> int | None:

@@ -75,8 +75,13 @@ def compute_stats(records: list[Record]) -> dict:
 def write_stats(store: ManifestStore) -> dict:
     """Compute the statistics over the whole store and write ``reviews/stats.json``; returns them."""
     stats = compute_stats(list(store.iter()))
-    store.write_bytes(STATS_PATH, (json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode())
+    store.write_bytes(STATS_PATH, stats_bytes(stats))
     return stats
+
+
+def stats_bytes(stats: dict) -> bytes:
+    """The file content of ``reviews/stats.json``."""
+    return (json.dumps(stats, indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def read_stats(store: ManifestStore) -> dict | None:

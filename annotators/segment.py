@@ -18,7 +18,6 @@ smoke profile use; its masks are noise.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from scipy import ndimage
 
-from annotators.quality import GateSample, QualityGate
+from annotators.config import SegmentConfig
+from annotators.quality import GateSample, QualityConfig, QualityGate
 from manifests.masks import encode_mask
 from manifests.record import SAM_SCORE, Record, State
 from manifests.store import ManifestStore
@@ -223,22 +223,20 @@ class Sam2Segmenter:
             concept_scores[name] = float(scores[mine].min())
         return merged, concept_scores
 
-    def segment(
-        self, records: list[Record], store: ManifestStore, progress: Callable[[int], None] | None = None
-    ) -> list[Record]:
-        """Masks for every ``localized`` record, gated; others pass through untouched.
+    # -- the stage (manifests.stage) ----------------------------------------------------------
+    name = STAGE
+    accepts = (State.localized,)
+    batch_size = 1
 
-        Each record is written with ``store.put`` as soon as it is done. ``progress``, if
-        given, is called with 1 after each record.
-        """
-        for record in records:
-            if record.state != State.localized:
-                continue
+    def run(self, batch: list[Record], store: ManifestStore) -> list[Record]:
+        """Masks for ``localized`` records, then the quality gate: ``segmented`` or rejected."""
+        for record in batch:
             self._segment_one(record, store)
-            store.put(record)
-            if progress is not None:
-                progress(1)
-        return records
+        return batch
+
+    def finish(self, store: ManifestStore) -> dict[str, bytes]:
+        """The quality gate's report of this run, ``reports/quality-<time>.json``."""
+        return self.gate.finish(store)
 
     def _segment_one(self, record: Record, store: ManifestStore) -> None:
         params = self.params()
@@ -273,3 +271,30 @@ class Sam2Segmenter:
             record.reject(QualityGate.stage, "gate_error", f"{type(error).__name__}: {error}", params)
             return
         self.gate.apply(record, sample, result)
+
+
+def parse_model(value: str) -> tuple[str, str | None]:
+    """``tiny`` -> (hiera-tiny config, no checkpoint); ``CONFIG:CHECKPOINT`` -> both."""
+    if value == "tiny":
+        return TINY_CONFIG, None
+    config, sep, checkpoint = value.partition(":")
+    if not sep or not config or not checkpoint:
+        raise ValueError(
+            f"segmenter model {value!r}: give 'tiny' or CONFIG:CHECKPOINT, e.g. "
+            "configs/sam2.1/sam2.1_hiera_l.yaml:/models/sam2.1_hiera_large.pt"
+        )
+    return config, checkpoint
+
+
+def from_config(
+    config: SegmentConfig, *, quality: QualityConfig | None = None, verifier=None
+) -> Sam2Segmenter:
+    """The ``sam2`` backend of ``manifests.registry.SEGMENTERS``: SAM2 from ``config.model``, then the gate."""
+    sam_config, checkpoint = parse_model(config.model)
+    return Sam2Segmenter(
+        sam_config,
+        checkpoint,
+        device=config.device,
+        gate=QualityGate(quality, verifier=verifier),
+        **config.options,
+    )

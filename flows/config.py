@@ -1,8 +1,27 @@
-"""The flows' parameters: one pydantic model, filled from a profile YAML file.
+"""The one configuration: ``PipelineConfig``, filled from a profile YAML file.
+
+It composes the stages' own config models, so a profile, the Prefect UI form and the
+``mcc`` flags set the same objects:
+
+=============  =========================================  ==============================
+section        model (owned by the stage)                 CLI
+=============  =========================================  ==============================
+``plan``       ``PlanConfig``                             ``mcc plan``
+``generate``   ``generators.config.GenerateConfig``       ``mcc generate``
+``scrape``     ``generators.web.ScrapeJob``               ``mcc scrape``
+``localize``   ``annotators.config.LocalizeConfig``       ``mcc annotate``
+``segment``    ``annotators.config.SegmentConfig``        ``mcc annotate``
+``quality``    ``annotators.quality.QualityConfig``       ``mcc annotate``
+``review``     ``annotators.config.ReviewConfig``         ``mcc review push|pull``
+``publish``    ``PublishSection``                         ``mcc publish``
+``score``      ``ScoreSection``                           ``mcc score``
+=============  =========================================  ==============================
 
 A profile (``smoke``, ``full``, or the path of a YAML file) gives every value; fields
 given next to ``profile`` override it, section by section. Prefect renders the model as
-a form, and a deployment only needs ``{"config": {"profile": "full"}}``.
+a form, and a deployment only needs ``{"config": {"profile": "full"}}``. The CLI builds
+the same model with ``cli_config(profile, flags, sets)``: the profile, then the flags
+given, then ``--set section.field=value``.
 """
 
 from __future__ import annotations
@@ -12,7 +31,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from annotators.config import LocalizeConfig, ReviewConfig, SegmentConfig
+from annotators.quality import QualityConfig
+from generators.config import GenerateConfig
+from generators.web import ScrapeJob
 
 PROFILES = ("smoke", "full")
 
@@ -25,64 +49,7 @@ class PlanConfig(Section):
     groups_file: str | None = Field(None, description="A groups YAML file; default: the packaged 75 groups.")
     max_groups: int | None = Field(None, description="Use only the first N groups (smoke runs).")
     per_group: int = Field(4, ge=1, description="Generated scenes per concept group.")
-    seed: int = 0
-
-
-class GenerateConfig(Section):
-    model: str = Field("black-forest-labs/FLUX.1-dev", description="Hub id, local folder, or 'tiny'.")
-    revision: str | None = None
-    size: int = 1024
-    steps: int = 28
-    guidance: float = 3.5
-    batch_size: int = 1
-    device: str | None = None
-    dtype: str = "bfloat16"
-    cpu_offload: bool = False
-    vae_tiling: bool = False
-
-
-class ScrapeConfig(Section):
-    urls: str | None = Field(
-        None, description="CSV/JSONL/parquet URL list (url, group, licence, ...); none: skip."
-    )
-    allow_private_networks: bool = False
-    allow_unknown_licence: bool = False
-
-
-class LocalizeConfig(Section):
-    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    revision: str | None = None
-    device: str | None = None
-    dtype: str = "bfloat16"
-    batch_size: int = 4
-    max_new_tokens: int = 512
-    every_concept: bool = Field(
-        False,
-        description="Constrain answers to start with one box per concept "
-        "(generated images name every concept).",
-    )
-
-
-class SegmentConfig(Section):
-    model: str = Field(
-        "configs/sam2.1/sam2.1_hiera_l.yaml:checkpoints/sam2.1_hiera_large.pt",
-        description="'tiny' or CONFIG:CHECKPOINT of SAM2.",
-    )
-    device: str | None = None
-
-
-class QualitySection(Section):
-    permissive: bool = Field(False, description="Relaxed thresholds for random-weight smoke runs.")
-
-
-class ReviewSection(Section):
-    mode: Literal["labelstudio", "auto"] = Field(
-        "labelstudio",
-        description="'labelstudio': push segmented records for human review. 'auto': skip review; records are "
-        "published with review status 'machine' (offline smoke runs only).",
-    )
-    url: str | None = Field(None, description="Label Studio URL (default: $LABEL_STUDIO_URL).")
-    project: str = "MCC review"
+    seed: int = Field(0, description="Seed of the plan; the same seed plans the same scenes.")
 
 
 class PublishSection(Section):
@@ -123,11 +90,11 @@ class PipelineConfig(Section):
     )
     plan: PlanConfig = Field(default_factory=PlanConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
+    scrape: ScrapeJob = Field(default_factory=ScrapeJob)
     localize: LocalizeConfig = Field(default_factory=LocalizeConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
-    quality: QualitySection = Field(default_factory=QualitySection)
-    review: ReviewSection = Field(default_factory=ReviewSection)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     publish: PublishSection = Field(default_factory=PublishSection)
     score: ScoreSection = Field(default_factory=ScoreSection)
 
@@ -169,3 +136,42 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def set_path(values: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``values[a][b][c] = value`` for ``path`` ``"a.b.c"`` (dashes in names read as underscores)."""
+    *parents, last = [part.replace("-", "_") for part in path.split(".")]
+    for part in parents:
+        child = values.get(part)
+        if not isinstance(child, dict):
+            child = values[part] = {}
+        values = child
+    values[last] = value
+
+
+def cli_config(profile: str | None, flags: dict[str, Any], sets: list[str] | None = None) -> PipelineConfig:
+    """The ``PipelineConfig`` of ``mcc`` commands: ``profile`` (or the defaults), then ``flags``, then ``sets``.
+
+    ``flags`` maps a dotted field path (``generate.steps``) to a flag's value, None for a
+    flag not given. ``sets`` are ``section.field=value`` strings, the value read as YAML
+    (``--set quality.min_area_fraction=0.01``, ``--set scrape.allowed_licences=[cc0]``).
+    Raises ValueError naming the bad entry.
+    """
+    values: dict[str, Any] = read_profile(profile) if profile else {}
+    for path, value in flags.items():
+        if value is not None:
+            set_path(values, path, value)
+    for entry in sets or []:
+        path, sep, text = entry.partition("=")
+        if not sep or not path.strip():
+            raise ValueError(f"--set {entry!r}: write section.field=value, e.g. --set generate.steps=4")
+        set_path(values, path.strip(), yaml.safe_load(text))
+    try:
+        return PipelineConfig.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)
+        )
+        raise ValueError(
+            f"invalid configuration ({problems}); see `mcc <command> --help` and flows/profiles/"
+        ) from None

@@ -34,13 +34,20 @@ from prefect.concurrency.sync import concurrency
 
 from flows.config import PipelineConfig
 from manifests import ManifestStore, State, add_planned, load_groups, plan_scenes
+from manifests.registry import GENERATORS, LOCALIZERS, SEGMENTERS
+from manifests.stage import run_stage
 
 GPU_LIMIT = "gpu"
 PENDING_STATES = (State.planned, State.generated, State.localized)
 
 
 class StageModels:
-    """The stage objects of one flow run, each built on first use and kept for the run."""
+    """The stage objects of one flow run, each built from its registry on first use and kept for the run.
+
+    ``config.generate.backend`` etc. name the backends (``manifests.registry``): a new
+    generator, localiser or segmenter is registered there or named as ``module:factory``
+    in the profile; nothing here changes.
+    """
 
     def __init__(self, config: PipelineConfig):
         self.config = config
@@ -49,51 +56,21 @@ class StageModels:
     @property
     def generator(self):
         if self._generator is None:
-            from generators.flux import FluxGenerator
-
-            c = self.config.generate
-            self._generator = FluxGenerator(
-                c.model,
-                revision=c.revision,
-                device=c.device,
-                dtype=c.dtype,
-                steps=c.steps,
-                guidance=c.guidance,
-                size=c.size,
-                batch_size=c.batch_size,
-                cpu_offload=c.cpu_offload,
-                vae_tiling=c.vae_tiling,
-            )
+            self._generator = GENERATORS.build(self.config.generate)
         return self._generator
 
     @property
     def localizer(self):
         if self._localizer is None:
-            from annotators.localize import QwenLocalizer
-
-            c = self.config.localize
-            self._localizer = QwenLocalizer(
-                c.model,
-                revision=c.revision,
-                device=c.device,
-                dtype=c.dtype,
-                batch_size=c.batch_size,
-                max_new_tokens=c.max_new_tokens,
-                require_every_concept=c.every_concept,
-            )
+            self._localizer = LOCALIZERS.build(self.config.localize)
         return self._localizer
 
     @property
     def segmenter(self):
         if self._segmenter is None:
-            from annotators.quality import QualityConfig, QualityGate
-            from annotators.segment import Sam2Segmenter
-            from flows.commands.annotate import parse_segmenter
-
-            sam_config, checkpoint = parse_segmenter(self.config.segment.model)
-            quality = QualityConfig.permissive() if self.config.quality.permissive else QualityConfig()
-            self._segmenter = Sam2Segmenter(
-                sam_config, checkpoint, device=self.config.segment.device, gate=QualityGate(quality)
+            verifier = self.localizer if self.config.quality.second_look else None
+            self._segmenter = SEGMENTERS.build(
+                self.config.segment, quality=self.config.quality, verifier=verifier
             )
         return self._segmenter
 
@@ -122,18 +99,21 @@ def plan_task(config: PipelineConfig) -> dict[str, int]:
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_misconfigured)
 def scrape_task(config: PipelineConfig) -> dict[str, int]:
-    """Web images of the profile's URL list (skipped when it names none)."""
-    from generators.download import DownloadConfig
-    from generators.web import ScrapeConfig, scrape_url_list
+    """Web images of the profile's URL list or search source (skipped when it names neither).
 
-    c = config.scrape
-    scrape_config = ScrapeConfig(
-        download=DownloadConfig(allow_private_networks=c.allow_private_networks),
-        allow_unknown_licence=c.allow_unknown_licence,
-    )
-    records = scrape_url_list(
-        c.urls, ManifestStore(config.workdir), scrape_config, groups_file=config.plan.groups_file
-    )
+    An Openverse token, a secret, comes from ``MCC_OPENVERSE_TOKEN``, never from the profile.
+    """
+    from generators.web import scrape
+
+    store = ManifestStore(config.workdir)
+    with ProgressArtifact("scrape") as progress:
+        records = scrape(
+            config.scrape,
+            store,
+            groups_file=config.plan.groups_file,
+            progress=progress,
+            openverse_token=os.environ.get("MCC_OPENVERSE_TOKEN"),
+        )
     counts = Counter(r.state.value for r in records)
     get_run_logger().info("scraped %d URLs: %s", len(records), dict(counts))
     return dict(counts)
@@ -154,27 +134,30 @@ def pending_shards(config: PipelineConfig) -> list[list[str]]:
 def process_shard(config: PipelineConfig, shard: list[str], models: StageModels) -> dict[str, int]:
     """Generate, localise, segment and gate the records of one shard; returns counts by state.
 
-    Each stage writes each record as soon as it is done and skips records already past it.
+    The runner writes each record as soon as it is done; each stage skips records already past it.
     """
     store = ManifestStore(config.workdir)
-    records = [store.get(record_id) for record_id in shard]
+    records = {record_id: store.get(record_id) for record_id in shard}
     with concurrency(GPU_LIMIT, occupy=1):
-        records = models.generator.generate(records, store)
-        records = models.localizer.localize(records, store)
-        records = models.segmenter.segment(records, store)
-    return dict(Counter(r.state.value for r in records))
+        for name in ("generator", "localizer", "segmenter"):  # each model loads when its stage starts
+            done = run_stage(getattr(models, name), store, list(records.values()))
+            records.update({r.id: r for r in done.records})
+    return dict(Counter(r.state.value for r in records.values()))
 
 
 @task(retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_misconfigured)
 def push_reviews_task(config: PipelineConfig) -> dict[str, Any]:
     from annotators.review import push
 
-    report = push(
-        ManifestStore(config.workdir),
-        url=_labelstudio_url(config),
-        token=_labelstudio_token(),
-        project=config.review.project,
-    )
+    with ProgressArtifact("review push") as progress:
+        report = push(
+            ManifestStore(config.workdir),
+            url=_labelstudio_url(config),
+            token=_labelstudio_token(),
+            project=config.review.project,
+            limit=config.review.limit,
+            progress=progress,
+        )
     return _as_dict(report)
 
 
@@ -182,12 +165,14 @@ def push_reviews_task(config: PipelineConfig) -> dict[str, Any]:
 def pull_reviews_task(config: PipelineConfig) -> dict[str, Any]:
     from annotators.review import pull
 
-    report = pull(
-        ManifestStore(config.workdir),
-        url=_labelstudio_url(config),
-        token=_labelstudio_token(),
-        project=config.review.project,
-    )
+    with ProgressArtifact("review pull") as progress:
+        report = pull(
+            ManifestStore(config.workdir),
+            url=_labelstudio_url(config),
+            token=_labelstudio_token(),
+            project=config.review.project,
+            progress=progress,
+        )
     return _as_dict(report)
 
 
@@ -205,7 +190,7 @@ def rebuild_dataset(config: PipelineConfig, shard_ids: list[list[str]] | None = 
         return {"shards": len(shard_ids), "records": sum(len(s) for s in shard_ids), "states": done}
 
     plan = plan_task(config)
-    scraped = scrape_task(config) if config.scrape.urls else {}
+    scraped = scrape_task(config) if config.scrape.urls or config.scrape.source else {}
     shards = pending_shards(config)
     logger.info(
         "%d records to process in %d shards of up to %d",
@@ -372,6 +357,32 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+class ProgressArtifact:
+    """The runner's progress callback in a flow: the share of the stage's records stored, as a
+    Prefect progress artifact, and a log line every ``every`` records."""
+
+    def __init__(self, what: str, every: int = 50):
+        self.what, self.every = what, every
+        self.done, self.total = 0, 0
+        self.artifact = None
+
+    def __enter__(self) -> ProgressArtifact:
+        self.artifact = create_progress_artifact(0.0, description=f"{self.what}: share of records stored")
+        return self
+
+    def start(self, total: int) -> None:
+        self.total += total
+
+    def __call__(self, record) -> None:
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            update_progress_artifact(self.artifact, 100.0 * self.done / max(self.total, 1))
+            get_run_logger().info("%s: %d of %d records stored", self.what, self.done, self.total)
+
+    def __exit__(self, *exc) -> None:
+        update_progress_artifact(self.artifact, 100.0)
+
+
 def publish_counts(config: PipelineConfig) -> dict[str, int]:
     """Counts by state and by rejection reason, also published as a table artifact."""
     counts = ManifestStore(config.workdir).counts()

@@ -1,11 +1,13 @@
 """The two sources of MCC images: FLUX.1 generation of planned scenes and a web scraper.
 
 Stages (records in, records out, each record written as soon as it is done):
-- ``FluxGenerator(model).generate(records, store)`` (``generators.flux``; imports torch and
-  diffusers, so it is loaded on first use);
-- ``WebScraper(config).scrape(records, store)`` (``generators.web``) with the candidates
-  of ``generators.sources`` (URL lists, Openverse, Wikimedia Commons) turned into
-  records by ``plan_web_records``.
+- ``FluxGenerator`` (``generators.flux``; imports torch and diffusers, so it is loaded on
+  first use), the ``flux`` backend of ``manifests.registry.GENERATORS``;
+- ``WebScraper(config)`` (``generators.web``) with the candidates of ``generators.sources``
+  (URL lists, Openverse, Wikimedia Commons) turned into records by ``plan_web_records``;
+  ``scrape(job, store)`` does all of it for a ``ScrapeJob``.
+
+Both are stages (``manifests.stage``): ``run_stage(stage, store)`` runs and stores them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from generators.download import DownloadConfig, Downloader, DownloadFailure
 from generators.licences import DEFAULT_ALLOWED_LICENCES, Licence, licence_codes, parse_licence
 from generators.prompts import compose_prompt, prompt_for_record
 from generators.sources import Candidate, OpenverseSource, WikimediaCommonsSource, read_url_list
-from generators.web import SCRAPE_FAILURE_REASONS, ScrapeConfig, WebScraper, plan_web_records, scrape_url_list
+from generators.web import (
+    SCRAPE_FAILURE_REASONS,
+    ScrapeConfig,
+    ScrapeJob,
+    WebScraper,
+    find_candidates,
+    plan_web_records,
+    scrape,
+)
 
 if TYPE_CHECKING:
     from generators.flux import FluxGenerator
@@ -32,6 +42,7 @@ __all__ = [
     "Licence",
     "OpenverseSource",
     "ScrapeConfig",
+    "ScrapeJob",
     "WebScraper",
     "WikimediaCommonsSource",
     "compose_prompt",
@@ -39,8 +50,9 @@ __all__ = [
     "parse_licence",
     "plan_web_records",
     "prompt_for_record",
+    "find_candidates",
     "read_url_list",
-    "scrape_url_list",
+    "scrape",
 ]
 
 

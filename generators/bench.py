@@ -123,6 +123,7 @@ def run_mcc_scraper(
     from generators.sources import read_url_list
     from generators.web import ScrapeConfig, WebScraper, plan_web_records
     from manifests import ManifestStore, State, load_groups
+    from manifests.stage import run_stage
 
     groups = {g.id: g for g in load_groups()}
     store = ManifestStore(workdir)
@@ -134,7 +135,10 @@ def run_mcc_scraper(
         keep_original_bytes=keep_original,
     )
     started, cpu = time.perf_counter(), _cpu_seconds()
-    WebScraper(config).scrape(records, store)  # worker processes end (and are counted) before it returns
+    scraper = WebScraper(config)
+    records = run_stage(
+        scraper, store, records, writers=scraper.writers
+    ).records  # worker processes end first
     seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     failures = Counter(r.rejection.reason for r in records if r.state == State.rejected and r.rejection)
     accepted = sum(r.state == State.generated for r in records)
@@ -340,7 +344,7 @@ def random_flux_dev_pipeline(
 
 
 def seconds_per_image(generator, images: int) -> tuple[float, list]:
-    """Wall seconds per image of ``generator.generate`` (prompt encoding, denoising, VAE decode, PNG store).
+    """Wall seconds per image of the generate stage (prompt encoding, denoising, VAE decode, PNG store).
 
     Plans ``images`` scenes plus one warm-up batch (``generator.batch_size`` scenes, not timed: kernels,
     allocator) in a temporary work dir. With CUDA the peak-memory counter is reset after the warm-up.
@@ -349,19 +353,20 @@ def seconds_per_image(generator, images: int) -> tuple[float, list]:
     import torch
 
     from manifests import ManifestStore, add_planned, load_groups, plan_scenes
+    from manifests.stage import run_stage
 
     cuda = generator.device.type == "cuda"
     with tempfile.TemporaryDirectory(prefix="mcc-bench-flux-") as workdir:
         store = ManifestStore(workdir)
         add_planned(store, plan_scenes(load_groups(), per_group=1)[: images + generator.batch_size])
         records = list(store.iter())
-        generator.generate(records[: generator.batch_size], store)  # warm-up, not timed
+        run_stage(generator, store, records[: generator.batch_size])  # warm-up, not timed
         timed = records[generator.batch_size : generator.batch_size + images]
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        generator.generate(timed, store)
+        timed = run_stage(generator, store, timed).records
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started

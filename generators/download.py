@@ -63,7 +63,7 @@ def default_user_agent(contact: str | None = None) -> str:
 class DownloadConfig(BaseModel):
     """How the downloader behaves. Times in seconds, sizes in bytes."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     user_agent: str = Field(default_factory=default_user_agent)
     connect_timeout: float = Field(10.0, gt=0)

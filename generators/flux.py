@@ -1,7 +1,8 @@
 """FLUX.1 image generation for planned scene records (diffusers' ``FluxPipeline``).
 
-``FluxGenerator(model=...)`` loads the pipeline once; ``generate(records, store)`` turns
-each ``planned`` generated record into a ``generated`` one with its image stored and
+``FluxGenerator(model=...)`` loads the pipeline once; it is a stage (``manifests.stage``):
+``run_stage(generator, store)`` turns each ``planned`` generated record into a
+``generated`` one with its image stored and
 the provenance on ``record.source`` (model, revision, prompt, seed, steps, guidance,
 width, height). Records in other states pass through untouched, so a re-run only does
 what is left.
@@ -19,16 +20,17 @@ transformer, 16-channel VAE, CLIP and T5 text encoders with the tokenizers of
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from generators.config import GenerateConfig
 from generators.prompts import prompt_for_record
 from manifests.dtypes import torch_dtype
 from manifests.record import GeneratedSource, Record, State
+from manifests.stage import Output, with_image
 from manifests.store import ManifestStore
 
 logger = logging.getLogger(__name__)
@@ -263,31 +265,27 @@ class FluxGenerator:
             pipe.vae.enable_tiling()
         pipe.set_progress_bar_config(disable=True)
 
-    # -- the stage ---------------------------------------------------------------------
-    def generate(
-        self,
-        records: list[Record],
-        store: ManifestStore,
-        progress: Callable[[Record], None] | None = None,
-    ) -> list[Record]:
-        """Generate the images of the planned generated records; returns all records in order.
+    # -- the stage (manifests.stage) -------------------------------------------------------
+    name = STAGE
+    accepts = (State.planned,)
 
-        Each finished record (generated or rejected) is written at once; a failing image
-        rejects only its record (a failing batch is retried one image at a time).
+    def takes(self, record: Record) -> bool:
+        """Only planned scenes; planned web records belong to the scraper."""
+        return isinstance(record.source, GeneratedSource)
+
+    def run(self, batch: list[Record], store: ManifestStore) -> list[Output]:
+        """The images of a batch of planned scenes, in one pipeline call (the runner cuts ``batch_size``).
+
+        A failing image rejects only its record (a failing batch is retried one image at a time).
         """
-        todo = [r for r in records if r.state == State.planned and isinstance(r.source, GeneratedSource)]
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start : start + self.batch_size]
-            for record, result in zip(batch, self._run_batch(batch), strict=True):
-                if isinstance(result, Image.Image):
-                    self._accept(record, result, store)
-                else:
-                    reason, detail = result
-                    record.reject(STAGE, reason, detail, params=self._params(record))
-                store.put(record)
-                if progress is not None:
-                    progress(record)
-        return records
+        outputs: list[Output] = []
+        for record, result in zip(batch, self._run_batch(batch), strict=True):
+            if isinstance(result, Image.Image):
+                outputs.append(self._accept(record, result))
+            else:
+                reason, detail = result
+                outputs.append(Output(record.reject(STAGE, reason, detail, params=self._params(record))))
+        return outputs
 
     def generate_one(self, record: Record) -> Image.Image:
         """The image of one record, without storing anything (to check reproducibility)."""
@@ -359,7 +357,7 @@ class FluxGenerator:
             "generator_device": "cpu",
         }
 
-    def _accept(self, record: Record, image: Image.Image, store: ManifestStore) -> None:
+    def _accept(self, record: Record, image: Image.Image) -> Output:
         source = record.source
         source.model = self.model
         source.revision = self.revision
@@ -367,5 +365,23 @@ class FluxGenerator:
         source.guidance = self.guidance
         source.width, source.height = image.size
         record.source = source  # re-validate
-        store.store_image(record, image)
+        output = with_image(record, image)
         record.advance(State.generated, STAGE, params=self._params(record))
+        return output
+
+
+def from_config(config: GenerateConfig) -> FluxGenerator:
+    """The ``flux`` backend of ``manifests.registry.GENERATORS``: a ``FluxGenerator`` from a profile's ``generate``."""
+    return FluxGenerator(
+        config.model,
+        revision=config.revision,
+        device=config.device,
+        dtype=config.dtype,
+        steps=config.steps,
+        guidance=config.guidance,
+        size=config.size,
+        batch_size=config.batch_size,
+        cpu_offload=config.cpu_offload,
+        vae_tiling=config.vae_tiling,
+        **config.options,
+    )

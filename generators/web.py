@@ -23,8 +23,9 @@ pass through untouched), in this order, stopping at the first failure:
 
 Downloading and the CPU work of step 3 (``prepare_image``: decode, hash, encode) run in
 fetch processes for large batches (``ScrapeConfig.processes``), each with a share of the
-URLs and of the per-host rate and connection limits; the decisions of steps 1 and 4 and
-every write happen in the calling process.
+URLs and of the per-host rate and connection limits; the decisions of steps 1 and 4
+happen in the calling process, which hands each decided record to the stage runner
+(``manifests.stage.run_stage``) to be written.
 
 A failure is ``record.reject(stage="scrape", reason=<one of SCRAPE_FAILURE_REASONS>,
 detail=...)``. Every processed record, accepted or rejected, is written to the store as
@@ -42,24 +43,29 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
-import threading
-from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from generators.download import FAILURE_REASONS, DownloadConfig, Downloader, DownloadFailure
+from generators.download import (
+    FAILURE_REASONS,
+    DownloadConfig,
+    Downloader,
+    DownloadFailure,
+    default_user_agent,
+)
 from generators.licences import DEFAULT_ALLOWED_LICENCES, Licence, parse_licence
 from generators.perceptual_hash import from_hex, hamming_to_many, phash, to_hex
 from generators.sources.candidate import Candidate
 from generators.sources.urllist import read_url_list
 from manifests.groups import ConceptGroup, load_groups
 from manifests.record import ImageInfo, Record, State, WebSource
+from manifests.stage import Output, run_stage
 from manifests.store import IMAGES_DIR, ManifestStore
 
 logger = logging.getLogger(__name__)
@@ -119,6 +125,43 @@ class ScrapeConfig(BaseModel):
         description="store RGB JPEG/PNG/WebP files as downloaded (images/<id>.jpg...; JPEG metadata such as EXIF "
         "and GPS removed) instead of re-encoding to PNG, which costs ~5x the CPU and ~10x the bytes of a JPEG",
     )
+
+
+class ScrapeJob(ScrapeConfig):
+    """A profile's ``scrape:`` section and ``mcc scrape``'s flags: what to scrape and how.
+
+    What: a URL list file (``urls``) or a search API (``source``) for ``groups`` (default
+    all). How: every field of ``ScrapeConfig``. ``contact`` (an e-mail or URL) is added to
+    the User-Agent unless ``download.user_agent`` is given.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    urls: str | None = Field(
+        None, description="URL list: CSV (url,group,licence,attribution,page_url), TSV, JSONL or Parquet."
+    )
+    source: Literal["openverse", "wikimedia"] | None = Field(None, description="Search an image API instead.")
+    groups: list[str] | None = Field(
+        None, description="Group ids to search for (default all); with urls: the group of rows without one."
+    )
+    per_group: int = Field(20, ge=1, description="Candidates to take per group from the API.")
+    query: str | None = Field(None, description="Search text (default: the group's concept names).")
+    api_url: str | None = Field(None, description="Base URL of the API (a mirror or a test server).")
+    contact: str | None = Field(None, description="Contact (e-mail or URL) added to the User-Agent.")
+    retry_failed: bool = Field(
+        False, description="Try again URLs rejected for a timeout, HTTP or connection error."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _contact_in_user_agent(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("contact"):
+            download = data.get("download") or {}
+            if isinstance(download, DownloadConfig):
+                download = download.model_dump()
+            if not download.get("user_agent"):
+                data = {**data, "download": {**download, "user_agent": default_user_agent(data["contact"])}}
+        return data
 
 
 class ImageRejected(Exception):
@@ -348,6 +391,8 @@ class ImageIndex:
         self._exact: dict[str, str] = {}
         self._ids: list[str] = []
         self._hashes = np.zeros(1024, dtype=np.uint64)
+        self.cache: dict[str, dict[str, str]] = {}
+        self.cache_changed = False
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -359,13 +404,6 @@ class ImageIndex:
             self._hashes = np.concatenate([self._hashes, np.zeros_like(self._hashes)])
         self._hashes[len(self._ids)] = np.uint64(perceptual)
         self._ids.append(record_id)
-
-    def remove(self, record_id: str) -> None:
-        """Forget a record added in this run (its image could not be stored after all)."""
-        self._exact = {k: v for k, v in self._exact.items() if v != record_id}
-        keep = [i for i, rid in enumerate(self._ids) if rid != record_id]
-        self._hashes[: len(keep)] = self._hashes[keep]
-        self._ids = [self._ids[i] for i in keep]
 
     def match(self, sha256: str, perceptual: int, max_distance: int) -> tuple[str, str] | None:
         """(record id, how) of the first image that is the same, or None."""
@@ -381,7 +419,11 @@ class ImageIndex:
 
     @classmethod
     def from_store(cls, store: ManifestStore) -> ImageIndex:
-        """Index every record of ``store`` that has an image (any state), using and refreshing the cache."""
+        """Index every record of ``store`` that has an image (any state), using the hash cache.
+
+        ``cache`` is the refreshed cache (record id -> {sha256, phash}); ``cache_changed``
+        says whether it differs from the file, which the scraper rewrites at the end of its run.
+        """
         try:
             cache: dict[str, dict[str, str]] = json.loads(store.read_bytes(INDEX_PATH))
         except (FileNotFoundError, ValueError):
@@ -404,18 +446,14 @@ class ImageIndex:
                 if event.stage == STAGE and "content_sha256" in event.params:
                     shas.append(event.params["content_sha256"])
             index.add(record.id, shas, from_hex(entry["phash"]))
-        if fresh != cache:
-            store.write_bytes(INDEX_PATH, json.dumps(fresh, sort_keys=True).encode())
+        index.cache = fresh
+        index.cache_changed = fresh != cache
         return index
 
-    def save_to(self, store: ManifestStore, entries: dict[str, dict[str, str]]) -> None:
-        """Merge ``entries`` (record id -> {sha256, phash}) into the store's cache file."""
-        try:
-            cache = json.loads(store.read_bytes(INDEX_PATH))
-        except (FileNotFoundError, ValueError):
-            cache = {}
-        cache.update(entries)
-        store.write_bytes(INDEX_PATH, json.dumps(cache, sort_keys=True).encode())
+    def cache_entry(self, record_id: str, sha256: str, perceptual: int) -> None:
+        """Add a newly stored image to ``cache``."""
+        self.cache[record_id] = {"sha256": sha256, "phash": to_hex(perceptual)}
+        self.cache_changed = True
 
 
 def plan_web_records(
@@ -561,86 +599,114 @@ def _fetch_process(items: list[tuple[str, str]], config: ScrapeConfig, results) 
 
 
 class WebScraper:
-    """Downloads, checks, deduplicates and stores the images of planned web records.
+    """The scrape stage (``manifests.stage``): downloads, checks, deduplicates planned web records.
 
     Fetching (download, decode, hash, encode) runs in this process's event loop, or, for
     large batches, in ``config.processes`` fetch processes that each take a share of the
-    URLs and of the per-host limits; deciding (licence, duplicates) and writing always
-    happen here, so the duplicate index has one owner. Fetch processes are started with
-    ``spawn``: a script that scrapes 100 URLs or more must do it under
-    ``if __name__ == "__main__":`` (or set ``processes=0``).
+    URLs and of the per-host limits; deciding (licence, duplicates) happens here, one
+    record at a time, so the duplicate index has one owner. ``run`` yields each record as
+    soon as it is decided, with its image bytes, and the runner writes both. Fetch
+    processes are started with ``spawn``: a script that scrapes 100 URLs or more must do
+    it under ``if __name__ == "__main__":`` (or set ``processes=0``).
     """
+
+    name = STAGE
+    accepts = (State.planned,)
+    batch_size = 1_000_000  # one batch: downloads of the whole selection overlap
+    writers = 4  # file writes (fsync) of different records overlap on this many threads
 
     def __init__(self, config: ScrapeConfig | None = None):
         self.config = config or ScrapeConfig()
-        self._lock = threading.Lock()
+        self._index: ImageIndex | None = None
 
-    def scrape(
-        self,
-        records: list[Record],
-        store: ManifestStore,
-        progress: Callable[[Record], None] | None = None,
-    ) -> list[Record]:
-        """Process the planned web records of ``records``; returns all of them, in order.
+    def takes(self, record: Record) -> bool:
+        """Only web records; planned scenes belong to the generator."""
+        return isinstance(record.source, WebSource)
 
-        Each record is written as soon as it is finished; ``progress`` is then called with it.
-        Runs its own event loop: call it from synchronous code (a Prefect task, a script).
-        """
-        todo = [r for r in records if r.state == State.planned and isinstance(r.source, WebSource)]
-        if not todo:
-            return records
-        index = ImageIndex.from_store(store)
-        new_entries: dict[str, dict[str, str]] = {}
+    def run(self, batch: list[Record], store: ManifestStore) -> Iterator[Output]:
+        """Each record of ``batch``, decided, as soon as it is (not in input order)."""
+        if self._index is None:
+            self._index = ImageIndex.from_store(store)
         fetchable: list[tuple[Record, Licence | None]] = []
-        for record in todo:
+        for record in batch:
             licence = parse_licence(record.source.licence)
             refusal = self._licence_refusal(licence)
             if refusal is None:
                 fetchable.append((record, licence))
             else:  # refused before any network traffic
-                record.reject(
-                    STAGE,
-                    "licence",
-                    refusal,
-                    params={"url": record.source.url, "licence_raw": record.source.licence},
-                )
-                self._write(record, store, progress)
+                params = {"url": record.source.url, "licence_raw": record.source.licence}
+                yield Output(record.reject(STAGE, "licence", refusal, params=params))
         processes = self.config.processes
         if processes is None:
             processes = (os.cpu_count() or 1) if len(fetchable) >= PROCESS_POOL_MIN_IMAGES else 0
-        if fetchable and processes:
-            self._scrape_in_processes(fetchable, processes, index, store, new_entries, progress)
-        elif fetchable:
-            asyncio.run(self._scrape_here(fetchable, index, store, new_entries, progress))
-        if new_entries:
-            index.save_to(store, new_entries)
-        return records
+        if not fetchable:
+            return
+        fetched = self._fetch_in_processes(fetchable, processes) if processes else self._fetch_here(fetchable)
+        for record, licence, outcome in fetched:
+            yield self._finish(record, licence, outcome, self._index)
 
-    async def _scrape_here(self, fetchable, index, store, new_entries, progress) -> None:
-        queue = iter(fetchable)
-        async with Downloader(self.config.download) as downloader:
+    def finish(self, store: ManifestStore) -> dict[str, bytes]:
+        """The refreshed perceptual-hash cache (``indexes/image-hashes.json``), when it changed."""
+        index, self._index = self._index, None
+        if index is None or not index.cache_changed:
+            return {}
+        return {INDEX_PATH: json.dumps(index.cache, sort_keys=True).encode()}
 
-            async def worker() -> None:
-                for record, licence in queue:  # a shared iterator: each record goes to exactly one worker
-                    try:
-                        outcome = await fetch_and_prepare(
-                            record.id, record.source.url, downloader, self.config, asyncio.to_thread
-                        )
-                    except Exception as error:  # noqa: BLE001 - one record must never stop the batch
-                        logger.exception("fetching %s failed unexpectedly", record.source.url)
-                        outcome = FetchOutcome(
-                            record.id,
-                            {"url": record.source.url},
-                            reason="error",
-                            detail=f"{type(error).__name__}: {error}",
-                        )
-                    await asyncio.to_thread(
-                        self._finish, record, licence, outcome, index, store, new_entries, progress
+    def _fetch_here(self, fetchable) -> Iterator[tuple[Record, Licence | None, FetchOutcome]]:
+        """Fetch in this process's own event loop, which runs while the caller waits for the next outcome."""
+        loop = asyncio.new_event_loop()
+        finished: asyncio.Queue = asyncio.Queue()
+        items = iter(fetchable)  # shared by the workers: each record goes to exactly one
+
+        async def produce() -> None:
+            async with Downloader(self.config.download) as downloader:
+
+                async def worker() -> None:
+                    for record, licence in items:
+                        try:
+                            outcome = await fetch_and_prepare(
+                                record.id, record.source.url, downloader, self.config, asyncio.to_thread
+                            )
+                        except Exception as error:  # noqa: BLE001 - one record must never stop the batch
+                            logger.exception("fetching %s failed unexpectedly", record.source.url)
+                            outcome = FetchOutcome(
+                                record.id,
+                                {"url": record.source.url},
+                                reason="error",
+                                detail=f"{type(error).__name__}: {error}",
+                            )
+                        await finished.put((record, licence, outcome))
+
+                await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(fetchable)))))
+
+        producer = loop.create_task(produce())
+        try:
+            for _ in range(len(fetchable)):
+                while finished.empty():
+                    if producer.done():
+                        producer.result()  # raises what stopped the workers
+                        raise RuntimeError("the fetch workers stopped before every record was fetched")
+                    getter = loop.create_task(finished.get())
+                    loop.run_until_complete(
+                        asyncio.wait([getter, producer], return_when=asyncio.FIRST_COMPLETED)
                     )
+                    if getter.done():
+                        finished.put_nowait(getter.result())
+                    else:
+                        getter.cancel()
+                        loop.run_until_complete(asyncio.gather(getter, return_exceptions=True))
+                yield finished.get_nowait()
+            loop.run_until_complete(producer)
+        finally:
+            if not producer.done():  # the caller stopped early: stop the downloads
+                producer.cancel()
+                loop.run_until_complete(asyncio.gather(producer, return_exceptions=True))
+            loop.close()
 
-            await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(fetchable)))))
-
-    def _scrape_in_processes(self, fetchable, processes, index, store, new_entries, progress) -> None:
+    def _fetch_in_processes(
+        self, fetchable, processes: int
+    ) -> Iterator[tuple[Record, Licence | None, FetchOutcome]]:
+        """Fetch in ``processes`` spawned processes; outcomes come back as they finish."""
         context = multiprocessing.get_context("spawn")
         results = context.Queue(maxsize=1024)
         shard_config = _shard_config(self.config, processes)
@@ -658,8 +724,7 @@ class WebScraper:
         for worker in workers:
             worker.start()
         running = len(workers)
-        with ThreadPoolExecutor(4) as writers:  # file writes (fsync) overlap; the index is locked
-            futures = []
+        try:
             while running:
                 try:
                     outcome = results.get(timeout=1.0)
@@ -671,78 +736,52 @@ class WebScraper:
                     running -= 1
                     continue
                 record, licence = pending.pop(outcome.record_id)
-                futures.append(
-                    writers.submit(
-                        self._finish, record, licence, outcome, index, store, new_entries, progress
-                    )
-                )
-            for future in futures:
-                future.result()
-        for worker in workers:
-            worker.join(timeout=10)
-        for record, licence in pending.values():  # only when a fetch process died
+                yield record, licence, outcome
+            for worker in workers:
+                worker.join(timeout=10)
             codes = [w.exitcode for w in workers]
-            outcome = FetchOutcome(
-                record.id,
-                {"url": record.source.url},
-                reason="error",
-                detail=f"the fetch process ended early (exit codes {codes})",
-            )
-            self._finish(record, licence, outcome, index, store, new_entries, progress)
+            for record, licence in list(pending.values()):  # only when a fetch process died
+                detail = f"the fetch process ended early (exit codes {codes})"
+                yield (
+                    record,
+                    licence,
+                    FetchOutcome(record.id, {"url": record.source.url}, reason="error", detail=detail),
+                )
+        finally:
+            for worker in workers:  # the caller stopped early: no process fetches on for nothing
+                if worker.is_alive():
+                    worker.terminate()
 
-    def _finish(self, record, licence, outcome, index, store, new_entries, progress) -> None:
-        """Decide on one fetched record (duplicate or not), store its image, write it. Never raises for it."""
+    def _finish(self, record, licence, outcome, index) -> Output:
+        """Decide on one fetched record (duplicate or not); its output. Never raises for it."""
         try:
-            self._decide(record, licence, outcome, index, store, new_entries)
+            return self._decide(record, licence, outcome, index)
         except Exception as error:  # noqa: BLE001 - one record must never stop the batch
-            logger.exception("storing %s failed unexpectedly", record.source.url)
+            logger.exception("deciding on %s failed unexpectedly", record.source.url)
             record.image = None
-            record.reject(STAGE, "error", f"{type(error).__name__}: {error}", params=outcome.params)
-        self._write(record, store, progress)
-
-    def _write(self, record: Record, store: ManifestStore, progress: Callable[[Record], None] | None) -> None:
-        store.put(record)
-        if progress is not None:
-            with self._lock:
-                progress(record)
+            return Output(
+                record.reject(STAGE, "error", f"{type(error).__name__}: {error}", params=outcome.params)
+            )
 
     def _decide(
-        self,
-        record: Record,
-        licence: Licence | None,
-        outcome: FetchOutcome,
-        index: ImageIndex,
-        store: ManifestStore,
-        new_entries: dict[str, dict[str, str]],
-    ) -> None:
+        self, record: Record, licence: Licence | None, outcome: FetchOutcome, index: ImageIndex
+    ) -> Output:
         params = outcome.params
         if outcome.prepared is None:
-            record.reject(STAGE, outcome.reason or "error", outcome.detail, params=params)
-            return
+            return Output(record.reject(STAGE, outcome.reason or "error", outcome.detail, params=params))
         prepared = outcome.prepared
         params.update(content_sha256=prepared.content_sha256, phash=to_hex(prepared.phash))
-        with self._lock:  # check and claim together: of two copies fetched at once, exactly one is kept
-            same = index.match(prepared.content_sha256, prepared.phash, self.config.duplicate_distance)
-            if same is None:
-                index.add(record.id, [prepared.content_sha256, prepared.stored_sha256], prepared.phash)
+        same = index.match(prepared.content_sha256, prepared.phash, self.config.duplicate_distance)
         if same is not None:
             other, how = same
-            record.reject(
-                STAGE, "duplicate", f"{how} of record {other}", params={**params, "duplicate_of": other}
-            )
-            return
+            detail = f"{how} of record {other}"
+            return Output(record.reject(STAGE, "duplicate", detail, params={**params, "duplicate_of": other}))
+        index.add(record.id, [prepared.content_sha256, prepared.stored_sha256], prepared.phash)
+        index.cache_entry(record.id, prepared.stored_sha256, prepared.phash)
         path = f"{IMAGES_DIR}/{record.id}.{prepared.extension}"
-        try:
-            store.write_bytes(path, prepared.stored)
-        except BaseException:
-            with self._lock:
-                index.remove(record.id)
-            raise
         record.image = ImageInfo(
             path=path, sha256=prepared.stored_sha256, width=prepared.width, height=prepared.height
         )
-        with self._lock:
-            new_entries[record.id] = {"sha256": prepared.stored_sha256, "phash": to_hex(prepared.phash)}
         source = record.source
         source.retrieved_at = datetime.now(UTC)
         if licence is not None:
@@ -763,6 +802,7 @@ class WebScraper:
                 "user_agent": self.config.download.user_agent,
             },
         )
+        return Output(record, {path: prepared.stored})
 
     def _licence_refusal(self, licence: Licence | None) -> str | None:
         """Why the licence is refused, or None when it is allowed."""
@@ -781,25 +821,79 @@ class WebScraper:
         )
 
 
-def scrape_url_list(
-    urls: str | os.PathLike,
-    store: ManifestStore,
-    config: ScrapeConfig | None = None,
-    groups_file: str | os.PathLike | None = None,
-    retry_transient: bool = False,
-    progress: Callable[[Record], None] | None = None,
-) -> list[Record]:
-    """Read a URL list file, plan its records and scrape them: the whole of ``mcc scrape --urls``.
+def find_candidates(
+    job: ScrapeJob,
+    groups: dict[str, ConceptGroup],
+    log: Callable[[str], None] = logger.info,
+    openverse_token: str | None = None,
+) -> tuple[list[Candidate], int]:
+    """The candidates of ``job``: the rows of its URL list, or a search API's answers per group.
 
-    Returns the records processed in this run (URLs already in the store are skipped;
-    rows with an unusable URL are logged and skipped). Raises ``UrlListError`` for a
-    file that cannot be used (no url column, unknown group ids).
+    Returns (candidates, rows of the URL list skipped as unusable, each logged). Raises
+    ValueError for a job that names neither or both, or unknown group ids; ``UrlListError``
+    / ``SourceError`` for a file or an API that cannot be used.
+    """
+    from generators.sources import OpenverseSource, WikimediaCommonsSource
+
+    if (job.urls is None) == (job.source is None):
+        raise ValueError(
+            "give exactly one of scrape.urls (--urls FILE) or scrape.source (--source openverse|wikimedia)"
+        )
+    unknown = [g for g in job.groups or [] if g not in groups]
+    if unknown:
+        raise ValueError(f"unknown group id(s) {unknown}; see the groups file (manifests/groups.yaml)")
+    if job.urls is not None:
+        if job.groups and len(job.groups) > 1:
+            raise ValueError(
+                "with a URL list, scrape.groups (--group) gives the one group of rows without one"
+            )
+        url_list = read_url_list(job.urls, set(groups), default_group=job.groups[0] if job.groups else None)
+        for line, why in url_list.skipped:
+            log(f"skipped {job.urls}:{line} {why}")
+        return list(url_list.candidates), len(url_list.skipped)
+    user_agent = job.download.user_agent
+    if job.source == "openverse":
+        searcher = OpenverseSource(
+            base_url=job.api_url or "https://api.openverse.org",
+            token=openverse_token,
+            licences=job.allowed_licences,
+            user_agent=user_agent,
+            min_side=job.min_side,
+        )
+    else:
+        if not job.contact:
+            log(
+                "Wikimedia asks API clients for contact details in the User-Agent: set scrape.contact (--contact)"
+            )
+        searcher = WikimediaCommonsSource(
+            api_url=job.api_url or "https://commons.wikimedia.org/w/api.php",
+            user_agent=user_agent,
+            min_side=job.min_side,
+        )
+    candidates: list[Candidate] = []
+    for group_id in job.groups or list(groups):
+        found = searcher.search(groups[group_id], job.per_group, job.query)
+        log(f"{searcher.name}: {len(found)} candidates for {group_id}")
+        candidates.extend(found)
+    return candidates, 0
+
+
+def scrape(
+    job: ScrapeJob,
+    store: ManifestStore,
+    groups_file: str | os.PathLike | None = None,
+    progress: Callable[[Record], None] | None = None,
+    openverse_token: str | None = None,
+) -> list[Record]:
+    """The whole of ``mcc scrape`` and the flows' scrape task: find, plan and scrape ``job``'s images.
+
+    Returns the records processed in this run (URLs already in the store are skipped,
+    unless ``job.retry_failed`` and they failed for a transient reason).
     """
     groups = {g.id: g for g in load_groups(groups_file)}
-    url_list = read_url_list(urls, set(groups))
-    for line, why in url_list.skipped:
-        logger.warning("%s:%d skipped: %s", urls, line, why)
-    records, skipped = plan_web_records(url_list.candidates, groups, store, retry_transient=retry_transient)
+    candidates, _ = find_candidates(job, groups, logger.info, openverse_token)
+    records, skipped = plan_web_records(candidates, groups, store, retry_transient=job.retry_failed)
     if skipped:
-        logger.info("%d URLs of %s are already in the store; skipped", len(skipped), urls)
-    return WebScraper(config).scrape(records, store, progress)
+        logger.info("%d URLs are already in the store; skipped", len(skipped))
+    scraper = WebScraper(job)
+    return run_stage(scraper, store, records, progress=progress, writers=scraper.writers).records

@@ -38,6 +38,13 @@ RECORDS_DIR = "records"
 IMAGES_DIR = "images"
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG, unoptimised (the stored format of generated images)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
 class RecordLoadError(ValueError):
     """A file in ``records/`` that is not a valid record; the message names the file."""
 
@@ -165,9 +172,7 @@ class ManifestStore:
     # -- images ----------------------------------------------------------------------
     def put_image(self, record_id: str, image: Image.Image) -> tuple[str, str, int, int]:
         """Store ``image`` as PNG; returns (path relative to the work dir, sha256 of the file, width, height)."""
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=False)
-        data = buffer.getvalue()
+        data = png_bytes(image)
         relative = f"{IMAGES_DIR}/{record_id}.png"
         self._write_atomic(self.path(relative), data)
         return relative, hashlib.sha256(data).hexdigest(), image.width, image.height

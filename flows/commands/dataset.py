@@ -8,29 +8,45 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.commands.common import WorkdirOption, console, fail
+from flows.commands.common import Flag, ProfileOption, SetOption, WorkdirOption, console, fail, load_config
 from manifests import GroupsFileError, ManifestStore, add_planned, load_groups, plan_scenes
 from manifests.overlay import draw_record
+
+PLAN_FLAGS: dict[str, Flag] = {
+    "workdir": "workdir",
+    "per_group": "plan.per_group",
+    "seed": "plan.seed",
+    "groups": ("plan.groups_file", str),
+    "max_groups": "plan.max_groups",
+}
 
 
 def plan(
     workdir: WorkdirOption,
-    per_group: Annotated[int, typer.Option(help="Scenes to plan per concept group.", min=1)] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the plan; the same seed plans the same scenes.")] = 0,
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    per_group: Annotated[
+        int | None, typer.Option(help="Scenes to plan per concept group (default 4).", min=1)
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the plan; the same seed plans the same scenes.")
+    ] = None,
     groups: Annotated[
         Path | None, typer.Option(help="A groups YAML file (default: the packaged one).")
     ] = None,
+    max_groups: Annotated[int | None, typer.Option(help="Use only the first N groups.", min=1)] = None,
 ) -> None:
     """Plan generated scenes for every concept group (idempotent: re-running creates nothing new)."""
+    config = load_config(profile, PLAN_FLAGS, locals(), set_)
     try:
-        concept_groups = load_groups(groups)
+        concept_groups = load_groups(config.plan.groups_file)[: config.plan.max_groups]
     except GroupsFileError as error:
         raise fail(str(error)) from None
-    specs = plan_scenes(concept_groups, per_group=per_group, seed=seed)
-    created, existing = add_planned(ManifestStore(workdir), specs)
+    specs = plan_scenes(concept_groups, per_group=config.plan.per_group, seed=config.plan.seed)
+    created, existing = add_planned(ManifestStore(config.workdir), specs)
     console.print(
         f"planned {len(specs)} scenes from {len(concept_groups)} groups: "
-        f"[green]{created} new[/], {existing} already in {workdir}"
+        f"[green]{created} new[/], {existing} already in {config.workdir}"
     )
 
 

@@ -14,21 +14,29 @@ import typer
 from rich.table import Table
 
 from annotators import labelstudio_server as server
-from annotators.review import DEFAULT_PROJECT, LabelStudioUnavailable, pull, push
 from annotators.review_stats import STATS_PATH, write_stats
-from flows.commands.common import WorkdirOption, console, fail
+from flows.commands.common import (
+    Flag,
+    ProfileOption,
+    SetOption,
+    StageProgress,
+    WorkdirOption,
+    console,
+    fail,
+    load_config,
+)
 from manifests import ManifestStore
 
 labelstudio_app = typer.Typer(help="Run the local Label Studio server of a work dir.", no_args_is_help=True)
 review_app = typer.Typer(help="Human review of the masks in Label Studio.", no_args_is_help=True)
 
 UrlOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--url",
         envvar="LABEL_STUDIO_URL",
         show_envvar=True,
-        help="Label Studio URL (printed by `mcc labelstudio start`).",
+        help="Label Studio URL (printed by `mcc labelstudio start`; default http://127.0.0.1:8080).",
     ),
 ]
 TokenOption = Annotated[
@@ -41,7 +49,9 @@ TokenOption = Annotated[
         help="Label Studio API token.",
     ),
 ]
-ProjectOption = Annotated[str, typer.Option("--project", help="Label Studio project title.")]
+ProjectOption = Annotated[
+    str | None, typer.Option("--project", help="Label Studio project title (default 'MCC review').")
+]
 
 
 # -- mcc labelstudio ---------------------------------------------------------------------------------
@@ -108,27 +118,65 @@ def _quiet_http_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+REVIEW_FLAGS: dict[str, Flag] = {
+    "workdir": "workdir",
+    "url": "review.url",
+    "project": "review.project",
+    "batch_size": "review.batch_size",
+    "images": "review.images",
+    "limit": "review.limit",
+}
+SECRET_FLAGS = {"token": "a secret: from --token or LABEL_STUDIO_API_KEY, never a profile"}
+
+
+def _review_config(profile, values, sets):
+    config = load_config(profile, REVIEW_FLAGS, values, sets)
+    url = config.review.url or "http://127.0.0.1:8080"
+    return config, url
+
+
 @review_app.command("push")
 def review_push(
     workdir: WorkdirOption,
-    url: UrlOption = "http://127.0.0.1:8080",
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    url: UrlOption = None,
     token: TokenOption = "",
-    project: ProjectOption = DEFAULT_PROJECT,
-    batch_size: Annotated[int, typer.Option(min=1, help="Tasks per import request.")] = 100,
-    images: Annotated[str, typer.Option(help="auto | local (server reads the work dir) | upload.")] = "auto",
+    project: ProjectOption = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Tasks per import request (default 100).")
+    ] = None,
+    images: Annotated[
+        str | None, typer.Option(help="auto (default) | local (server reads the work dir) | upload.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Push at most this many records.")] = None,
 ) -> None:
     """Create one Label Studio task per segmented record (machine masks as pre-annotations)."""
+    from annotators.review import LabelStudioUnavailable, push
+
     _quiet_http_logs()
-    store = ManifestStore(workdir)
+    config, url = _review_config(profile, locals(), set_)
+    c = config.review
+    store = ManifestStore(config.workdir)
     try:
-        report = push(store, url=url, token=token, project=project, batch_size=batch_size, images=images)
+        with StageProgress("push") as progress:
+            report = push(
+                store,
+                url=url,
+                token=token,
+                project=c.project,
+                batch_size=c.batch_size,
+                images=c.images,
+                limit=c.limit,
+                progress=progress,
+            )
     except (LabelStudioUnavailable, ValueError) as error:
         raise fail(str(error)) from None
     if report.project_id is None:
-        console.print(f"nothing to push: no segmented record in {workdir}")
+        console.print(f"nothing to push: no segmented record in {config.workdir}")
         return
     console.print(
-        f"project {project!r} (id {report.project_id}): {report.pushed} new tasks, "
+        f"project {c.project!r} (id {report.project_id}): {report.pushed} new tasks, "
         f"{report.adopted} adopted, images via {report.images}; open {url.rstrip('/')}/projects/"
         f"{report.project_id}/data",
         soft_wrap=True,
@@ -139,15 +187,23 @@ def review_push(
 @review_app.command("pull")
 def review_pull(
     workdir: WorkdirOption,
-    url: UrlOption = "http://127.0.0.1:8080",
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    url: UrlOption = None,
     token: TokenOption = "",
-    project: ProjectOption = DEFAULT_PROJECT,
+    project: ProjectOption = None,
 ) -> None:
     """Bring submitted reviews back: reviewed (accepted/edited masks) or rejected records."""
+    from annotators.review import LabelStudioUnavailable, pull
+
     _quiet_http_logs()
-    store = ManifestStore(workdir)
+    config, url = _review_config(
+        profile, {**locals(), "batch_size": None, "images": None, "limit": None}, set_
+    )
+    store = ManifestStore(config.workdir)
     try:
-        report = pull(store, url=url, token=token, project=project)
+        with StageProgress("pull") as progress:
+            report = pull(store, url=url, token=token, project=config.review.project, progress=progress)
     except LabelStudioUnavailable as error:
         raise fail(str(error)) from None
     for warning in report.warnings:

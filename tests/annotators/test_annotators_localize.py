@@ -14,6 +14,7 @@ from qwen_vl_utils import process_vision_info
 from annotators.grounding import grounding_schema
 from annotators.localize import Generation, QwenLocalizer, build_tiny_qwen, verification_prompt
 from manifests import Concept, GeneratedSource, ManifestStore, Record, State, WebSource
+from manifests.stage import run_stage
 
 GROUPS = [
     ["siberian husky", "gray wolf", "alaskan malamute"],
@@ -71,7 +72,7 @@ def test_constrained_batch_is_schema_valid_with_only_asked_labels(localizer, mon
 def test_unconstrained_tiny_output_is_rejected_with_raw_text(workdir):
     store = ManifestStore(workdir)
     record = stored_record(store, "gen-free", ["lemon", "lime"], noise((96, 96), 7))
-    QwenLocalizer("tiny", constrained=False, max_new_tokens=24).localize([record], store)
+    run_stage(QwenLocalizer("tiny", constrained=False, max_new_tokens=24), store, [record])
     saved = store.get("gen-free")
     assert saved.state == State.rejected and saved.rejection.stage == "localize"
     assert saved.rejection.reason in {"unparseable", "no_box"}
@@ -146,8 +147,11 @@ def test_localize_maps_boxes_to_stored_pixels_and_keeps_raw_text(workdir):
     passing.source = WebSource(url="https://example.org/a.jpg")
     localizer = ScriptedLocalizer({RED: ANSWER, GREEN: ANSWER, BLUE: "I cannot see any fruit."})
     done = []
-    out = localizer.localize([*records, passing], store, progress=done.append)
-    assert out[-1] is passing and passing.state == State.segmented and sum(done) == 3
+    run = run_stage(localizer, store, [*records, passing], progress=done.append)
+    assert [r.id for r in run.records] == [
+        r.id for r in records
+    ] and run.skipped == 1  # passing is not touched
+    assert sorted(r.id for r in done) == sorted(r.id for r in records) and passing.state == State.segmented
     red = store.get("gen-red")
     assert localizer.input_size(Image.new("RGB", (200, 100))) == (196, 112)  # multiples of 28
     # input 196 x 112 -> stored 200 x 100: x * 200/196, y * 100/112
@@ -173,7 +177,7 @@ def test_missing_concept_rejects_with_no_box_and_keeps_found_boxes(workdir):
     only_lemon = (
         '[{"bbox_2d": [14, 28, 70, 84], "label": "lemon"}, {"bbox_2d": [1, 1, 9, 9], "label": "orange"}]'
     )
-    ScriptedLocalizer({RED: only_lemon}).localize([record], store)
+    run_stage(ScriptedLocalizer({RED: only_lemon}), store, [record])
     saved = store.get(record.id)
     assert (saved.rejection.reason, saved.rejection.stage) == ("no_box", "localize")
     assert "lime" in saved.rejection.detail and saved.concept("lemon").boxes
@@ -184,7 +188,7 @@ def test_unreadable_image_in_the_middle_of_a_batch(workdir):
     records = three_records(store)
     (workdir / records[1].image.path).unlink()
     localizer = ScriptedLocalizer({RED: ANSWER, GREEN: ANSWER, BLUE: ANSWER})
-    localizer.localize(records, store)
+    run_stage(localizer, store, records)
     states = {r.id: (store.get(r.id).state, store.get(r.id).rejection) for r in records}
     assert states["gen-red"][0] == State.localized and states["gen-blue"][0] == State.localized
     assert states["gen-green"][0] == State.rejected and states["gen-green"][1].reason == "image_unreadable"
@@ -195,7 +199,7 @@ def test_generation_error_in_the_middle_of_a_batch(workdir):
     store = ManifestStore(workdir)
     records = three_records(store)
     localizer = ScriptedLocalizer({RED: ANSWER, GREEN: ANSWER, BLUE: ANSWER}, poison=GREEN)
-    localizer.localize(records, store)
+    run_stage(localizer, store, records)
     assert [store.get(r.id).state for r in records] == [State.localized, State.rejected, State.localized]
     green = store.get("gen-green")
     assert green.rejection.reason == "model_error" and "CUDA error" in green.rejection.detail
@@ -206,7 +210,7 @@ def test_generation_error_in_the_middle_of_a_batch(workdir):
 def test_tiny_localize_end_to_end(workdir, localizer):
     store = ManifestStore(workdir)
     records = [stored_record(store, f"gen-{i}", GROUPS[i], noise(SIZES[i], 10 + i)) for i in range(4)]
-    localizer.localize(records, store)
+    run_stage(localizer, store, records)
     for record in records:
         saved = store.get(record.id)
         assert saved.state in (State.localized, State.rejected)

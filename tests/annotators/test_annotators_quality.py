@@ -23,6 +23,7 @@ from annotators.quality import (
     resolve_overlaps,
 )
 from manifests import Concept, GeneratedSource, ManifestStore, Record, State, decode_mask, encode_mask
+from manifests.stage import run_stage
 
 
 def test_good_sample_passes_every_check():
@@ -199,7 +200,7 @@ def test_gate_rechecks_stored_segmented_records(workdir):
         store.put(record)
         records.append(record)
     untouched = make_record(good_sample())  # not segmented: passes through
-    QualityGate().gate([*records, untouched], store)
+    run_stage(QualityGate(), store, [*records, untouched])
     assert store.get("gen-test0").state == State.segmented
     rejected = store.get("gen-test1")
     assert rejected.state == State.rejected and rejected.rejection.stage == "quality"

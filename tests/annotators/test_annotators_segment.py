@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from PIL import Image
 from annotators.quality import QualityConfig, QualityGate
 from annotators.segment import TINY_CONFIG, Sam2Segmenter, clean_mask, normalise_sam_output, sam2_configs
 from manifests import Concept, GeneratedSource, ManifestStore, Record, State, decode_mask, encode_mask
+from manifests.stage import run_stage
 
 BOXES = np.array([[10, 10, 60, 50], [50, 20, 120, 90], [0, 0, 30, 30]], dtype=np.float32)
 
@@ -107,9 +110,9 @@ def test_segment_batch_with_a_failing_image_in_the_middle(segmenter, workdir, mo
     )
     done, embeds = [], []
     hook = segmenter.model.image_encoder.register_forward_hook(lambda module, args, out: embeds.append(1))
-    segmenter.segment([first, broken, last, already], store, progress=done.append)
+    run_stage(segmenter, store, [first, broken, last, already], progress=done.append)
     hook.remove()
-    assert calls == [(2, 4), (4, 4)] and sum(done) == 3  # all boxes of an image in one call
+    assert calls == [(2, 4), (4, 4)] and len(done) == 3  # all boxes of an image in one call
     assert len(embeds) == 2  # one embedding per readable image, none per box
     assert already.state == State.segmented and not store.exists("gen-done")  # passed through
     b = store.get("gen-b")
@@ -122,7 +125,9 @@ def test_segment_batch_with_a_failing_image_in_the_middle(segmenter, workdir, mo
             assert mask.shape == size and mask.any()
             assert 0.0 <= concept.scores["sam"] <= 1.0
         assert saved.history[-1].stage == "quality" and any(e.stage == "segment" for e in saved.history)
-    report = segmenter.gate.report.as_dict()
+    report = segmenter.gate.last_report.as_dict()  # the run's counts, also written to reports/
+    (written,) = (workdir / "reports").glob("quality-*.json")
+    assert json.loads(written.read_text()) == report
     assert report["seen"] >= 2 and report["kept"] >= 2
 
 

@@ -24,6 +24,7 @@ from annotators.localize import TINY_MIN_PIXELS, QwenLocalizer
 from annotators.quality import QualityGate
 from annotators.segment import TINY_CONFIG, Sam2Segmenter
 from manifests import Concept, GeneratedSource, ManifestStore, Record, State, decode_mask
+from manifests.stage import run_stage
 
 HUSKY, WOLF, MALAMUTE = "siberian husky", "gray wolf", "alaskan malamute"
 
@@ -140,7 +141,7 @@ def test_segment_stage_stores_each_concepts_own_mask(segmenter, workdir):
     boxes = LAYOUTS["three concepts 2, 1, 3 boxes"]
     record = localized_record("gen-stage", boxes)
     store_image(store, record, (200, 120))
-    segmenter.segment([record], store)
+    run_stage(segmenter, store, [record])
     saved = store.get("gen-stage")
     assert saved.state == State.segmented, saved.rejection
     for concept in saved.concepts:
@@ -246,7 +247,7 @@ def test_localizer_frame_is_the_model_input_grid_and_boxes_map_back(scripted_loc
         store_image(store, record, size)
         records.append(record)
     scripted_localizer.script = [ANSWERS[size] for size in FRAMES]
-    scripted_localizer.localize(records, store)
+    run_stage(scripted_localizer, store, records)
 
     (call,) = scripted_localizer.calls  # one batched generate call for both images
     grid = call["image_grid_thw"].tolist()
@@ -260,7 +261,7 @@ def test_localizer_frame_is_the_model_input_grid_and_boxes_map_back(scripted_loc
         for name, expected in EXPECTED[size].items():
             assert saved.concept(name).boxes == [pytest.approx(b, abs=1e-6) for b in expected], (size, name)
 
-    segmenter.segment([store.get(r.id) for r in records], store)
+    run_stage(segmenter, store, [store.get(r.id) for r in records])
     for record, size in zip(records, FRAMES, strict=True):
         saved = store.get(record.id)
         assert saved.state == State.segmented, saved.rejection

@@ -11,6 +11,7 @@ from flows.cli import app
 from generators.flux import FluxGenerator, build_tiny_flux_pipeline
 from generators.prompts import prompt_for_record
 from manifests import ManifestStore, State, add_planned, load_groups, plan_scenes
+from manifests.stage import run_stage
 
 STEPS, SIZE = 2, 64
 
@@ -40,7 +41,7 @@ def test_tiny_pipeline_is_the_real_pipeline_class_and_seeded():
 def test_generate_end_to_end_provenance_and_rerun_skips(tiny, tmp_path):
     store = _planned_store(tmp_path)
     records = list(store.iter())
-    out = tiny.generate(records, store)
+    out = run_stage(tiny, store, records).records
     assert [r.id for r in out] == [r.id for r in records]
     for record in out:
         saved = store.get(record.id)
@@ -61,9 +62,9 @@ def test_generate_end_to_end_provenance_and_rerun_skips(tiny, tmp_path):
         assert image.size == (SIZE, SIZE) and np.asarray(image).std() > 0
 
     before = {r.id: (store.read_bytes(f"records/{r.id}.json"), r.image.sha256) for r in out}
-    again = tiny.generate(list(store.iter()), store)
-    assert all(r.state == State.generated for r in again)
-    assert {r.id: (store.read_bytes(f"records/{r.id}.json"), r.image.sha256) for r in again} == before
+    again = run_stage(tiny, store, list(store.iter()))
+    assert again.records == [] and again.skipped == len(out)  # nothing left to generate
+    assert {r.id: (store.read_bytes(f"records/{r.id}.json"), r.image.sha256) for r in out} == before
 
 
 def test_deterministic_per_seed_alone_or_in_a_batch(tiny, tmp_path):
@@ -91,7 +92,7 @@ def test_a_failing_image_rejects_only_its_record(tmp_path):
         return real_call(prompts, seeds)
 
     generator._call = failing_call
-    out = generator.generate(records, store)
+    out = run_stage(generator, store, records).records
     states = [store.get(r.id).state for r in out]
     assert states == [State.generated, State.rejected, State.generated]
     rejected = store.get(records[1].id)

@@ -24,6 +24,7 @@ from generators.download import DownloadConfig, HostRateLimiter, address_blocked
 from generators.sources import Candidate
 from generators.web import INDEX_PATH, SCRAPE_FAILURE_REASONS, ScrapeConfig, WebScraper, plan_web_records
 from manifests import ManifestStore, State, load_groups, plan_scenes
+from manifests.stage import run_stage
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
@@ -237,7 +238,7 @@ def scraped(tmp_path_factory):
         records, skipped = plan_web_records(candidates, GROUPS, store)
         assert skipped == []
         started = time.monotonic()
-        out = WebScraper(_config()).scrape(records, store)
+        out = run_stage(WebScraper(_config()), store, records).records
         seconds = time.monotonic() - started
         log = list(server.log)
     by_path = {path: record for path, record in zip(CASES, out, strict=True)}
@@ -360,7 +361,7 @@ def test_private_addresses_refused_unless_allowed(tmp_path):
         ]:
             store = ManifestStore(tmp_path / name)
             records, _ = plan_web_records([Candidate(server.url("/a.jpg"), GROUP, "CC0")], GROUPS, store)
-            (record,) = WebScraper(config).scrape(records, store)
+            (record,) = run_stage(WebScraper(config), store, records).records
             assert record.state == state, record.rejection
             if state == State.rejected:
                 assert record.rejection.reason == "private_address" and "127.0.0.1" in record.rejection.detail
@@ -382,7 +383,7 @@ def test_robots_unreachable_disallows_and_missing_allows(tmp_path):
             Candidate(missing.url("/a.jpg"), GROUP, "CC0"),
         ]
         records, _ = plan_web_records(candidates, GROUPS, store)
-        first, second = WebScraper(_config()).scrape(records, store)
+        first, second = run_stage(WebScraper(_config()), store, records).records
         assert first.rejection.reason == "robots_disallowed" and "unreachable" in first.rejection.detail
         assert "/a.jpg" not in down.log
         assert second.state == State.generated  # no robots.txt (404): everything allowed
@@ -511,7 +512,7 @@ def test_worker_processes_and_keeping_original_bytes(tmp_path):
         store = ManifestStore(tmp_path)
         candidates = [Candidate(server.url(p), GROUP, "CC0") for p in routes]
         records, _ = plan_web_records(candidates, GROUPS, store)
-        kept, converted, broken = WebScraper(config).scrape(records, store)
+        kept, converted, broken = run_stage(WebScraper(config), store, records).records
     assert kept.image.path.endswith(".jpg") and store.read_bytes(kept.image.path) == jpeg
     assert kept.image.sha256 == kept.history[-1].params["content_sha256"]
     assert store.open_image(kept).size == (640, 520)
@@ -519,16 +520,18 @@ def test_worker_processes_and_keeping_original_bytes(tmp_path):
     assert broken.rejection.reason == "corrupt"  # the rejection crossed the process boundary intact
 
 
-def test_scrape_url_list_does_read_plan_and_scrape(tmp_path):
-    from generators.web import scrape_url_list
+def test_scrape_job_does_read_plan_and_scrape(tmp_path):
+    from generators.web import ScrapeJob, scrape
 
     with serve({"/a.jpg": Route(encode(pattern_image(80), "JPEG"))}) as server:
         urls = tmp_path / "urls.csv"
         urls.write_text(f"url,group,licence,attribution,page_url\n{server.url('/a.jpg')},frog-toad,CC0,,\n")
         store = ManifestStore(tmp_path / "work")
-        (record,) = scrape_url_list(urls, store, _config())
+        job = ScrapeJob(urls=str(urls), **_config().model_dump())
+        (record,) = scrape(job, store)
         assert record.state == State.generated and record.concept_names == ["frog", "toad"]
-        assert scrape_url_list(urls, store, _config()) == []  # already in the store
+        assert store.get(record.id).state == State.generated
+        assert scrape(job, store) == []  # already in the store
 
 
 def test_robots_crawl_delay_slows_the_host_down(tmp_path):
@@ -539,7 +542,7 @@ def test_robots_crawl_delay_slows_the_host_down(tmp_path):
         candidates = [Candidate(server.url(f"/{n}.jpg"), GROUP, "CC0") for n in range(3)]
         records, _ = plan_web_records(candidates, GROUPS, store)
         started = time.monotonic()
-        out = WebScraper(_config(per_host_rate=0)).scrape(records, store)
+        out = run_stage(WebScraper(_config(per_host_rate=0)), store, records).records
         assert time.monotonic() - started >= 2.0  # three requests 1 s apart (urllib reads whole seconds)
     assert all(r.state == State.generated for r in out)
 

@@ -5,7 +5,7 @@ one record; ``fetch_and_prepare`` records ``elapsed_s`` and the served Content-T
 non-image; a fetch process's share of the per-host connections is a whole number (rounded
 up); a fetch process reports an unexpected error per URL (with the URL and the error type)
 and keeps going; records of a fetch process that died are rejected, and a process that
-does not exit is waited for a bounded time only; ``scrape_url_list`` refuses unknown group
+does not exit is waited for a bounded time only; ``scrape`` refuses unknown group
 ids with ``UrlListError``.
 """
 
@@ -32,6 +32,7 @@ from generators.web import (
     plan_web_records,
 )
 from manifests import ManifestStore, State, load_groups
+from manifests.stage import run_stage
 
 GROUPS = {g.id: g for g in load_groups()}
 GROUP = "husky-wolf-malamute"
@@ -51,20 +52,6 @@ def test_non_image_bodies_are_described_by_what_they_are():
     assert html.reason == "not_an_image" and "HTML" in html.detail and "empty" not in html.detail
     other = _rejection(b"\x00\x01binary")
     assert "empty" not in other.detail and "x00" in other.detail
-
-
-def test_image_index_remove_forgets_only_that_record():
-    """After ``remove(a)``: a's hashes no longer match, b's still do, and the index holds one image."""
-    index = ImageIndex()
-    index.add("a", ["sha-a"], 0)
-    index.add("b", ["sha-b"], 0xFFFF_FFFF_FFFF_FFFF)
-    index.remove("a")
-    assert len(index) == 1
-    assert index.match("sha-a", 0, 0) is None
-    assert index.match("sha-b", 0, 0) == ("b", "identical bytes (sha256)")
-    assert index.match("other", 0xFFFF_FFFF_FFFF_FFFF, 0)[0] == "b"
-    index.add("c", ["sha-c"], 0x0F0F)
-    assert len(index) == 2 and index.match("x", 0x0F0F, 0)[0] == "c"
 
 
 class _FakeDownloader:
@@ -155,7 +142,7 @@ def test_records_of_a_dead_fetch_process_are_rejected_and_joins_are_bounded(tmp_
     store = ManifestStore(tmp_path)
     candidates = [Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(2)]
     records, _ = plan_web_records(candidates, GROUPS, store)
-    out = WebScraper(ScrapeConfig(processes=1)).scrape(records, store)
+    out = run_stage(WebScraper(ScrapeConfig(processes=1)), store, records).records
     for record in out:
         assert record.state == State.rejected and record.rejection.reason == "error"
         assert "the fetch process ended early (exit codes [-9])" in record.rejection.detail
@@ -163,12 +150,13 @@ def test_records_of_a_dead_fetch_process_are_rejected_and_joins_are_bounded(tmp_
     assert _DeadProcess.joins and all(t is not None and t > 0 for t in _DeadProcess.joins)
 
 
-def test_scrape_url_list_refuses_unknown_group_ids_as_a_url_list_error(tmp_path):
+def test_scrape_refuses_unknown_group_ids_as_a_url_list_error(tmp_path):
     """Unknown group ids are a ``UrlListError`` naming the file, raised before anything is planned."""
     urls = tmp_path / "urls.csv"
     urls.write_text("url,group,licence\nhttp://example.test/a.jpg,no-such-group,CC0\n")
     with pytest.raises(UrlListError, match="unknown group"):
-        web.scrape_url_list(urls, ManifestStore(tmp_path / "work"))
+        web.scrape(web.ScrapeJob(urls=str(urls)), ManifestStore(tmp_path / "work"))
+    assert not (tmp_path / "work" / "records").exists()
 
 
 # -- survivors of the second look (13:55) ---------------------------------------------------------
@@ -220,19 +208,20 @@ def test_strip_jpeg_metadata_removes_exactly_the_metadata_segments():
     assert strip_jpeg_metadata(base) is base
 
 
-def test_save_to_merges_entries_into_the_existing_cache(tmp_path):
-    """``save_to`` keeps the cache's entries and adds the new ones."""
+def test_finish_writes_the_refreshed_cache_only_when_it_changed(tmp_path):
+    """The scraper's ``finish`` writes the hash cache with the new entries, and nothing when nothing changed."""
     import json
 
     from generators.web import INDEX_PATH
 
     store = ManifestStore(tmp_path)
-    store.write_bytes(INDEX_PATH, json.dumps({"a": {"sha256": "1", "phash": "00"}}).encode())
-    ImageIndex().save_to(store, {"b": {"sha256": "2", "phash": "ff"}})
-    assert json.loads(store.read_bytes(INDEX_PATH)) == {
-        "a": {"sha256": "1", "phash": "00"},
-        "b": {"sha256": "2", "phash": "ff"},
-    }
+    scraper = WebScraper(ScrapeConfig())
+    scraper._index = ImageIndex.from_store(store)
+    assert scraper.finish(store) == {}  # an empty store and an empty cache: nothing to write
+    scraper._index = ImageIndex.from_store(store)
+    scraper._index.cache_entry("b", "2", 0xFF)
+    ((path, data),) = scraper.finish(store).items()
+    assert path == INDEX_PATH and json.loads(data) == {"b": {"sha256": "2", "phash": "00000000000000ff"}}
 
 
 def test_a_transient_rejection_retried_says_why(tmp_path):
@@ -250,15 +239,14 @@ def test_a_transient_rejection_retried_says_why(tmp_path):
 def test_fetch_processes_start_at_exactly_process_pool_min_images(tmp_path, monkeypatch):
     """``processes=None``: PROCESS_POOL_MIN_IMAGES fetchable records already go to fetch processes."""
     calls: list[str] = []
-    monkeypatch.setattr(WebScraper, "_scrape_in_processes", lambda self, *a: calls.append("processes"))
-    monkeypatch.setattr(WebScraper, "_scrape_here", lambda self, *a: calls.append("here"))
-    monkeypatch.setattr(web.asyncio, "run", lambda value: value)
+    monkeypatch.setattr(WebScraper, "_fetch_in_processes", lambda self, *a: calls.append("processes") or [])
+    monkeypatch.setattr(WebScraper, "_fetch_here", lambda self, *a: calls.append("here") or [])
     store = ManifestStore(tmp_path)
     count = web.PROCESS_POOL_MIN_IMAGES
     candidates = [Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(count)]
     records, _ = plan_web_records(candidates, GROUPS, store)
-    WebScraper(ScrapeConfig(processes=None)).scrape(records, store)
-    WebScraper(ScrapeConfig(processes=None)).scrape(records[:-1], store)
+    list(WebScraper(ScrapeConfig(processes=None)).run(records, store))
+    list(WebScraper(ScrapeConfig(processes=None)).run(records[:-1], store))
     assert calls == ["processes", "here"]
 
 
@@ -279,14 +267,13 @@ def test_decide_rejects_duplicates_and_records_the_licence_code(tmp_path):
     (first, second), _ = plan_web_records(candidates, GROUPS, store)
     prepared, index, scraper = _prepared(), ImageIndex(), WebScraper(ScrapeConfig())
     licence = parse_licence("CC0")
-    scraper._decide(
-        first, licence, FetchOutcome(first.id, {"url": "u1"}, prepared=prepared), index, store, {}
-    )
+    output = scraper._decide(first, licence, FetchOutcome(first.id, {"url": "u1"}, prepared=prepared), index)
     assert first.state == State.generated and first.history[-1].params["licence_code"] == licence.code
-    scraper._decide(
-        second, licence, FetchOutcome(second.id, {"url": "u2"}, prepared=prepared), index, store, {}
+    assert output.files == {first.image.path: prepared.stored}  # the runner writes them before the record
+    output = scraper._decide(
+        second, licence, FetchOutcome(second.id, {"url": "u2"}, prepared=prepared), index
     )
-    assert second.state == State.rejected and second.rejection.reason == "duplicate"
+    assert second.state == State.rejected and second.rejection.reason == "duplicate" and output.files == {}
 
 
 def test_finish_rejects_at_the_scrape_stage_when_deciding_fails(tmp_path, monkeypatch):
@@ -299,9 +286,10 @@ def test_finish_rejects_at_the_scrape_stage_when_deciding_fails(tmp_path, monkey
     store = ManifestStore(tmp_path)
     (record,), _ = plan_web_records([Candidate("http://example.test/f.jpg", GROUP, "CC0")], GROUPS, store)
     outcome = FetchOutcome(record.id, {"url": "u"})
-    WebScraper(ScrapeConfig())._finish(record, None, outcome, ImageIndex(), store, {}, None)
+    output = WebScraper(ScrapeConfig())._finish(record, None, outcome, ImageIndex())
+    assert output.record is record and output.files == {}
     assert record.rejection.stage == "scrape" and record.rejection.reason == "error"
-    assert record.rejection.detail == "RuntimeError: boom" and store.get(record.id).state == State.rejected
+    assert record.rejection.detail == "RuntimeError: boom" and record.image is None
 
 
 def test_licence_refusals_say_what_is_wrong():
