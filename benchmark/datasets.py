@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,12 @@ VOC_QUERY_NAMES = {"diningtable": "dining table", "pottedplant": "potted plant",
 
 class InvalidSample(ValueError):
     """A dataset row that cannot be scored (e.g. a mask of the wrong size); the runner records it."""
+
+
+
+def safe_name(sample_id: str) -> str:
+    """A file name for a sample id (heat maps are saved as ``<safe_name>.npz``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:120]
 
 
 @dataclass(frozen=True)

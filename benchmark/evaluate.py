@@ -27,7 +27,6 @@ import importlib
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmark.datasets import BenchmarkDataset, InvalidSample, Sample, SampleKey
+from benchmark.datasets import BenchmarkDataset, InvalidSample, Sample, SampleKey, safe_name
 from benchmark.metrics import APChannels, anchor_in_mask, binary_image_scores, fg_scores
 from benchmark.report import Report
 
@@ -368,11 +367,6 @@ def check_run_file(out_dir: Path, identity: dict[str, Any]) -> None:
             )
         return
     path.write_text(json.dumps(normalised, indent=2, sort_keys=True) + "\n")
-
-
-def safe_name(sample_id: str) -> str:
-    """A file name for a sample id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:120]
 
 
 # --------------------------------------------------------------------------------------------

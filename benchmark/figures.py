@@ -60,7 +60,7 @@ def _overlay(base: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: floa
 
 
 def _load_heatmaps(folder: Path, sample_id: str) -> np.ndarray | None:
-    from benchmark.evaluate import safe_name
+    from benchmark.datasets import safe_name
 
     path = folder / f"{safe_name(sample_id)}.npz"
     if not path.exists():

@@ -299,7 +299,7 @@ def sync_reviews(config: PipelineConfig) -> dict[str, Any]:
 def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
     """Build the dataset folder (parquet shards, card, manifest.json) and COCO; push when asked."""
     from manifests.publish import build_dataset, push_dataset
-    from manifests.publishable import REVIEWED_ONLY, WITH_UNREVIEWED
+    from manifests.publish.selection import REVIEWED_ONLY, WITH_UNREVIEWED
 
     logger = get_run_logger()
     store = ManifestStore(config.workdir)

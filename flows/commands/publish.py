@@ -11,7 +11,7 @@ from rich.table import Table
 from flows.commands.common import WorkdirOption, console, fail
 from manifests import ManifestStore
 from manifests.publish import BuildSummary, PublishError, build_dataset, hub_token, push_dataset
-from manifests.publishable import REVIEWED_ONLY, WITH_UNREVIEWED
+from manifests.publish.selection import REVIEWED_ONLY, WITH_UNREVIEWED
 
 """What --include-unreviewed admits: machine masks, still marked `machine` in the review column."""
 

@@ -1,4 +1,4 @@
-"""The dataset card (``manifests.card``) of a build with reviewed and machine-mask records, pinned
+"""The dataset card (``manifests.publish.card``) of a build with reviewed and machine-mask records, pinned
 whole: the Markdown body line by line (warning, loading snippet, structure and column tables,
 provenance, review, build, statistics and licence sections), the YAML front matter's fields that
 the Hub reads (configs, data files, dataset_info sizes, size category, tags), and the preview
@@ -16,10 +16,10 @@ import yaml
 from publish_records import make_record
 
 from manifests import ManifestStore, State
-from manifests.card import _size_category, _thumbnail, preview_grid
 from manifests.overlay import draw_record
 from manifests.publish import CARD_PATH, FEATURES, build_dataset
-from manifests.publishable import select_publishable
+from manifests.publish.card import _size_category, _thumbnail, preview_grid
+from manifests.publish.selection import select_publishable
 
 
 @pytest.fixture(scope="module")

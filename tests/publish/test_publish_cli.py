@@ -12,7 +12,7 @@ import pytest
 from datasets import load_dataset
 from typer.testing import CliRunner
 
-import manifests.publish as publish_module
+import manifests.publish.hub as publish_module
 from flows.cli import app
 from manifests.publish import PublishError, build_dataset, push_dataset
 

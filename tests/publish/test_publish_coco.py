@@ -8,8 +8,8 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from manifests import State, decode_mask
-from manifests.coco import export_coco
 from manifests.publish import COCO_PATH, build_dataset
+from manifests.publish.coco import export_coco
 
 
 def test_coco_round_trips_every_mask(small_store, tmp_path):

@@ -1,6 +1,6 @@
 """Pins of ``manifests.publish`` (``BuildSummary`` text, ``push_dataset`` calls to the Hub),
-``manifests.coco.export_coco`` (admitted states, output folder) and the dataset card's
-statistics tables (``manifests.card._stats_tables``), against a recording fake of HfApi."""
+``manifests.publish.coco.export_coco`` (admitted states, output folder) and the dataset card's
+statistics tables (``manifests.publish.card._stats_tables``), against a recording fake of HfApi."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-import manifests.publish as publish_module
-from manifests.card import _stats_tables, preview_grid
-from manifests.coco import export_coco
+import manifests.publish.shards as publish_module
 from manifests.publish import (
     MANIFEST_PATH,
     BuildSummary,
@@ -26,7 +24,9 @@ from manifests.publish import (
     row_for,
     write_shard,
 )
-from manifests.publishable import select_publishable
+from manifests.publish.card import _stats_tables, preview_grid
+from manifests.publish.coco import export_coco
+from manifests.publish.selection import select_publishable
 
 OID = "0123456789abcdef0123456789abcdef01234567"
 

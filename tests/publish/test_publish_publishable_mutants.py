@@ -1,4 +1,4 @@
-"""Pins of ``manifests.publishable``: ``mask_png`` writes any 0/1 array (bool, integer or float) as
+"""Pins of ``manifests.publish.selection``: ``mask_png`` writes any 0/1 array (bool, integer or float) as
 the same 1-bit PNG, which Pillow reads back as the mask; exclusions carry a detail; the default
 thread count off Linux."""
 
@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from publish_records import make_record
 
-from manifests.publishable import check_record, default_workers, mask_png
+from manifests.publish.selection import check_record, default_workers, mask_png
 
 
 def test_mask_png_reads_any_zero_one_array_as_its_bool_mask():

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from manifests.publishable import PublishableItem, PublishError, select_publishable
+from manifests.publish.selection import PublishableItem, PublishError, select_publishable
 from manifests.store import ManifestStore
 
 CITATION_URL = "https://arxiv.org/abs/2605.26460"

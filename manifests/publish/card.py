@@ -24,8 +24,8 @@ from manifests.record import GeneratedSource, Record, WebSource
 if TYPE_CHECKING:
     from datasets import Features
 
-    from manifests.publish import WrittenShard
-    from manifests.publishable import Exclusion, PublishableItem
+    from manifests.publish.selection import Exclusion, PublishableItem
+    from manifests.publish.shards import WrittenShard
     from manifests.store import ManifestStore
 
 PLACEHOLDER_REPO = "<org>/multi-concept-confusion"

@@ -1,0 +1,89 @@
+"""Publish the benchmark: a folder in the Hugging Face Hub's dataset layout, and its upload.
+
+``build_dataset(store, out_dir, version=...)`` writes::
+
+    out_dir/
+      README.md                        dataset card (YAML front matter: configs, features, splits)
+      data/test-00000-of-0000N.parquet shards, images and masks embedded
+      coco/instances_test.json         the same rows as COCO (compressed RLE masks)
+      preview.png                      a grid of rows with their masks drawn over the image
+      manifest.json                    version, build time, code version, record ids, image sha256
+
+``datasets.load_dataset(out_dir, split="test")`` (or ``load_dataset("<org>/<name>")`` once
+pushed) reads it with no loading script and restores the features (``FEATURES``).
+
+The package, one module per concern:
+
+- ``selection``: which records are publishable, and why the others are not;
+- ``shards``: the features, one row per record, the parquet shards;
+- ``card``: the dataset card (README.md) and the preview grid;
+- ``coco``: the same rows as a COCO instances file;
+- ``build``: the folder (``build_dataset``), written atomically, and ``manifest.json``;
+- ``hub``: the upload (``push_dataset``).
+
+Determinism: the parquet shards, the card, the COCO file and the preview are functions of
+the manifest (and the library versions) only: building twice from the same manifest gives
+byte-identical files. The build time lives only in ``manifest.json``. Images are embedded
+exactly as stored (their sha256 in ``manifest.json`` is the record's), masks as 1-bit PNG.
+
+Record states are left alone: a build only reads the manifest, and ``manifest.json`` is
+what says which records a version holds (see ``select_publishable`` for how a record in
+state ``published``, if another tool sets it, is admitted).
+"""
+
+from manifests.publish.build import BuildSummary, build_dataset, build_manifest, config_files
+from manifests.publish.coco import coco_document, export_coco
+from manifests.publish.hub import PushResult, hub_api, hub_token, push_dataset
+from manifests.publish.selection import (
+    REVIEWED_ONLY,
+    WITH_UNREVIEWED,
+    Exclusion,
+    PublishableItem,
+    PublishError,
+    Selection,
+    select_publishable,
+)
+from manifests.publish.shards import (
+    CARD_PATH,
+    COCO_PATH,
+    FEATURES,
+    MANIFEST_FORMAT,
+    MANIFEST_PATH,
+    SPLIT,
+    SUBSETS,
+    WrittenShard,
+    plan_shards,
+    row_for,
+    write_shard,
+)
+
+__all__ = [
+    "CARD_PATH",
+    "COCO_PATH",
+    "MANIFEST_FORMAT",
+    "MANIFEST_PATH",
+    "WrittenShard",
+    "FEATURES",
+    "REVIEWED_ONLY",
+    "SPLIT",
+    "SUBSETS",
+    "WITH_UNREVIEWED",
+    "BuildSummary",
+    "Exclusion",
+    "PublishError",
+    "PublishableItem",
+    "PushResult",
+    "Selection",
+    "build_dataset",
+    "build_manifest",
+    "coco_document",
+    "config_files",
+    "export_coco",
+    "hub_api",
+    "hub_token",
+    "plan_shards",
+    "push_dataset",
+    "row_for",
+    "select_publishable",
+    "write_shard",
+]
