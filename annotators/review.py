@@ -4,7 +4,7 @@
 task whose prediction holds the machine masks (one brush result per concept) and boxes
 (one rectangle per box), and moves the record to ``in_review`` with ``record.review_task``
 set. ``pull(store, url=..., token=...)`` reads the submitted annotations: verdict
-``reject`` -> ``rejected`` (stage ``review``, the comment as reason); otherwise every
+``reject`` -> ``rejected`` (stage ``review``, reason ``rejected_by_reviewer``, the comment in the detail); otherwise every
 concept's reviewed mask replaces the machine mask, with review status ``accepted`` (IoU
 with the machine mask >= 0.98) or ``edited``, and the record becomes ``reviewed``.
 
@@ -40,6 +40,7 @@ from label_studio_sdk.core.api_error import ApiError
 from annotators import labelstudio_format as fmt
 from annotators.review_stats import STATS_PATH, compute_stats, stats_bytes, write_stats
 from manifests.masks import decode_mask, encode_mask
+from manifests.reasons import ReviewReason
 from manifests.record import SAM_SCORE, Record, State
 from manifests.stage import Output, Progress, run_stage
 from manifests.store import ManifestStore
@@ -598,10 +599,9 @@ def _apply(
         or datetime.now(UTC).isoformat(),
     }
     if read.verdict == fmt.REJECT:
-        reason = read.comment.splitlines()[0].strip()[:120] if read.comment else "rejected_without_comment"
         record.reject(
             STAGE,
-            reason,
+            ReviewReason.rejected_by_reviewer,
             detail=f"rejected by {reviewer}: {read.comment or '(no comment)'}",
             params={**params, "verdict": fmt.REJECT, "comment": read.comment},
         )

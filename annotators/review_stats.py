@@ -33,7 +33,7 @@ def compute_stats(records: list[Record]) -> dict:
     ``iou_by_group``: per concept group, mean / min IoU of machine vs reviewed mask and the count;
     ``iou_mean``: over all reviewed masks; ``rejection_reasons``: reason -> records rejected in review.
     """
-    reviewed = [r for r in records if r.state in (State.reviewed, State.published) and _last_pull(r)]
+    reviewed = [r for r in records if r.state == State.reviewed and _last_pull(r)]
     rejected = [
         r for r in records if r.state == State.rejected and r.rejection and r.rejection.stage == "review"
     ]

@@ -51,7 +51,6 @@ class InvalidSample(ValueError):
     """A dataset row that cannot be scored (e.g. a mask of the wrong size); the runner records it."""
 
 
-
 def safe_name(sample_id: str) -> str:
     """A file name for a sample id (heat maps are saved as ``<safe_name>.npz``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:120]

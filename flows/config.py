@@ -14,7 +14,8 @@ section        model (owned by the stage)                 CLI
 ``quality``    ``annotators.quality.QualityConfig``       ``mcc annotate``
 ``review``     ``annotators.config.ReviewConfig``         ``mcc review push|pull``
 ``publish``    ``PublishSection``                         ``mcc publish``
-``score``      ``ScoreSection``                           ``mcc score``
+``score``      ``benchmark.config.ScoreConfig``           ``mcc score``
+``sweep``      ``benchmark.config.SweepConfig``           ``mcc sweep``
 =============  =========================================  ==============================
 
 A profile (``smoke``, ``full``, or the path of a YAML file) gives every value; fields
@@ -28,13 +29,14 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from annotators.config import LocalizeConfig, ReviewConfig, SegmentConfig
 from annotators.quality import QualityConfig
+from benchmark.config import ScoreConfig, SweepConfig
 from generators.config import GenerateConfig
 from generators.web import ScrapeJob
 
@@ -53,26 +55,19 @@ class PlanConfig(Section):
 
 
 class PublishSection(Section):
-    out: str = "mcc-workdir/dataset"
+    out: str | None = Field(None, description="Folder to write the dataset to; default <workdir>/dataset.")
     include_unreviewed: bool = Field(
         False,
         description="Also publish records not reviewed by a person (review status 'machine'); smoke runs only.",
     )
-    version: str = "0.1.0"
+    version: str = Field("0.1.0", description="Dataset version written into the card and manifest.json.")
+    shard_size: int = Field(200, ge=1, description="At most this many images per parquet shard.")
     push: str | None = Field(
-        None, description="Hub dataset repo id to upload to; none: nothing leaves the machine."
+        None,
+        description="Hub dataset repo id to upload to (needs HF_TOKEN); none: nothing leaves the machine.",
     )
-    tag: str | None = None
-
-
-class ScoreSection(Section):
-    dataset: str | None = Field(None, description="Dataset folder or Hub repo; default: the publish folder.")
-    model: str = "stabilityai/stable-diffusion-3-medium-diffusers"
-    preset: Literal["sd3", "sd35"] = "sd3"
-    mode: Literal["invert", "noise"] = "invert"
-    methods: list[str] = Field(default_factory=lambda: ["anchordiff", "cross_attention", "concept_attention"])
-    limit: int | None = None
-    out: str = "mcc-workdir/reports"
+    tag: str | None = Field(None, description="Tag of the pushed commit (default: v<version>).")
+    private: bool = Field(False, description="Create the Hub repo as private if it does not exist.")
 
 
 class PipelineConfig(Section):
@@ -96,7 +91,18 @@ class PipelineConfig(Section):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     publish: PublishSection = Field(default_factory=PublishSection)
-    score: ScoreSection = Field(default_factory=ScoreSection)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @property
+    def dataset_dir(self) -> str:
+        """Where the dataset is built: ``publish.out``, default ``<workdir>/dataset``."""
+        return self.publish.out or f"{self.workdir.rstrip('/')}/dataset"
+
+    @property
+    def reports_dir(self) -> str:
+        """Where reports go: ``score.out``, default ``<workdir>/reports``."""
+        return self.score.out or f"{self.workdir.rstrip('/')}/reports"
 
     @model_validator(mode="before")
     @classmethod

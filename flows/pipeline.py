@@ -304,8 +304,11 @@ def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
     logger = get_run_logger()
     store = ManifestStore(config.workdir)
     include = WITH_UNREVIEWED if config.publish.include_unreviewed else REVIEWED_ONLY
-    out = Path(config.publish.out)
-    summary = build_dataset(store, out, include=include, version=config.publish.version)
+    out = Path(config.dataset_dir)
+    summary = build_dataset(
+        store, out, include=include, version=config.publish.version, shard_size=config.publish.shard_size,
+        repo_id=config.publish.push,
+    )  # fmt: skip
     built = {
         "rows": summary.rows,
         "rows_by_subset": summary.rows_by_subset,
@@ -318,7 +321,10 @@ def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"out": str(out), "coco": str(summary.coco_path), **built}
     if config.publish.push:
         pushed = push_dataset(
-            out, config.publish.push, tag=config.publish.tag or f"v{config.publish.version}"
+            out,
+            config.publish.push,
+            tag=config.publish.tag or f"v{config.publish.version}",
+            private=config.publish.private,
         )
         result["pushed"] = str(pushed)
     create_markdown_artifact(
@@ -332,25 +338,37 @@ def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
 @flow(name="score-benchmark", log_prints=True)
 def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
     """Score each method of the profile on the dataset; one report folder per method."""
+    from anchordiff.backbones import check_preset
     from benchmark.datasets import open_dataset
     from benchmark.evaluate import AnchorDiffMethod, evaluate
+    from benchmark.report import TABLE4_COLUMNS
 
     logger = get_run_logger()
     c = config.score
-    dataset = open_dataset(c.dataset or config.publish.out)
+    dataset = open_dataset(
+        c.dataset or config.dataset_dir, kind=c.benchmark, config=c.subset, class_names=c.class_names
+    )
     reports: dict[str, Any] = {}
     pipeline = None
     rows = []
     for method_name in c.methods:
         method = AnchorDiffMethod(
-            c.model, preset=c.preset, method=method_name, mode=c.mode, pipeline=pipeline
-        )
+            c.model or check_preset(c.preset).repo, preset=c.preset, method=method_name, mode=c.mode,
+            layers=c.layers, steps=c.steps, gate_quantile=c.gate_quantile, seed=c.seed,
+            prompt_template=c.prompt_template, device=c.device, dtype=c.dtype, revision=c.revision,
+            pipeline=pipeline,
+        )  # fmt: skip
         pipeline = method.pipeline  # the diffusion model loads once for all methods
-        out = Path(c.out) / f"{c.preset}-{c.mode}-{method_name}"
+        out = Path(config.reports_dir) / f"{c.preset}-{c.mode}-{method_name}"
         with concurrency(GPU_LIMIT, occupy=1):
-            report = evaluate(method, dataset, out_dir=out, limit=c.limit, progress=False)
+            report = evaluate(
+                method, dataset, out_dir=out, limit=c.limit, progress=False, qualitative=c.qualitative,
+                conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,
+            )  # fmt: skip
         reports[method_name] = str(out)
-        rows.append({"method": method_name, **_headline(report), "report": str(out / "report.md")})
+        overall = report.overall or {}
+        headline = {k: overall.get(k) for k in TABLE4_COLUMNS if k in overall}
+        rows.append({"method": method_name, **headline, "report": str(out / "report.md")})
         logger.info("%s: %s", method_name, rows[-1])
     create_table_artifact(rows, key="score-benchmark", description=f"MCC scores ({c.preset}, {c.mode})")
     return reports
@@ -393,11 +411,6 @@ def publish_counts(config: PipelineConfig) -> dict[str, int]:
     ]
     create_table_artifact(rows, key="record-counts", description="Records by state and rejection reason")
     return counts.by_state
-
-
-def _headline(report: Any) -> dict[str, Any]:
-    overall = getattr(report, "overall", None) or {}
-    return {k: overall.get(k) for k in ("miou_fg", "map_fg", "nar", "acc_fg") if k in overall}
 
 
 def _labelstudio_url(config: PipelineConfig) -> str:

@@ -34,18 +34,10 @@ import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from manifests.reasons import DownloadReason
 from manifests.version import code_version
 
-FAILURE_REASONS = (
-    "invalid_url",  # not an absolute http(s) URL
-    "private_address",  # the host resolves to a loopback/private/link-local/multicast/reserved address
-    "robots_disallowed",  # robots.txt disallows the URL (or is unreachable)
-    "noai",  # X-Robots-Tag: noai / noimageai
-    "http_error",  # a 4xx/5xx answer (5xx after retries), too many redirects, a protocol error
-    "connection_error",  # DNS failure, connection refused or reset
-    "timeout",  # connect/read timeout or the total deadline, after retries
-    "too_large",  # more bytes than max_bytes (or, for images, more pixels than max_pixels)
-)
+FAILURE_REASONS = tuple(DownloadReason)  # manifests.reasons holds what each code means
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309 asks crawlers to parse at least 500 KiB

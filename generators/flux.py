@@ -29,6 +29,7 @@ from PIL import Image
 from generators.config import GenerateConfig
 from generators.prompts import prompt_for_record
 from manifests.dtypes import torch_dtype
+from manifests.reasons import GenerateReason
 from manifests.record import GeneratedSource, Record, State
 from manifests.stage import Output, with_image
 from manifests.store import ManifestStore
@@ -39,7 +40,7 @@ STAGE = "generate"
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 TINY = "tiny"
 TINY_REVISION = "tiny-seed0"
-GENERATE_FAILURE_REASONS = ("out_of_memory", "generation_error", "blank_image")
+GENERATE_FAILURE_REASONS = tuple(GenerateReason)  # manifests.reasons holds what each code means
 
 
 def build_tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -53,7 +53,6 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from generators.download import (
-    FAILURE_REASONS,
     DownloadConfig,
     Downloader,
     DownloadFailure,
@@ -64,6 +63,7 @@ from generators.perceptual_hash import from_hex, hamming_to_many, phash, to_hex
 from generators.sources.candidate import Candidate
 from generators.sources.urllist import read_url_list
 from manifests.groups import ConceptGroup, load_groups
+from manifests.reasons import ScrapeReason
 from manifests.record import ImageInfo, Record, State, WebSource
 from manifests.stage import Output, run_stage
 from manifests.store import IMAGES_DIR, ManifestStore
@@ -71,15 +71,7 @@ from manifests.store import IMAGES_DIR, ManifestStore
 logger = logging.getLogger(__name__)
 
 STAGE = "scrape"
-SCRAPE_FAILURE_REASONS = (
-    *FAILURE_REASONS,
-    "licence",  # not on the allow-list, unrecognised, or unknown (no licence given)
-    "not_an_image",  # the bytes are not a supported raster image (HTML, SVG, empty body...)
-    "corrupt",  # an image format that does not decode (truncated, damaged)
-    "too_small",  # shorter side below min_side
-    "duplicate",  # same bytes or near-identical pixels as an image already stored
-    "error",  # an unexpected error while processing this record (detail holds it)
-)
+SCRAPE_FAILURE_REASONS = tuple(ScrapeReason)  # manifests.reasons holds what each code means
 TRANSIENT_REASONS = frozenset({"timeout", "http_error", "connection_error"})
 PROCESS_POOL_MIN_IMAGES = 100  # below this, starting fetch processes (~1 s each) costs more than it saves
 INDEX_PATH = "indexes/image-hashes.json"

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from manifests.reasons import check_reason
 from manifests.version import code_version
 
 Box = tuple[float, float, float, float]
@@ -41,12 +42,25 @@ class State(StrEnum):
     in_review = "in_review"  # a Label Studio task holds it
     reviewed = "reviewed"  # a human accepted (and maybe edited) every mask
     rejected = "rejected"  # see ``record.rejection``
-    published = "published"  # part of a published dataset version
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.planned: frozenset({State.generated}),
+    State.generated: frozenset({State.localized}),
+    State.localized: frozenset({State.segmented}),
+    State.segmented: frozenset({State.segmented, State.in_review}),  # a re-check by the quality gate stays
+    State.in_review: frozenset({State.reviewed, State.segmented}),  # segmented: the task was deleted
+    State.reviewed: frozenset(),
+    State.rejected: frozenset({State.planned}),  # a scrape retried after a transient failure
+}
+"""The states ``Record.advance`` may move a record to from each state. Any state may be rejected
+(``Record.reject``). Which records a dataset version holds is its ``manifest.json``: publishing
+does not change records."""
 
 
 class Rejection(BaseModel):
-    """Why a record left the pipeline. ``reason`` is a short fixed code where the stage
-    defines one (e.g. ``http_error``, ``no_box``), ``detail`` the human-readable rest."""
+    """Why a record left the pipeline. ``reason`` is one of the stage's fixed codes
+    (``manifests.reasons``, e.g. ``http_error``, ``no_box``), ``detail`` the human-readable rest."""
 
     stage: str
     reason: str
@@ -173,7 +187,14 @@ class Record(BaseModel):
     def advance(
         self, state: State, stage: str, params: dict[str, Any] | None = None, note: str | None = None
     ):
-        """Move to ``state`` and log the stage that did it."""
+        """Move to ``state`` and log the stage that did it; ValueError for a move ``TRANSITIONS`` does not allow."""
+        state = State(state)
+        if state not in TRANSITIONS[self.state]:
+            allowed = sorted(s.value for s in TRANSITIONS[self.state]) or "none"
+            raise ValueError(
+                f"record {self.id}: stage {stage!r} cannot move a {self.state.value!r} record to {state.value!r} "
+                f"(from {self.state.value!r}: {allowed}); run the stages in order"
+            )
         self.history.append(StageEvent(stage=stage, params=params or {}, note=note))
         self.state = state
         self.rejection = None
@@ -182,7 +203,11 @@ class Record(BaseModel):
     def reject(
         self, stage: str, reason: str, detail: str | None = None, params: dict[str, Any] | None = None
     ):
-        """Mark the record rejected by ``stage``; it is kept, never deleted."""
+        """Mark the record rejected by ``stage``; it is kept, never deleted.
+
+        ``reason`` is one of the stage's codes (``manifests.reasons``); anything human-readable goes to ``detail``.
+        """
+        check_reason(stage, reason)
         self.history.append(StageEvent(stage=stage, params=params or {}, note=f"rejected: {reason}"))
         self.state = State.rejected
         self.rejection = Rejection(stage=stage, reason=reason, detail=detail)

@@ -6,11 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from flows.commands.common import Flag, ProfileOption, SetOption, WorkdirOption, console, fail, load_config
-from manifests import GroupsFileError, ManifestStore, add_planned, load_groups, plan_scenes
-from manifests.overlay import draw_record
 
 PLAN_FLAGS: dict[str, Flag] = {
     "workdir": "workdir",
@@ -37,6 +34,8 @@ def plan(
     max_groups: Annotated[int | None, typer.Option(help="Use only the first N groups.", min=1)] = None,
 ) -> None:
     """Plan generated scenes for every concept group (idempotent: re-running creates nothing new)."""
+    from manifests import GroupsFileError, ManifestStore, add_planned, load_groups, plan_scenes
+
     config = load_config(profile, PLAN_FLAGS, locals(), set_)
     try:
         concept_groups = load_groups(config.plan.groups_file)[: config.plan.max_groups]
@@ -52,6 +51,10 @@ def plan(
 
 def status(workdir: WorkdirOption) -> None:
     """Counts of records by state and by rejection reason."""
+    from rich.table import Table
+
+    from manifests.store import ManifestStore
+
     counts = ManifestStore(workdir).counts()
     states = Table(title=f"records in {workdir}")
     states.add_column("state")
@@ -78,6 +81,9 @@ def show(
     out: Annotated[Path, typer.Option(help="PNG file to write the picture to.")],
 ) -> None:
     """Draw a record's image with its boxes and mask overlays, one colour per concept, with a legend."""
+    from manifests.overlay import draw_record
+    from manifests.store import ManifestStore
+
     store = ManifestStore(workdir)
     try:
         record = store.get(record_id)

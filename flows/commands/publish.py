@@ -6,32 +6,43 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from flows.commands.common import WorkdirOption, console, fail
-from manifests import ManifestStore
-from manifests.publish import BuildSummary, PublishError, build_dataset, hub_token, push_dataset
-from manifests.publish.selection import REVIEWED_ONLY, WITH_UNREVIEWED
+from flows.commands.common import Flag, ProfileOption, SetOption, WorkdirOption, console, fail, load_config
 
-"""What --include-unreviewed admits: machine masks, still marked `machine` in the review column."""
+PUBLISH_FLAGS: dict[str, Flag] = {
+    "workdir": "workdir",
+    "out": ("publish.out", str),
+    "include_unreviewed": "publish.include_unreviewed",
+    "version": "publish.version",
+    "shard_size": "publish.shard_size",
+    "push": "publish.push",
+    "tag": "publish.tag",
+    "private": "publish.private",
+}
 
 
 def publish(
     workdir: WorkdirOption,
+    profile: ProfileOption = None,
+    set_: SetOption = None,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder to write the dataset to (Hub repository layout).")
-    ],
+        Path | None,
+        typer.Option("--out", "-o", help="Folder to write the dataset to (Hub repository layout)."),
+    ] = None,
     include_unreviewed: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--include-unreviewed",
+            "--include-unreviewed/--reviewed-only",
             help="Also publish segmented / in-review records (machine masks), for offline runs.",
         ),
-    ] = False,
+    ] = None,
     version: Annotated[
-        str, typer.Option(help="Dataset version written into the card and manifest.json.")
-    ] = "0.1.0",
-    shard_size: Annotated[int, typer.Option(help="At most this many images per parquet shard.", min=1)] = 200,
+        str | None,
+        typer.Option(help="Dataset version written into the card and manifest.json (default 0.1.0)."),
+    ] = None,
+    shard_size: Annotated[
+        int | None, typer.Option(help="At most this many images per parquet shard (default 200).", min=1)
+    ] = None,
     push: Annotated[
         str | None,
         typer.Option(
@@ -42,19 +53,31 @@ def publish(
     ] = None,
     tag: Annotated[str | None, typer.Option(help="Tag of the pushed commit (default: v<version>).")] = None,
     private: Annotated[
-        bool, typer.Option(help="Create the Hub repo as private if it does not exist.")
-    ] = False,
+        bool | None, typer.Option(help="Create the Hub repo as private if it does not exist.")
+    ] = None,
 ) -> None:
     """Build the dataset folder: parquet shards with embedded images and masks, the dataset card, COCO, manifest.json."""
+    from manifests.publish import PublishError, build_dataset, hub_token, push_dataset
+    from manifests.publish.selection import REVIEWED_ONLY, WITH_UNREVIEWED
+    from manifests.store import ManifestStore
+
+    config = load_config(profile, PUBLISH_FLAGS, locals(), set_)
+    c = config.publish
+    out, push, version = Path(c.out), c.push, c.version
     if push is not None:
         try:
             hub_token()  # fail before the build, not after it
         except PublishError as error:
             raise fail(str(error)) from None
-    include = WITH_UNREVIEWED if include_unreviewed else REVIEWED_ONLY
+    include = WITH_UNREVIEWED if c.include_unreviewed else REVIEWED_ONLY
     try:
         summary = build_dataset(
-            ManifestStore(workdir), out, include=include, version=version, shard_size=shard_size, repo_id=push
+            ManifestStore(config.workdir),
+            out,
+            include=include,
+            version=version,
+            shard_size=c.shard_size,
+            repo_id=push,
         )
     except PublishError as error:
         raise fail(str(error)) from None
@@ -63,7 +86,7 @@ def publish(
         console.print(f"load it with: datasets.load_dataset({str(out)!r}, split='test')")
         return
     try:
-        result = push_dataset(out, push, tag=tag or f"v{version}", private=private)
+        result = push_dataset(out, push, tag=c.tag or f"v{version}", private=c.private)
     except PublishError as error:
         raise fail(str(error)) from None
     except Exception as error:  # network and Hub errors: say what failed, keep the built folder
@@ -77,8 +100,10 @@ def publish(
     )
 
 
-def print_summary(summary: BuildSummary) -> None:
-    """The build summary: what was written, and every record left out with its reason."""
+def print_summary(summary) -> None:
+    """The build summary (a ``manifests.publish.BuildSummary``): what was written, and every record left out."""
+    from rich.table import Table
+
     table = Table(title=f"MCC {summary.version} in {summary.out_dir}")
     table.add_column("subset")
     table.add_column("images", justify="right")

@@ -1,4 +1,8 @@
-"""`mcc score` and `mcc sweep`: score a grounding method on MCC (or a standard benchmark)."""
+"""`mcc score` and `mcc sweep`: score a grounding method on MCC (or a standard benchmark).
+
+Both build the one configuration (``--profile``, then the flags, then ``--set``): the
+profile's ``score:`` and ``sweep:`` sections (``benchmark.config``).
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from flows.commands.common import console, fail
-
-PRESET_MODELS = {
-    "sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
-    "sd35": "stabilityai/stable-diffusion-3.5-large",
-}
-ANCHORDIFF_METHODS = ("anchordiff", "cross_attention", "concept_attention", "no_gate", "no_wcos")
+from flows.commands.common import Flag, ProfileOption, SetOption, console, fail, load_config
 
 DatasetOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--dataset",
         help="An MCC folder (built by `mcc publish`) or Hub repo id, a gtsegs_ijcv.mat file, or a VOC2012 folder.",
     ),
 ]
 OutOption = Annotated[
-    Path, typer.Option("--out", help="Output folder; run again with the same arguments to resume.")
+    Path | None, typer.Option("--out", help="Output folder; run again with the same arguments to resume.")
 ]
-PresetOption = Annotated[str, typer.Option(help="Backbone preset: sd3 (SD3-medium) or sd35 (SD3.5-large).")]
+PresetOption = Annotated[
+    str | None, typer.Option(help="Backbone preset: sd3 (SD3-medium; default) or sd35 (SD3.5-large).")
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(
@@ -36,14 +35,16 @@ ModelOption = Annotated[
     ),
 ]
 ModeOption = Annotated[
-    str, typer.Option(help="How existing images are read: invert (paper) or noise (fast).")
+    str | None, typer.Option(help="How existing images are read: invert (paper; default) or noise (fast).")
 ]
 LimitOption = Annotated[int | None, typer.Option(help="Score only the first N images.", min=1)]
 BenchmarkOption = Annotated[
-    str, typer.Option("--benchmark", help="auto (from --dataset), mcc, imagenet-seg or voc.")
+    str | None, typer.Option("--benchmark", help="auto (from --dataset; default), mcc, imagenet-seg or voc.")
 ]
-ConfigOption = Annotated[str, typer.Option(help="MCC config: default, two_concepts or three_concepts.")]
-SeedOption = Annotated[int, typer.Option(help="Seed of the noise (mode noise) and of the tiny model.")]
+ConfigOption = Annotated[
+    str | None, typer.Option(help="MCC config: default, two_concepts or three_concepts.")
+]
+SeedOption = Annotated[int | None, typer.Option(help="Seed of the noise (mode noise) and of the tiny model.")]
 DeviceOption = Annotated[
     str | None, typer.Option(help="Torch device, e.g. cuda or cpu (default: automatic).")
 ]
@@ -55,6 +56,7 @@ DtypeOption = Annotated[
 ]
 RevisionOption = Annotated[str | None, typer.Option(help="Model revision (git ref on the Hub).")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")]
+DISPLAY_FLAGS = {"progress": "how the run is shown, not what it computes"}
 
 
 def _int_list(text: str | None, what: str) -> list[int] | None:
@@ -66,11 +68,11 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
         raise fail(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def _open(dataset: str, benchmark: str, config: str, class_names: Path | None):
+def _open(dataset: str | None, benchmark: str, config: str, class_names: str | None):
     from benchmark.datasets import open_dataset
 
-    if benchmark not in ("auto", "mcc", "imagenet-seg", "voc"):
-        raise fail(f"--benchmark must be auto, mcc, imagenet-seg or voc, got {benchmark!r}")
+    if dataset is None:
+        raise fail("no dataset: give --dataset (or score.dataset / sweep.dataset in the profile)")
     try:
         return open_dataset(dataset, kind=benchmark, config=config, class_names=class_names)
     except (ValueError, FileNotFoundError, OSError) as error:
@@ -89,47 +91,90 @@ def _dtype(dtype: str | None):
         raise fail(f"--{error}") from None
 
 
-def _anchordiff(model: str | None, preset: str, device: str | None, dtype, revision: str | None):
+def _anchordiff(model: str, preset: str, device: str | None, dtype, revision: str | None):
     """AnchorDiff loaded once; ``dtype`` a torch dtype (from :func:`_dtype`) or None."""
-    if preset not in PRESET_MODELS:
-        raise fail(f"--preset must be sd3 or sd35, got {preset!r}")
     try:
         from anchordiff import AnchorDiff
     except ImportError as error:
         raise fail(f"the anchordiff package cannot be imported: {error}") from None
     try:
-        return AnchorDiff.from_pretrained(
-            model or PRESET_MODELS[preset], preset=preset, device=device, dtype=dtype, revision=revision
-        )
+        return AnchorDiff.from_pretrained(model, preset=preset, device=device, dtype=dtype, revision=revision)
     except (OSError, ValueError) as error:
-        raise fail(f"cannot load {model or PRESET_MODELS[preset]!r}: {error}") from None
+        raise fail(f"cannot load {model!r}: {error}") from None
+
+
+def _model(model: str | None, preset: str) -> str:
+    """The model to load: the one given, else the preset's repo (``anchordiff.backbones.PRESETS``)."""
+    from anchordiff.backbones import check_preset
+
+    return model or check_preset(preset).repo
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(x) for x in item.split("+")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise fail(f"--pairs must look like 9+18,5+9, got {text!r}") from None
+    if any(len(p) != 2 for p in pairs):
+        raise fail(f"--pairs must look like 9+18,5+9, got {text!r}")
+    return pairs
 
 
 def _pct(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
+SCORE_FLAGS: dict[str, Flag] = {
+    "dataset": "score.dataset",
+    "out": ("score.out", str),
+    "method": ("score.methods", lambda m: [m]),
+    "preset": "score.preset",
+    "model": "score.model",
+    "mode": "score.mode",
+    "limit": "score.limit",
+    "benchmark": "score.benchmark",
+    "config": "score.subset",
+    "layers": ("score.layers", lambda text: _int_list(text, "--layers")),
+    "steps": "score.steps",
+    "gate_quantile": "score.gate_quantile",
+    "seed": "score.seed",
+    "prompt_template": "score.prompt_template",
+    "device": "score.device",
+    "dtype": "score.dtype",
+    "revision": "score.revision",
+    "class_names": ("score.class_names", str),
+    "conceptattention_compat": "score.conceptattention_compat",
+    "compare": ("score.compare", lambda folders: [str(f) for f in folders]),
+    "retry_failed": "score.retry_failed",
+    "qualitative": "score.qualitative",
+}
+
+
 def score(
-    dataset: DatasetOption,
-    out: OutOption,
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    dataset: DatasetOption = None,
+    out: OutOption = None,
     method: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="anchordiff, cross_attention, concept_attention, no_gate, no_wcos, or module:function."
+            help="anchordiff (default), cross_attention, concept_attention, no_gate, no_wcos, or module:function."
         ),
-    ] = "anchordiff",
-    preset: PresetOption = "sd3",
+    ] = None,
+    preset: PresetOption = None,
     model: ModelOption = None,
-    mode: ModeOption = "invert",
+    mode: ModeOption = None,
     limit: LimitOption = None,
-    benchmark: BenchmarkOption = "auto",
-    config: ConfigOption = "default",
+    benchmark: BenchmarkOption = None,
+    config: ConfigOption = None,
     layers: Annotated[
         str | None, typer.Option(help="Graph layers, e.g. 9,18 (default: the preset's).")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Propagation steps N_diff.", min=1)] = 160,
-    gate_quantile: Annotated[float, typer.Option(help="Quantile of the attention gate tau_W.")] = 0.98,
-    seed: SeedOption = 0,
+    steps: Annotated[int | None, typer.Option(help="Propagation steps N_diff (default 160).", min=1)] = None,
+    gate_quantile: Annotated[
+        float | None, typer.Option(help="Quantile of the attention gate tau_W (default 0.98).")
+    ] = None,
+    seed: SeedOption = None,
     prompt_template: Annotated[
         str | None,
         typer.Option(help="Prompt for existing images, with {concepts} (default: 'a photo of {concepts}')."),
@@ -141,59 +186,73 @@ def score(
         Path | None, typer.Option(help="ImageNet-Segmentation / VOC: JSON {class id: queried name}.")
     ] = None,
     conceptattention_compat: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             help="Standard benchmarks: report ConceptAttention's Acc/(2-Acc) as mIoU (not default)."
         ),
-    ] = False,
+    ] = None,
     compare: Annotated[
         list[Path] | None,
         typer.Option(help="Other `mcc score` output folders to show beside this one in the grid."),
     ] = None,
     retry_failed: Annotated[
-        bool, typer.Option(help="Score again the pairs an earlier run recorded as failed.")
-    ] = False,
-    qualitative: Annotated[int, typer.Option(help="Images kept for the qualitative figure.", min=0)] = 6,
+        bool | None, typer.Option(help="Score again the pairs an earlier run recorded as failed.")
+    ] = None,
+    qualitative: Annotated[
+        int | None, typer.Option(help="Images kept for the qualitative figure (default 6).", min=0)
+    ] = None,
     progress: ProgressOption = True,
 ) -> None:
     """Score a grounding method: writes pairs.jsonl, report.json, report.md and figures/ into --out."""
+    from anchordiff.pipeline import METHODS
     from benchmark.evaluate import AnchorDiffMethod, RunMismatchError, evaluate, resolve_method
     from benchmark.figures import qualitative_grid
 
-    if mode not in ("invert", "noise"):
-        raise fail(f"--mode must be invert or noise, got {mode!r}")
-    torch_dtype = _dtype(dtype)
-    data = _open(dataset, benchmark, config, class_names)
-    if method in ANCHORDIFF_METHODS:
-        pipeline = _anchordiff(model, preset, device, torch_dtype, revision)
+    c = load_config(profile, SCORE_FLAGS, locals(), set_).score
+    if not c.methods:
+        raise fail("no method: give --method (or score.methods in the profile)")
+    if len(c.methods) > 1:
+        console.print(
+            f"scoring {c.methods[0]} (`mcc score` scores one method; pick another with --method, "
+            "or run the score-benchmark flow for all of them)",
+            style="dim",
+        )
+    if c.out is None:
+        raise fail("no output folder: give --out (or score.out in the profile)")
+    method, out = c.methods[0], Path(c.out)
+    torch_dtype = _dtype(c.dtype)
+    data = _open(c.dataset, c.benchmark, c.subset, c.class_names)
+    if method in METHODS:
+        model = _model(c.model, c.preset)
+        pipeline = _anchordiff(model, c.preset, c.device, torch_dtype, c.revision)
         runner = AnchorDiffMethod(
-            model or PRESET_MODELS[preset], preset=preset, method=method, mode=mode,
-            layers=_int_list(layers, "--layers"), steps=steps, gate_quantile=gate_quantile, seed=seed,
-            prompt_template=prompt_template, revision=revision, pipeline=pipeline,
+            model, preset=c.preset, method=method, mode=c.mode, layers=c.layers, steps=c.steps,
+            gate_quantile=c.gate_quantile, seed=c.seed, prompt_template=c.prompt_template, revision=c.revision,
+            pipeline=pipeline,
         )  # fmt: skip
     else:
         try:
             runner = resolve_method(method)
         except ValueError as error:
-            raise fail(
-                f"{error}; --method is one of {', '.join(ANCHORDIFF_METHODS)} or module:function"
-            ) from None
+            raise fail(f"{error}; --method is one of {', '.join(METHODS)} or module:function") from None
     try:
         report = evaluate(
-            runner, data, out_dir=out, limit=limit, progress=progress, qualitative=qualitative,
-            conceptattention_compat=conceptattention_compat, retry_failed=retry_failed,
-            name=method if method not in ANCHORDIFF_METHODS else None,
+            runner, data, out_dir=out, limit=c.limit, progress=progress, qualitative=c.qualitative,
+            conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,
+            name=method if method not in METHODS else None,
         )  # fmt: skip
     except RunMismatchError as error:
         raise fail(str(error)) from None
-    if compare:
+    if c.compare:
         runs = [(report.method, out / "heatmaps")]
-        for folder in compare:
+        for folder in map(Path, c.compare):
             run_file = folder / "run.json"
             if not run_file.exists():
                 raise fail(f"{folder} is not an `mcc score` output folder (no run.json)")
             runs.append((json.loads(run_file.read_text())["method"], folder / "heatmaps"))
-        qualitative_grid(data, runs, out / "figures" / "qualitative.png", max_images=qualitative)
+        qualitative_grid(data, runs, out / "figures" / "qualitative.png", max_images=c.qualitative)
+
+    from rich.table import Table
 
     table = Table(title=f"{report.method} on {data.name} ({report.counts['overall']['scored']} scored)")
     metrics = (
@@ -215,26 +274,54 @@ def score(
     console.print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'figures'}")
 
 
+SWEEP_FLAGS: dict[str, Flag] = {
+    "dataset": "sweep.dataset",
+    "out": ("sweep.out", str),
+    "preset": "sweep.preset",
+    "model": "sweep.model",
+    "mode": "sweep.mode",
+    "limit": "sweep.limit",
+    "config": "sweep.subset",
+    "method": "sweep.method",
+    "layers": ("sweep.layers", lambda text: "all" if text == "all" else _int_list(text, "--layers") or []),
+    "pair_layers": ("sweep.pair_layers", lambda text: _int_list(text, "--pair-layers")),
+    "pairs": ("sweep.pairs", _pairs),
+    "steps": ("sweep.steps", lambda text: _int_list(text, "--steps") or []),
+    "gate_quantile": "sweep.gate_quantile",
+    "seed": "sweep.seed",
+    "device": "sweep.device",
+    "dtype": "sweep.dtype",
+    "revision": "sweep.revision",
+}
+
+
 def sweep(
-    dataset: DatasetOption,
-    out: OutOption,
-    preset: PresetOption = "sd3",
+    profile: ProfileOption = None,
+    set_: SetOption = None,
+    dataset: DatasetOption = None,
+    out: OutOption = None,
+    preset: PresetOption = None,
     model: ModelOption = None,
-    mode: ModeOption = "invert",
+    mode: ModeOption = None,
     limit: LimitOption = None,
-    config: ConfigOption = "default",
-    method: Annotated[str, typer.Option(help="anchordiff, no_gate or no_wcos.")] = "anchordiff",
-    layers: Annotated[str, typer.Option(help="Single graph layers to sweep: 'all' or e.g. 0,5,9.")] = "all",
+    config: ConfigOption = None,
+    method: Annotated[str | None, typer.Option(help="anchordiff (default), no_gate or no_wcos.")] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Single graph layers to sweep: 'all' (default) or e.g. 0,5,9.")
+    ] = None,
     pair_layers: Annotated[
         str | None,
         typer.Option(help="Sweep every pair of these layers (default: the paper's top-8 for SD3/SD3.5)."),
     ] = None,
     pairs: Annotated[str | None, typer.Option(help="Explicit pairs instead, e.g. 9+18,5+9.")] = None,
-    steps: Annotated[str, typer.Option(help="Propagation step counts, e.g. 10,40,160,640.")] = ",".join(
-        map(str, (5, 10, 20, 40, 80, 120, 160, 240, 320, 480, 640))
-    ),
-    gate_quantile: Annotated[float, typer.Option(help="Quantile of the attention gate tau_W.")] = 0.98,
-    seed: SeedOption = 0,
+    steps: Annotated[
+        str | None,
+        typer.Option(help="Propagation step counts (default 5,10,20,40,80,120,160,240,320,480,640)."),
+    ] = None,
+    gate_quantile: Annotated[
+        float | None, typer.Option(help="Quantile of the attention gate tau_W (default 0.98).")
+    ] = None,
+    seed: SeedOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     revision: RevisionOption = None,
@@ -244,27 +331,18 @@ def sweep(
     from benchmark.evaluate import RunMismatchError
     from benchmark.sweep import run_sweep
 
-    if method not in ("anchordiff", "no_gate", "no_wcos"):
-        raise fail(f"--method must be anchordiff, no_gate or no_wcos, got {method!r}")
-    if mode not in ("invert", "noise"):
-        raise fail(f"--mode must be invert or noise, got {mode!r}")
-    torch_dtype = _dtype(dtype)
-    data = _open(dataset, "mcc", config, None)
-    pipeline = _anchordiff(model, preset, device, torch_dtype, revision)
-    pair_list = None
-    if pairs:
-        try:
-            pair_list = [tuple(int(x) for x in item.split("+")) for item in pairs.split(",") if item.strip()]
-        except ValueError:
-            raise fail(f"--pairs must look like 9+18,5+9, got {pairs!r}") from None
-        if any(len(p) != 2 for p in pair_list):
-            raise fail(f"--pairs must look like 9+18,5+9, got {pairs!r}")
+    c = load_config(profile, SWEEP_FLAGS, locals(), set_).sweep
+    if c.out is None:
+        raise fail("no output folder: give --out (or sweep.out in the profile)")
+    out = Path(c.out)
+    torch_dtype = _dtype(c.dtype)
+    data = _open(c.dataset, "mcc", c.subset, None)
+    pipeline = _anchordiff(_model(c.model, c.preset), c.preset, c.device, torch_dtype, c.revision)
     try:
         report = run_sweep(
-            pipeline, data, out_dir=out, limit=limit, method=method, mode=mode,
-            layers="all" if layers == "all" else _int_list(layers, "--layers") or [],
-            pair_layers=_int_list(pair_layers, "--pair-layers"), pairs=pair_list,
-            steps=_int_list(steps, "--steps") or [], gate_quantile=gate_quantile, seed=seed, progress=progress,
+            pipeline, data, out_dir=out, limit=c.limit, method=c.method, mode=c.mode, layers=c.layers,
+            pair_layers=c.pair_layers, pairs=c.pairs, steps=c.steps, gate_quantile=c.gate_quantile, seed=c.seed,
+            progress=progress,
         )  # fmt: skip
     except (RunMismatchError, ValueError) as error:
         raise fail(str(error)) from None

@@ -27,8 +27,7 @@ byte-identical files. The build time lives only in ``manifest.json``. Images are
 exactly as stored (their sha256 in ``manifest.json`` is the record's), masks as 1-bit PNG.
 
 Record states are left alone: a build only reads the manifest, and ``manifest.json`` is
-what says which records a version holds (see ``select_publishable`` for how a record in
-state ``published``, if another tool sets it, is admitted).
+what says which records a version holds (there is no ``published`` state).
 """
 
 from manifests.publish.build import BuildSummary, build_dataset, build_manifest, config_files

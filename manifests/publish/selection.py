@@ -15,9 +15,8 @@ Nothing is dropped silently: ``len(items) + len(excluded) + sum(skipped.values()
 number of record files in ``records/``.
 
 Admitted states: ``reviewed`` by default; ``segmented`` (and ``in_review``) when a build
-admits machine masks. A record in state ``published`` (set by tools outside this module)
-is admitted like ``reviewed`` when every concept carries a human review status, and like
-``segmented`` otherwise, so that a later build reproduces the same selection.
+admits machine masks. Publishing never changes a record's state: which records a version
+holds is its ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from manifests.masks import decode_mask
 from manifests.record import Record, State
 from manifests.store import ManifestStore, RecordLoadError
 
-ADMISSIBLE_STATES = (State.segmented, State.in_review, State.reviewed, State.published)
+ADMISSIBLE_STATES = (State.segmented, State.in_review, State.reviewed)
 """States a build may admit: every concept of such a record has a mask."""
 
 REVIEWED_ONLY = ("reviewed",)
@@ -47,7 +46,6 @@ REVIEWED_ONLY = ("reviewed",)
 WITH_UNREVIEWED = ("reviewed", "segmented", "in_review")
 """What an offline build admits (``--include-unreviewed``): machine masks too."""
 
-HUMAN_REVIEW = ("accepted", "edited")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -132,13 +130,8 @@ def normalise_include(include: tuple[str, ...] | list[str] | str) -> tuple[str, 
 
 
 def is_admitted(record: Record, include: tuple[str, ...]) -> bool:
-    """Whether ``record``'s state is admitted (see the module docstring for ``published``)."""
-    if record.state.value in include:
-        return True
-    if record.state is State.published:
-        fully_reviewed = all(c.review in HUMAN_REVIEW for c in record.concepts)
-        return ("reviewed" in include and fully_reviewed) or "segmented" in include
-    return False
+    """Whether ``record``'s state is one of ``include``."""
+    return record.state.value in include
 
 
 def mask_png(mask: np.ndarray) -> bytes:

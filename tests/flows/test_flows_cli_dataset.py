@@ -49,7 +49,7 @@ def test_show_draws_masks_boxes_and_legend(workdir, tmp_path):
     mask[10:40, 10:50] = True
     record.concepts[0].mask = encode_mask(mask)
     record.concepts[0].boxes = [(10.0, 10.0, 50.0, 40.0)]
-    record.advance(State.segmented, "segment")
+    record.state = State.segmented  # a fixture: the stages' path is tested elsewhere
     store.put(record)
     out = tmp_path / "show.png"
     result = runner.invoke(app, ["show", record.id, "--workdir", str(workdir), "--out", str(out)])

@@ -35,12 +35,12 @@ def test_counts_and_state_filter(tmp_path):
         store.put(record(i))
     for i in (3, 4):
         rejected = record(i)
-        rejected.reject("review", "wrong_concept", "no")
+        rejected.reject("review", "rejected_by_reviewer", "no")
         store.put(rejected)
     store.put(record(5, State.generated))
     counts = store.counts()
     assert counts.by_state == {"planned": 3, "rejected": 2, "generated": 1} and counts.total == 6
-    assert counts.by_rejection == {("review", "wrong_concept"): 2}
+    assert counts.by_rejection == {("review", "rejected_by_reviewer"): 2}
     assert [r.id for r in store.iter(State.planned)] == ["gen-0000", "gen-0001", "gen-0002"]
     assert [r.id for r in store.iter("generated")] == ["gen-0005"]
     assert store.ids() == [f"gen-{i:04d}" for i in range(6)]

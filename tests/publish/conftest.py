@@ -23,7 +23,7 @@ def small_store(tmp_path) -> ManifestStore:
         make_record(store, i, num_concepts=3, web=(i == 6), size=(64, 48))
     make_record(store, 8, num_concepts=2, state=State.segmented, review="machine")
     rejected = make_record(store, 9, num_concepts=3)
-    rejected.reject("review", "wrong_concept", "not a wolf")
+    rejected.reject("review", "rejected_by_reviewer", "not a wolf")
     store.put(rejected)
     store.put(
         Record(

@@ -74,6 +74,7 @@ def make_record(
     record = Record(id=record_id, group=group, concepts=concepts, source=source)
     store.store_image(record, Image.fromarray(pixels))
     record.advance(State.generated, "generate", params={"model": "black-forest-labs/FLUX.1-dev"})
+    record.advance(State.localized, "localize", params={"model": "Qwen/Qwen2.5-VL-7B-Instruct"})
     record.advance(State.segmented, "segment", params={"model": "facebook/sam2.1-hiera-large"})
     record.state = state
     store.put(record)

@@ -233,6 +233,7 @@ Taken from the records' history (one entry per stage run, with its parameters):
 | stage | parameter | value | images |
 | --- | --- | --- | ---: |
 | generate | model | `black-forest-labs/FLUX.1-dev` | 9 |
+| localize | model | `Qwen/Qwen2.5-VL-7B-Instruct` | 9 |
 | segment | model | `facebook/sam2.1-hiera-large` | 9 |
 
 Code versions that processed these records: CODE_VERSIONS.

@@ -92,6 +92,7 @@ def _reviewed(record_id: str, group: str, reviews: dict[str, tuple[str, float]])
         group=group,
         source=GeneratedSource(template="t", setting="s", seed=0),
         concepts=[Concept(name=n, mask=mask, review=r) for n, (r, _) in reviews.items()],
+        state=State.in_review,
     )
     record.advance(
         State.reviewed, "review", params={"action": "pull", "iou": {n: v for n, (_, v) in reviews.items()}}
@@ -106,7 +107,7 @@ def test_compute_stats_counts_accepted_masks_iou_per_group_and_reasons():
         _reviewed("c", "citrus", {"lemon": ("edited", 0.7), "lime": ("accepted", 1.0)}),
     ]
     rejected = _reviewed("d", "dogs", {"husky": ("machine", 0.0), "wolf": ("machine", 0.0)})
-    rejected.reject("review", "blurry")
+    rejected.reject("review", "rejected_by_reviewer", "blurry")
     records.append(rejected)
     stats = compute_stats(records)
     assert stats["records"] == {"reviewed": 3, "rejected_in_review": 1, "in_review": 0}
@@ -115,7 +116,7 @@ def test_compute_stats_counts_accepted_masks_iou_per_group_and_reasons():
     assert stats["records_all_accepted"] == pytest.approx(1 / 3, abs=1e-4)
     assert stats["iou_by_group"]["dogs"]["mean_iou"] == pytest.approx((1.0 + 0.5 + 0.99 + 1.0) / 4, abs=1e-4)
     assert stats["iou_by_group"]["citrus"]["min_iou"] == pytest.approx(0.7)
-    assert stats["rejection_reasons"] == {"blurry": 1}
+    assert stats["rejection_reasons"] == {"rejected_by_reviewer": 1}
 
 
 def test_task_score_is_the_weakest_concepts_sam_score_under_the_key_the_segmenter_writes():

@@ -174,7 +174,10 @@ def test_pull_applies_accept_edit_reject_and_leaves_untouched_tasks_in_review(la
 
     rejected = store.get("gen-reject")
     assert rejected.state == State.rejected
-    assert (rejected.rejection.stage, rejected.rejection.reason) == ("review", "the wolf is a husky")
+    assert (rejected.rejection.stage, rejected.rejection.reason) == ("review", "rejected_by_reviewer")
+    assert rejected.rejection.detail.endswith(
+        ": the wolf is a husky"
+    )  # the comment is the detail, not the code
     assert store.get("gen-untouched").state == State.in_review
 
     stats = read_stats(store)
@@ -184,7 +187,7 @@ def test_pull_applies_accept_edit_reject_and_leaves_untouched_tasks_in_review(la
         "edited": 1,
         "fraction_accepted_unedited": 0.75,
     }
-    assert stats["rejection_reasons"] == {"the wolf is a husky": 1}
+    assert stats["rejection_reasons"] == {"rejected_by_reviewer": 1}
     assert stats["records"]["in_review"] == 1
 
     # pulling again changes nothing

@@ -1,0 +1,83 @@
+"""The scoring configuration: a profile's ``score:`` and ``sweep:`` sections and the flags of
+``mcc score`` / ``mcc sweep``. Light on purpose (pydantic only): no torch import."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Preset = Literal["sd3", "sd35"]
+Mode = Literal["invert", "noise"]
+Benchmark = Literal["auto", "mcc", "imagenet-seg", "voc"]
+Subset = Literal["default", "two_concepts", "three_concepts"]
+
+
+class _Backbone(BaseModel):
+    """What both sections share: the dataset, the backbone and how images are read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = Field(
+        None, description="An MCC folder or Hub repo id; default: the publish folder."
+    )
+    out: str | None = Field(None, description="Output folder; run again with the same settings to resume.")
+    preset: Preset = Field("sd3", description="Backbone preset: sd3 (SD3-medium) or sd35 (SD3.5-large).")
+    model: str | None = Field(
+        None, description="Diffusers repo id, local folder, or 'tiny'; default: the preset's."
+    )
+    revision: str | None = Field(None, description="Model revision (git ref on the Hub).")
+    mode: Mode = Field("invert", description="How existing images are read: invert (paper) or noise (fast).")
+    limit: int | None = Field(None, ge=1, description="Score only the first N images.")
+    subset: Subset = Field("default", description="MCC config: default, two_concepts or three_concepts.")
+    gate_quantile: float = Field(0.98, gt=0, lt=1, description="Quantile of the attention gate tau_W.")
+    seed: int = Field(0, description="Seed of the noise (mode noise) and of the tiny model.")
+    device: str | None = Field(None, description="Torch device, e.g. cuda or cpu (default: automatic).")
+    dtype: str | None = Field(
+        None, description="bfloat16, float16 or float32 (default: bfloat16 on CUDA, float32 on CPU and tiny)."
+    )
+
+
+class ScoreConfig(_Backbone):
+    """``mcc score`` and the score-benchmark flow: one report per method."""
+
+    methods: list[str] = Field(
+        default_factory=lambda: ["anchordiff", "cross_attention", "concept_attention"],
+        description="anchordiff, cross_attention, concept_attention, no_gate, no_wcos, or module:function.",
+    )
+    benchmark: Benchmark = Field("auto", description="auto (from the dataset), mcc, imagenet-seg or voc.")
+    layers: list[int] | None = Field(None, description="Graph layers, e.g. [9, 18] (default: the preset's).")
+    steps: int = Field(160, ge=1, description="Propagation steps N_diff.")
+    prompt_template: str | None = Field(
+        None, description="Prompt for existing images, with {concepts} (default: 'a photo of {concepts}')."
+    )
+    class_names: str | None = Field(
+        None, description="ImageNet-Segmentation / VOC: JSON {class id: queried name}."
+    )
+    conceptattention_compat: bool = Field(
+        False, description="Standard benchmarks: report ConceptAttention's Acc/(2-Acc) as mIoU (not default)."
+    )
+    retry_failed: bool = Field(False, description="Score again the pairs an earlier run recorded as failed.")
+    qualitative: int = Field(6, ge=0, description="Images kept for the qualitative figure.")
+    compare: list[str] = Field(
+        default_factory=list, description="Other `mcc score` output folders to show beside this one."
+    )
+
+
+class SweepConfig(_Backbone):
+    """``mcc sweep``: layers, layer pairs and step counts from one recording per image."""
+
+    method: Literal["anchordiff", "no_gate", "no_wcos"] = "anchordiff"
+    layers: Literal["all"] | list[int] = Field(
+        "all", description="Single graph layers to sweep: 'all' or a list."
+    )
+    pair_layers: list[int] | None = Field(
+        None, description="Sweep every pair of these layers (default: the paper's top-8 for SD3/SD3.5)."
+    )
+    pairs: list[tuple[int, int]] | None = Field(
+        None, description="Explicit pairs instead, e.g. [[9, 18], [5, 9]]."
+    )
+    steps: list[int] = Field(
+        default_factory=lambda: [5, 10, 20, 40, 80, 120, 160, 240, 320, 480, 640],
+        description="Propagation step counts.",
+    )
