@@ -36,11 +36,13 @@ from pathlib import Path
 
 import httpx
 
+from manifests.workdir import WorkDir
+
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_PORT = 8080
 VENV_ENV = "MCC_LABEL_STUDIO_VENV"
 DEFAULT_USERNAME = "admin@mcc.local"
-SERVER_DIR = "labelstudio"
+SERVER_DIR = WorkDir.LABELSTUDIO
 BOOT_TIMEOUT_S = 300.0
 """First boot (database migrations) takes 30-50 s on two idle cores, minutes on busy ones."""
 

@@ -51,10 +51,9 @@ from annotators.grounding import box_iou
 from manifests.masks import decode_mask, encode_mask
 from manifests.record import SAM_SCORE, Box, Record, State
 from manifests.store import ManifestStore
+from manifests.workdir import WorkDir
 
 STAGE = "quality"
-QUALITY_REPORTS = "reports"
-"""Folder of the work dir that holds the gate's ``quality-<time>.json`` report of each run."""
 
 
 THRESHOLDS = (
@@ -464,7 +463,7 @@ class QualityGate:
         if not report.seen:
             return {}
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{uuid.uuid4().hex[:6]}"
-        return {f"{QUALITY_REPORTS}/quality-{stamp}.json": json.dumps(report.as_dict(), indent=1).encode()}
+        return {WorkDir.quality_report(stamp): json.dumps(report.as_dict(), indent=1).encode()}
 
 
 def crop_concept(image: Image.Image, boxes: Sequence[Box], padding: float, min_side: int = 28) -> Image.Image:

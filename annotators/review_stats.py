@@ -12,8 +12,9 @@ from collections import Counter, defaultdict
 
 from manifests.record import Record, State
 from manifests.store import ManifestStore
+from manifests.workdir import WorkDir
 
-STATS_PATH = "reviews/stats.json"
+STATS_PATH = WorkDir.REVIEW_STATS
 
 
 def _last_pull(record: Record) -> dict | None:

@@ -39,6 +39,7 @@ from annotators.quality import QualityConfig
 from benchmark.config import ScoreConfig, SweepConfig
 from generators.config import GenerateConfig
 from generators.web import ScrapeJob
+from manifests.workdir import WorkDir
 
 PROFILES = ("smoke", "full")
 
@@ -97,12 +98,12 @@ class PipelineConfig(Section):
     @property
     def dataset_dir(self) -> str:
         """Where the dataset is built: ``publish.out``, default ``<workdir>/dataset``."""
-        return self.publish.out or f"{self.workdir.rstrip('/')}/dataset"
+        return self.publish.out or f"{self.workdir.rstrip('/')}/{WorkDir.DATASET}"
 
     @property
     def reports_dir(self) -> str:
         """Where reports go: ``score.out``, default ``<workdir>/reports``."""
-        return self.score.out or f"{self.workdir.rstrip('/')}/reports"
+        return self.score.out or f"{self.workdir.rstrip('/')}/{WorkDir.REPORTS}"
 
     @model_validator(mode="before")
     @classmethod

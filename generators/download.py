@@ -201,15 +201,19 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport over a connection pool that uses ``GuardedNetworkBackend``.
 
-    httpx does not take a network backend as an argument, so the pool it builds is
-    replaced by one with the same settings and the guarded backend (no proxies: the
-    address check would be meaningless behind one).
+    httpx does not take a network backend as an argument, so the pool it builds (its
+    private ``_pool``) is replaced by one with the same settings and the guarded backend
+    (no proxies: the address check would be meaningless behind one). pyproject.toml pins
+    httpx and httpcore to the versions this was written against (0.29.0, 1.0.9).
     """
 
     def __init__(self, guard: AddressGuard, limits: httpx.Limits):
         super().__init__(limits=limits, trust_env=False)
         if not hasattr(self, "_pool"):
-            raise RuntimeError("this httpx version builds its transport differently; pin httpx 0.28")
+            raise RuntimeError(
+                f"httpx {httpx.__version__} builds its transport differently; install httpx==0.29.0 "
+                "(the version pyproject.toml pins)"
+            )
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
             max_connections=limits.max_connections,

@@ -45,7 +45,8 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from manifests.record import ImageInfo, Record, State
-from manifests.store import IMAGES_DIR, ManifestStore, png_bytes
+from manifests.store import ManifestStore, png_bytes
+from manifests.workdir import WorkDir
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Output:
 def with_image(record: Record, image: Image.Image) -> Output:
     """The output of a record with a new image: ``images/<id>.png``, and ``record.image`` set to it."""
     data = png_bytes(image)
-    path = f"{IMAGES_DIR}/{record.id}.png"
+    path = WorkDir.image(record.id)
     record.image = ImageInfo(
         path=path, sha256=hashlib.sha256(data).hexdigest(), width=image.width, height=image.height
     )

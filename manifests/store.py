@@ -1,10 +1,8 @@
 """The manifest store: every record as one JSON document under one work dir.
 
-Layout of the work dir (a local path or any fsspec URL such as ``s3://bucket/mcc``)::
-
-    images/<id>.png      the stored image of each record
-    records/<id>.json    one record, written atomically
-    reviews/ exports/ reports/   written by later stages
+The work dir is a local path or any fsspec URL such as ``s3://bucket/mcc``; every path in
+it is named in ``manifests.workdir.WorkDir``: ``records/<id>.json`` (one record, written
+atomically), ``images/<id>.png``, and the files of later stages.
 
 No database is needed. Records are independent files, so two processes writing
 different records never touch the same file, and a crash loses at most the record being
@@ -31,11 +29,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from manifests.record import ImageInfo, Record, State
+from manifests.workdir import WorkDir
 
 logger = logging.getLogger(__name__)
-
-RECORDS_DIR = "records"
-IMAGES_DIR = "images"
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -99,7 +95,7 @@ class ManifestStore:
     def _record_path(self, record_id: str) -> str:
         if not record_id or "/" in record_id or record_id.startswith("."):
             raise ValueError(f"invalid record id {record_id!r}: ids are file names, no '/' or leading '.'")
-        return self.path(f"{RECORDS_DIR}/{record_id}.json")
+        return self.path(WorkDir.record(record_id))
 
     # -- records ---------------------------------------------------------------------
     def put(self, record: Record) -> None:
@@ -121,7 +117,7 @@ class ManifestStore:
 
     def ids(self) -> list[str]:
         """All record ids, sorted (temporary files of writes in progress are ignored)."""
-        folder = self.path(RECORDS_DIR)
+        folder = self.path(WorkDir.RECORDS)
         if not self.fs.exists(folder):
             return []
         names = (p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
@@ -173,7 +169,7 @@ class ManifestStore:
     def put_image(self, record_id: str, image: Image.Image) -> tuple[str, str, int, int]:
         """Store ``image`` as PNG; returns (path relative to the work dir, sha256 of the file, width, height)."""
         data = png_bytes(image)
-        relative = f"{IMAGES_DIR}/{record_id}.png"
+        relative = WorkDir.image(record_id)
         self._write_atomic(self.path(relative), data)
         return relative, hashlib.sha256(data).hexdigest(), image.width, image.height
 

@@ -41,6 +41,7 @@ from manifests.publish.shards import (
 )
 from manifests.store import ManifestStore
 from manifests.version import code_version
+from manifests.workdir import WorkDir
 
 
 @dataclass
@@ -143,7 +144,7 @@ def _folder_bytes(folder: Path) -> int:
 def _review_stats(store: ManifestStore) -> dict[str, Any] | None:
     """``reviews/stats.json`` of the work dir (written by `mcc review stats`), if present and valid."""
     try:
-        return json.loads(store.read_bytes("reviews/stats.json"))
+        return json.loads(store.read_bytes(WorkDir.REVIEW_STATS))
     except (FileNotFoundError, OSError, ValueError):
         return None
 

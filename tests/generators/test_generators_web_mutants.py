@@ -17,7 +17,7 @@ import types
 
 import pytest
 
-from generators import web
+import generators.web.scraper as web
 from generators.download import Download, DownloadConfig, Downloader
 from generators.sources import Candidate
 from generators.sources.urllist import UrlListError
@@ -174,7 +174,7 @@ def test_to_rgb_composites_alpha_on_white_and_converts_other_modes():
     """RGBA: transparent pixels become white; L and CMYK images come out as RGB."""
     from PIL import Image
 
-    from generators.web import _to_rgb
+    from generators.web.image import _to_rgb
 
     rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
     assert _to_rgb(rgba).mode == "RGB" and _to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)

@@ -53,6 +53,43 @@ def _files(store) -> dict[str, bytes]:
     return {i: store.read_bytes(f"records/{i}.json") for i in store.ids()}
 
 
+def test_every_task_of_records_from_the_real_segmenter_has_its_prediction_score(labelstudio, review_store):
+    """Records segmented by ``Sam2Segmenter`` (tiny SAM2, permissive gate) through the runner: each task's
+    prediction score is the lowest SAM score of its record, never empty."""
+    from PIL import Image
+
+    from annotators.quality import QualityConfig, QualityGate
+    from annotators.segment import TINY_CONFIG, Sam2Segmenter
+    from manifests.record import SAM_SCORE, Concept, GeneratedSource, Record
+    from manifests.stage import run_stage
+
+    info, _ = labelstudio
+    store, project = review_store
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        boxes = {"husky": [(4.0, 6.0, 40.0, 50.0)], "wolf": [(50.0, 8.0, 90.0, 60.0)]}
+        record = Record(
+            id=f"gen-sam-{i}",
+            group="husky-wolf-malamute",
+            concepts=[Concept(name=n, boxes=b) for n, b in boxes.items()],
+            source=GeneratedSource(template="t", setting="s", seed=i),
+            state=State.localized,
+        )
+        store.store_image(record, Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)))
+        store.put(record)
+    segmenter = Sam2Segmenter(TINY_CONFIG, None, device="cpu", gate=QualityGate(QualityConfig.permissive()))
+    segmented = [r for r in run_stage(segmenter, store).records if r.state == State.segmented]
+    assert len(segmented) == 3
+
+    report = push(store, url=info.url, token=info.token, project=project)
+    assert report.pushed == 3
+    for record in segmented:
+        task = _client(info).tasks.get(str(report.task_ids[record.id])).model_dump()
+        (prediction,) = task["predictions"]
+        expected = min(c.scores[SAM_SCORE] for c in record.concepts)
+        assert prediction["score"] is not None and prediction["score"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_push_creates_one_task_per_record_with_masks_and_boxes_and_is_idempotent(labelstudio, review_store):
     info, _ = labelstudio
     store, project = review_store
