@@ -22,8 +22,9 @@ native size; heatmaps and masks come back at the input's ``(H, W)``.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -45,20 +46,94 @@ from anchordiff.backbones import (
 from anchordiff.graph import anchordiff_heatmaps, mean_threshold_masks, minmax, select_anchors
 from manifests.dtypes import torch_dtype
 
-METHODS = ("anchordiff", "cross_attention", "concept_attention", "no_gate", "no_wcos")
 MODES = ("invert", "noise")
-# The graph-based methods and their build_graph switches (method.md, "Baselines and ablations").
-GRAPH_METHODS = {
-    "anchordiff": {"use_gate": True, "use_wcos": True},
-    "no_gate": {"use_gate": False, "use_wcos": True},
-    "no_wcos": {"use_gate": True, "use_wcos": False},
-}
 CONCEPT_PASSES = ("joint", "separate")
 VAE_LATENTS = ("mode", "sample")
 EMPTY_ROWS = ("self_loop", "zero")
 DEFAULT_STEPS = 160
 DEFAULT_GATE_QUANTILE = 0.98
 DEFAULT_MAX_SEQUENCE_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class MapBuilder:
+    """A grounding method over one recording (method.md, "Baselines and ablations").
+
+    ``build(ad, record, layers, a_ci, steps, gate_quantile) -> (token_maps, anchors)``: ``a_ci`` (K, N)
+    is A_CI averaged over the anchor layers, on ``ad.device``; ``layers`` the checked layers given (None:
+    the method's default); ``token_maps`` (K, N) before min-max, ``anchors`` (K,) token indices.
+    ``needs_graph``: the recording must hold A_II / O_II of the graph layers.
+    """
+
+    build: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    needs_graph: bool = False
+
+
+MAP_BUILDERS: dict[str, MapBuilder] = {}
+"""The grounding methods by name: AnchorDiff, its ablations and the baselines (``register_map_builder``)."""
+
+
+def register_map_builder(name: str, needs_graph: bool = False):
+    """Register ``build`` as the method ``name`` (a decorator); the benchmark and the CLI offer it by name."""
+
+    def add(build):
+        MAP_BUILDERS[name] = MapBuilder(build, needs_graph)
+        return build
+
+    return add
+
+
+def _graph_maps(ad, record, layers, a_ci, steps, gate_quantile, *, use_gate: bool, use_wcos: bool):
+    """The anchor graph over the mean A_II / O_II of the graph layers, propagated from the anchors."""
+    layers = ad.graph_layers if layers is None else layers
+    missing = [x for x in layers if x not in record.a_ii]
+    if missing:
+        raise ValueError(
+            f"layers {missing} were not recorded (recorded graph layers: {list(record.graph_layers)}); "
+            "record again with graph_layers including them, or graph_layers='all'"
+        )
+    a_ii = torch.stack([record.a_ii[x].to(ad.device) for x in layers]).mean(dim=0)  # (N, N)
+    o_ii = torch.stack([record.o_ii[x].to(ad.device) for x in layers]).mean(dim=0)  # (N, D)
+    token_maps = anchordiff_heatmaps(
+        a_ii,
+        o_ii,
+        a_ci,
+        gate_quantile=float(gate_quantile),
+        steps=steps,
+        clamp_negative=ad.options.clamp_negative,
+        empty_row=ad.options.empty_row,
+        use_gate=use_gate,
+        use_wcos=use_wcos,
+    )
+    return token_maps, select_anchors(a_ci)
+
+
+for _name, _switches in {
+    "anchordiff": {"use_gate": True, "use_wcos": True},
+    "no_gate": {"use_gate": False, "use_wcos": True},
+    "no_wcos": {"use_gate": True, "use_wcos": False},
+}.items():
+    register_map_builder(_name, needs_graph=True)(functools.partial(_graph_maps, **_switches))
+
+
+@register_map_builder("cross_attention")
+def _cross_attention_maps(ad, record, layers, a_ci, steps, gate_quantile):
+    """A_CI itself: averaged over ``layers`` when given, else over the anchor layers."""
+    if layers is not None:
+        a_ci = record.a_ci[list(layers)].to(ad.device).mean(dim=0)
+    return a_ci, select_anchors(a_ci)
+
+
+@register_map_builder("concept_attention")
+def _concept_attention_maps(ad, record, layers, a_ci, steps, gate_quantile):
+    """ConceptAttention: softmax over the concepts per block, then the mean over blocks (all by default)."""
+    chosen = list(range(record.a_ci.shape[0]) if layers is None else layers)
+    token_maps = record.concept_maps[chosen].to(ad.device).softmax(dim=1).mean(dim=0)
+    return token_maps, token_maps.argmax(dim=1)
+
+
+METHODS = tuple(MAP_BUILDERS)
+"""The built-in methods: anchordiff, no_gate, no_wcos, cross_attention, concept_attention."""
 
 
 @dataclass(frozen=True)
@@ -470,9 +545,9 @@ class AnchorDiff:
         image = self._check_image(image)
         concepts = self._check_concepts(concepts)
         self._check_choice("mode", mode, MODES)
-        self._check_choice("method", method, METHODS)
+        self._check_choice("method", method, tuple(MAP_BUILDERS))
         self._check_graph_args(steps, gate_quantile)
-        graph = method in GRAPH_METHODS
+        graph = MAP_BUILDERS[method].needs_graph
         if layers is not None:
             layers = self._check_layers(layers)
         graph_layers = (layers or self.graph_layers) if graph else ()
@@ -568,7 +643,7 @@ class AnchorDiff:
         the anchors and ``cross_attention`` (None = all, as the paper).
         """
         started = time.perf_counter()
-        self._check_choice("method", method, METHODS)
+        self._check_choice("method", method, tuple(MAP_BUILDERS))
         self._check_graph_args(steps, gate_quantile)
         device = self.device
         all_layers = tuple(range(record.a_ci.shape[0]))
@@ -576,36 +651,9 @@ class AnchorDiff:
             all_layers if anchor_layers is None else self._check_layers(anchor_layers, what="anchor_layers")
         )
         a_ci = record.a_ci[list(anchor_layers)].to(device).mean(dim=0)  # (K, N)
-        if method in GRAPH_METHODS:
-            layers = self.graph_layers if layers is None else self._check_layers(layers)
-            missing = [x for x in layers if x not in record.a_ii]
-            if missing:
-                raise ValueError(
-                    f"layers {missing} were not recorded (recorded graph layers: {list(record.graph_layers)}); "
-                    "record again with graph_layers including them, or graph_layers='all'"
-                )
-            a_ii = torch.stack([record.a_ii[x].to(device) for x in layers]).mean(dim=0)  # (N, N)
-            o_ii = torch.stack([record.o_ii[x].to(device) for x in layers]).mean(dim=0)  # (N, D)
-            token_maps = anchordiff_heatmaps(
-                a_ii,
-                o_ii,
-                a_ci,
-                gate_quantile=float(gate_quantile),
-                steps=steps,
-                clamp_negative=self.options.clamp_negative,
-                empty_row=self.options.empty_row,
-                **GRAPH_METHODS[method],
-            )
-            anchors = select_anchors(a_ci)
-        elif method == "cross_attention":
-            if layers is not None:
-                a_ci = record.a_ci[list(self._check_layers(layers))].to(device).mean(dim=0)
-            token_maps = a_ci
-            anchors = select_anchors(a_ci)
-        else:  # concept_attention: softmax over the concepts per block, then the mean over blocks
-            chosen = list(all_layers if layers is None else self._check_layers(layers))
-            token_maps = record.concept_maps[chosen].to(device).softmax(dim=1).mean(dim=0)
-            anchors = token_maps.argmax(dim=1)
+        if layers is not None:
+            layers = self._check_layers(layers)
+        token_maps, anchors = MAP_BUILDERS[method].build(self, record, layers, a_ci, steps, gate_quantile)
         token_maps, degenerate = minmax(token_maps)
         return self._output(record, method, token_maps, anchors, degenerate, started)
 
@@ -637,7 +685,7 @@ class AnchorDiff:
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-        self._check_choice("method", method, METHODS)
+        self._check_choice("method", method, tuple(MAP_BUILDERS))
         self._check_graph_args(steps, gate_quantile)
         height = height or self.resolution
         width = width or self.resolution
@@ -646,7 +694,7 @@ class AnchorDiff:
                 raise ValueError(f"{name} must be a multiple of {self.token_factor}, got {size}")
         if layers is not None:
             layers = self._check_layers(layers)
-        graph_layers = (layers or self.graph_layers) if method in GRAPH_METHODS else ()
+        graph_layers = (layers or self.graph_layers) if MAP_BUILDERS[method].needs_graph else ()
         tokens = self.encode_concepts(concepts)
         step = num_inference_steps // 2
         recorder = AttentionRecorder(

@@ -32,6 +32,10 @@ class LocalizeConfig(BaseModel):
         description="Constrained answers start with one box per concept (generated images name every "
         "concept); otherwise a concept the model does not find rejects the record.",
     )
+    box_frame: Literal["input_pixels", "relative_1000"] = Field(
+        "input_pixels",
+        description="How the model writes boxes: pixels of its input (Qwen2.5-VL) or a 0-1000 grid (Qwen2/3-VL).",
+    )
     min_pixels: int | None = Field(None, ge=1, description="Least pixels of the VLM input.")
     max_pixels: int | None = Field(None, ge=1, description="Most pixels of the VLM input.")
     limit: int | None = Field(None, ge=1, description="Annotate at most this many records per run.")

@@ -263,6 +263,20 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+BOX_FRAMES = ("input_pixels", "relative_1000")
+"""How a VLM's boxes are framed: ``input_pixels``, absolute pixels of the resized model input
+(Qwen2.5-VL); ``relative_1000``, a 0-1000 grid over the image whatever its size (Qwen2-VL, Qwen3-VL)."""
+
+
+def frame_size(box_frame: str, input_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the frame the model's boxes are written in, for a model input of ``input_size``."""
+    if box_frame == "input_pixels":
+        return input_size
+    if box_frame == "relative_1000":
+        return (1000, 1000)
+    raise ValueError(f"box_frame {box_frame!r}: use one of {BOX_FRAMES}")
+
+
 def map_box(box: Sequence[float], input_size: tuple[int, int], original_size: tuple[int, int]) -> Box:
     """Input-frame XYXY -> original-frame XYXY: scale, sort corners, clamp to the image.
 

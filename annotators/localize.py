@@ -57,6 +57,7 @@ from annotators.config import LocalizeConfig
 from annotators.grounding import (
     GroundingParseError,
     extract_objects,
+    frame_size,
     grounding_prompt,
     grounding_schema,
     parse_grounding,
@@ -186,6 +187,9 @@ class QwenLocalizer:
       constrained: decode under the grounding JSON schema (xgrammar).
       max_new_tokens: the answer's token budget.
       max_boxes_per_concept: the schema allows up to this many boxes per concept.
+      box_frame: how the model writes boxes (``annotators.grounding.BOX_FRAMES``):
+        ``input_pixels`` for Qwen2.5-VL (the default), ``relative_1000`` for the 0-1000 grid
+        of Qwen2-VL / Qwen3-VL (for a backend that loads those models).
       require_every_concept: with ``constrained``, the schema makes the answer start with
         one box per concept (see ``grounding_schema(every_concept=True)``): for generated
         images whose prompt names every concept. Off by default: a concept the model
@@ -212,6 +216,7 @@ class QwenLocalizer:
         max_new_tokens: int = 512,
         max_boxes_per_concept: int = 4,
         require_every_concept: bool = False,
+        box_frame: str = "input_pixels",
         seed: int = 0,
         components: tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor] | None = None,
     ):
@@ -231,6 +236,8 @@ class QwenLocalizer:
         self.max_new_tokens = max_new_tokens
         self.max_boxes_per_concept = max_boxes_per_concept
         self.require_every_concept = require_every_concept
+        frame_size(box_frame, (1, 1))  # an unknown frame fails here, before the model loads
+        self.box_frame = box_frame
 
         # 1. the model and the processor, once
         if components is not None:
@@ -300,6 +307,7 @@ class QwenLocalizer:
             "revision": self.revision,
             "constrained": self.constrained,
             "require_every_concept": self.require_every_concept,
+            "box_frame": self.box_frame,
             "min_pixels": self.min_pixels,
             "max_pixels": self.max_pixels,
             "dtype": str(self.dtype),
@@ -383,7 +391,10 @@ class QwenLocalizer:
         prompts = [grounding_prompt(c) for c in concepts]
         grammars = None
         if self.constrained:
-            grammars = [lambda size, names=names: self.grounding_grammar(names, size) for names in concepts]
+            grammars = [
+                lambda size, names=names: self.grounding_grammar(names, frame_size(self.box_frame, size))
+                for names in concepts
+            ]
         return self.generate(images, prompts, grammars)
 
     # -- the stage (manifests.stage) ----------------------------------------------------------
@@ -435,7 +446,8 @@ class QwenLocalizer:
         except GroundingParseError as error:
             record.reject(STAGE, "unparseable", str(error), params)
             return
-        boxes = parse_grounding(answer.text, record.concept_names, answer.input_size, original)
+        frame = frame_size(self.box_frame, answer.input_size)
+        boxes = parse_grounding(answer.text, record.concept_names, frame, original)
         for concept in record.concepts:  # kept on rejected records too, for inspection
             concept.boxes = boxes[concept.name]
         missing = [name for name, found in boxes.items() if not found]
@@ -482,5 +494,6 @@ def from_config(config: LocalizeConfig) -> QwenLocalizer:
         require_every_concept=config.every_concept,
         min_pixels=config.min_pixels,
         max_pixels=config.max_pixels,
+        box_frame=config.box_frame,
         **config.options,
     )

@@ -153,11 +153,10 @@ class AnchorDiffMethod:
         revision: str | None = None,
         pipeline: Any = None,
     ):
-        if method not in (*ANCHOR_METHODS, "concept_attention"):
-            raise ValueError(
-                f"unknown AnchorDiff method {method!r}; choose anchordiff, cross_attention, "
-                "concept_attention, no_gate or no_wcos"
-            )
+        from anchordiff.pipeline import MAP_BUILDERS  # the registered methods (anchordiff.pipeline)
+
+        if method not in MAP_BUILDERS:
+            raise ValueError(f"unknown AnchorDiff method {method!r}; choose one of {', '.join(MAP_BUILDERS)}")
         if mode not in ("invert", "noise"):
             raise ValueError(f"mode must be 'invert' or 'noise', got {mode!r}")
         if pipeline is None:

@@ -298,3 +298,25 @@ def test_bad_construction_arguments():
 def test_package_import_is_light():
     code = "import sys, anchordiff; assert 'diffusers' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_registered_map_builder_is_a_method_of_its_own(ad, image, monkeypatch):
+    """A method registered in ``MAP_BUILDERS`` runs through heatmaps_from_record like the built-ins."""
+    from anchordiff.graph import select_anchors
+    from anchordiff.pipeline import MAP_BUILDERS, register_map_builder
+
+    monkeypatch.setattr("anchordiff.pipeline.MAP_BUILDERS", dict(MAP_BUILDERS))
+    from anchordiff import pipeline
+
+    @register_map_builder("inverse_cross_attention")
+    def inverse(ad, record, layers, a_ci, steps, gate_quantile):
+        return -a_ci, select_anchors(a_ci)
+
+    assert "inverse_cross_attention" in pipeline.MAP_BUILDERS and not pipeline.MAP_BUILDERS["inverse_cross_attention"].needs_graph
+    record = ad.record(image, CONCEPTS, mode="noise")
+    inverse_out = ad.heatmaps_from_record(record, method="inverse_cross_attention")
+    cross = ad.heatmaps_from_record(record, method="cross_attention")
+    assert inverse_out.method == "inverse_cross_attention"
+    assert torch.allclose(inverse_out.heatmaps, 1 - cross.heatmaps, atol=1e-5)  # min-max of -x is 1 - min-max of x
+    with pytest.raises(ValueError, match="no_such_method"):
+        ad.heatmaps_from_record(record, method="no_such_method")

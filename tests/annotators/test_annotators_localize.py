@@ -114,8 +114,10 @@ def stored_record(
 class ScriptedLocalizer(QwenLocalizer):
     """The tiny localizer whose answers are scripted per image colour; ``poison`` colours raise."""
 
-    def __init__(self, answers: dict[tuple, str], poison: tuple | None = None):
-        super().__init__("tiny", batch_size=3)
+    def __init__(
+        self, answers: dict[tuple, str], poison: tuple | None = None, box_frame: str = "input_pixels"
+    ):
+        super().__init__("tiny", batch_size=3, box_frame=box_frame)
         self.answers, self.poison, self.batches = answers, poison, []
 
     def ground(self, images, concepts):
@@ -246,3 +248,22 @@ def test_every_concept_mode_places_each_concept_in_order():
     for answer, concepts in zip(localizer.ground(images, GROUPS), GROUPS, strict=True):
         labels = [item["label"] for item in json.loads(answer.text)]
         assert labels == concepts
+
+
+def test_a_0_to_1000_box_frame_maps_by_the_grid_not_the_input_size(workdir):
+    """``box_frame="relative_1000"`` (Qwen2-VL / Qwen3-VL): 0-1000 over the image, whatever the input size."""
+    store = ManifestStore(workdir)
+    record = stored_record(store, "gen-grid", ["lemon", "lime"], Image.new("RGB", (200, 100), RED))
+    answer = '[{"bbox_2d": [500, 0, 1000, 500], "label": "lemon"}, {"bbox_2d": [0, 500, 250, 1000], "label": "lime"}]'
+    localizer = ScriptedLocalizer({RED: answer}, box_frame="relative_1000")
+    run_stage(localizer, store, [record])
+    saved = store.get("gen-grid")
+    assert saved.concept("lemon").boxes == [pytest.approx((100, 0, 200, 50))]
+    assert saved.concept("lime").boxes == [pytest.approx((0, 50, 50, 100))]
+    assert saved.history[-1].params["box_frame"] == "relative_1000"
+    from annotators.grounding import frame_size  # the constrained schema's bounds come from it too
+
+    assert frame_size("relative_1000", (196, 112)) == (1000, 1000)
+    assert frame_size("input_pixels", (196, 112)) == (196, 112)
+    with pytest.raises(ValueError, match="box_frame 'percent'"):
+        QwenLocalizer("tiny", box_frame="percent")
