@@ -126,11 +126,12 @@ REVIEW_FLAGS: dict[str, Flag] = {
     "images": "review.images",
     "limit": "review.limit",
 }
+PULL_FLAGS: dict[str, Flag] = {"workdir": "workdir", "url": "review.url", "project": "review.project"}
 SECRET_FLAGS = {"token": "a secret: from --token or LABEL_STUDIO_API_KEY, never a profile"}
 
 
-def _review_config(profile, values, sets):
-    config = load_config(profile, REVIEW_FLAGS, values, sets)
+def _review_config(profile, table, values, sets):
+    config = load_config(profile, table, values, sets)
     url = config.review.url or "http://127.0.0.1:8080"
     return config, url
 
@@ -155,7 +156,7 @@ def review_push(
     from annotators.review import LabelStudioUnavailable, push
 
     _quiet_http_logs()
-    config, url = _review_config(profile, locals(), set_)
+    config, url = _review_config(profile, REVIEW_FLAGS, locals(), set_)
     c = config.review
     store = ManifestStore(config.workdir)
     try:
@@ -197,9 +198,7 @@ def review_pull(
     from annotators.review import LabelStudioUnavailable, pull
 
     _quiet_http_logs()
-    config, url = _review_config(
-        profile, {**locals(), "batch_size": None, "images": None, "limit": None}, set_
-    )
+    config, url = _review_config(profile, PULL_FLAGS, locals(), set_)
     store = ManifestStore(config.workdir)
     try:
         with StageProgress("pull") as progress:

@@ -26,7 +26,7 @@ TABLES = {
     "score": score.SCORE_FLAGS,
     "sweep": score.SWEEP_FLAGS,
     "review push": review.REVIEW_FLAGS,
-    "review pull": review.REVIEW_FLAGS,
+    "review pull": review.PULL_FLAGS,
 }
 NOT_PROFILE_COMMANDS = {
     "status": "reads the work dir",
