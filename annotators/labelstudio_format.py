@@ -108,9 +108,14 @@ class BrushSizeError(ValueError):
     """A brush result does not have the size of the image it belongs to."""
 
 
+BRUSH_ALPHA_THRESHOLD = 128
+"""A brush pixel is inside the mask when its alpha is at least this: Label Studio's brush paints soft,
+anti-aliased edges, and a partly erased pixel keeps a low alpha; the editor shows both as (mostly) empty."""
+
+
 def decode_brush(result: dict, height: int, width: int) -> np.ndarray:
-    """A brush result -> (H, W) bool mask (alpha > 0). Raises ``BrushSizeError`` if the result's
-    declared size or its decoded length does not match ``height`` x ``width``."""
+    """A brush result -> (H, W) bool mask (alpha >= ``BRUSH_ALPHA_THRESHOLD``). Raises ``BrushSizeError``
+    if the result's declared size or its decoded length does not match ``height`` x ``width``."""
     declared = (result.get("original_height"), result.get("original_width"))
     if declared != (height, width):
         raise BrushSizeError(f"brush result is {declared[1]}x{declared[0]}, the image is {width}x{height}")
@@ -119,7 +124,7 @@ def decode_brush(result: dict, height: int, width: int) -> np.ndarray:
         raise BrushSizeError(
             f"brush RLE holds {flat.size} values, a {width}x{height} RGBA image needs {height * width * 4}"
         )
-    return flat.reshape(height, width, 4)[..., 3] > 0
+    return flat.reshape(height, width, 4)[..., 3] >= BRUSH_ALPHA_THRESHOLD
 
 
 # -- boxes ---------------------------------------------------------------------------------------

@@ -171,6 +171,7 @@ def start(
             "(Label Studio would otherwise move to the next free port without saying so)"
         )
     program = ensure_venv(venv, log=log)
+    first_boot = not (data_dir / "label_studio.sqlite3").exists()  # the database is created by the first boot
     data_dir.mkdir(parents=True, exist_ok=True)
     credentials = _credentials(data_dir)
     env = _server_env(root, credentials)
@@ -202,7 +203,8 @@ def start(
     url = f"http://127.0.0.1:{port}"
     state = {"pid": process.pid, "port": port, "url": url, "started": time.time(), "data_dir": str(data_dir)}
     _write_json(data_dir / "server.json", state)
-    log(f"starting Label Studio {LABEL_STUDIO_VERSION} on {url} (first boot 30-50 s; log: {log_path})")
+    hint = "first boot: database migrations, 30-50 s; " if first_boot else ""
+    log(f"starting Label Studio {LABEL_STUDIO_VERSION} on {url} ({hint}log: {log_path})")
     try:
         _wait_healthy(process, url, timeout, log_path)
         _check_token(url, credentials["token"], log_path)

@@ -76,12 +76,9 @@ def labelstudio_start(
     print(f"password: {info.password}")
     print(f"token: {info.token}")
     print(f"pid: {info.pid}")
+    print(f"export LABEL_STUDIO_URL={info.url} LABEL_STUDIO_API_KEY={info.token}")  # paste into the shell
     console.print(
-        f"export LABEL_STUDIO_URL={info.url} LABEL_STUDIO_API_KEY=<token above>; "
-        f"stop with `mcc labelstudio stop --workdir {workdir}`",
-        style="dim",
-        highlight=False,
-        soft_wrap=True,
+        f"stop with `mcc labelstudio stop --workdir {workdir}`", style="dim", highlight=False, soft_wrap=True
     )
 
 

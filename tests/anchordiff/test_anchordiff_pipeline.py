@@ -312,11 +312,16 @@ def test_a_registered_map_builder_is_a_method_of_its_own(ad, image, monkeypatch)
     def inverse(ad, record, layers, a_ci, steps, gate_quantile):
         return -a_ci, select_anchors(a_ci)
 
-    assert "inverse_cross_attention" in pipeline.MAP_BUILDERS and not pipeline.MAP_BUILDERS["inverse_cross_attention"].needs_graph
+    assert (
+        "inverse_cross_attention" in pipeline.MAP_BUILDERS
+        and not pipeline.MAP_BUILDERS["inverse_cross_attention"].needs_graph
+    )
     record = ad.record(image, CONCEPTS, mode="noise")
     inverse_out = ad.heatmaps_from_record(record, method="inverse_cross_attention")
     cross = ad.heatmaps_from_record(record, method="cross_attention")
     assert inverse_out.method == "inverse_cross_attention"
-    assert torch.allclose(inverse_out.heatmaps, 1 - cross.heatmaps, atol=1e-5)  # min-max of -x is 1 - min-max of x
+    assert torch.allclose(
+        inverse_out.heatmaps, 1 - cross.heatmaps, atol=1e-5
+    )  # min-max of -x is 1 - min-max of x
     with pytest.raises(ValueError, match="no_such_method"):
         ad.heatmaps_from_record(record, method="no_such_method")

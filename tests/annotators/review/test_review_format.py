@@ -127,3 +127,15 @@ def test_task_score_is_the_weakest_concepts_sam_score_under_the_key_the_segmente
     assert task_score(record) == pytest.approx(0.55)
     unscored = [Concept(name="husky", scores={SAM_SCORE: 0.8}), Concept(name="wolf", scores={"other": 0.1})]
     assert task_score(Record(id="gen-b", group="husky-wolf", concepts=unscored, source=source)) is None
+
+
+def test_soft_brush_edges_count_as_inside_only_from_alpha_128():
+    """Anti-aliased or partly erased brush pixels (alpha below 128) are outside the mask."""
+    from label_studio_sdk.converter.brush import encode_rle
+
+    alphas = np.array([[0, 1, 60, 127], [128, 129, 200, 255]], dtype=np.uint8)
+    rgba = np.zeros((2, 4, 4), dtype=np.uint8)
+    rgba[..., :3] = 255  # colour everywhere; only alpha says what is painted
+    rgba[..., 3] = alphas
+    result = {"original_height": 2, "original_width": 4, "value": {"rle": encode_rle(rgba.ravel())}}
+    assert fmt.decode_brush(result, 2, 4).tolist() == [[False] * 4, [True] * 4]

@@ -381,3 +381,15 @@ def test_cli_push_pull_stats_never_print_the_token(labelstudio, review_store, mo
         assert info.token not in output
     status = runner.invoke(app, ["labelstudio", "status", "--workdir", str(labelstudio[1])])
     assert status.exit_code == 0 and info.url in status.output and "healthy" in status.output
+
+
+def test_labelstudio_start_prints_an_export_line_to_paste(labelstudio):
+    """`mcc labelstudio start` on the running server: one line that sets both variables, token included."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    info, root = labelstudio
+    result = CliRunner().invoke(app, ["labelstudio", "start", "--workdir", str(root)], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert f"export LABEL_STUDIO_URL={info.url} LABEL_STUDIO_API_KEY={info.token}\n" in result.output

@@ -116,3 +116,15 @@ def test_stop_never_signals_a_process_it_did_not_start(workdir):
 def test_a_remote_work_dir_is_refused():
     with pytest.raises(server.LabelStudioServerError, match="not a local folder"):
         server.server_dir("s3://bucket/mcc")
+
+
+def test_the_first_boot_hint_is_given_only_before_the_database_exists(workdir, fake_venv):
+    fake_venv("import time; time.sleep(60)\n")
+    for database_exists in (False, True):
+        if database_exists:
+            (workdir / "labelstudio" / "label_studio.sqlite3").write_bytes(b"")
+        lines: list[str] = []
+        with pytest.raises(server.LabelStudioServerError, match="did not answer"):
+            server.start(workdir, port=server.free_port(), log=lines.append, timeout=1)
+        (starting,) = [line for line in lines if line.startswith("starting Label Studio")]
+        assert ("first boot" in starting) is not database_exists
