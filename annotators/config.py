@@ -38,7 +38,9 @@ class LocalizeConfig(BaseModel):
     )
     min_pixels: int | None = Field(None, ge=1, description="Least pixels of the VLM input.")
     max_pixels: int | None = Field(None, ge=1, description="Most pixels of the VLM input.")
-    limit: int | None = Field(None, ge=1, description="Annotate at most this many records per run.")
+    limit: int | None = Field(
+        None, ge=1, description="At most this many records per run (mcc annotate and the rebuild flow)."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Options only a custom backend reads.")
 
 
@@ -60,13 +62,22 @@ class SegmentConfig(BaseModel):
     @model_validator(mode="after")
     def _sam2_reference(self) -> SegmentConfig:
         """The sam2 backend's model is 'tiny' or CONFIG:CHECKPOINT: checked before any model loads."""
-        config, sep, checkpoint = self.model.partition(":")
-        if self.backend == "sam2" and self.model != "tiny" and not (sep and config and checkpoint):
-            raise ValueError(
-                f"segment.model {self.model!r}: give 'tiny' or CONFIG:CHECKPOINT, e.g. "
-                "configs/sam2.1/sam2.1_hiera_l.yaml:/models/sam2.1_hiera_large.pt"
-            )
+        if self.backend == "sam2":
+            split_sam2_model(self.model)
         return self
+
+
+def split_sam2_model(value: str) -> tuple[str, str] | None:
+    """A SAM2 model reference: None for ``tiny``, (config, checkpoint) for ``CONFIG:CHECKPOINT``; else ValueError."""
+    if value == "tiny":
+        return None
+    config, sep, checkpoint = value.partition(":")
+    if not sep or not config or not checkpoint:
+        raise ValueError(
+            f"segment.model {value!r}: give 'tiny' or CONFIG:CHECKPOINT, e.g. "
+            "configs/sam2.1/sam2.1_hiera_l.yaml:/models/sam2.1_hiera_large.pt"
+        )
+    return config, checkpoint
 
 
 class ReviewConfig(BaseModel):

@@ -175,6 +175,7 @@ class ReviewPush:
         self.images = images
         self.report = PushReport(project_id=_find_project(client, project))
         self._existing: dict[str, int] | None = None
+        self._labels: list[str] | None = None  # the project's concept labels, once read
         self._prefix = ""
 
     def takes(self, record: Record) -> bool:
@@ -234,7 +235,10 @@ class ReviewPush:
         return batch
 
     def _project(self, batch: list[Record]) -> int:
-        """The project's id, created on first use; its labels extended by the batch's new concepts."""
+        """The project's id, created on first use; its labels extended by the batch's new concepts.
+
+        The project's labels are read once per run; it is updated only when a batch brings a new concept.
+        """
         concepts = _ordered_concepts(batch)
         if self.report.project_id is None:
             self.report.project_id = self.client.projects.create(
@@ -246,15 +250,19 @@ class ReviewPush:
                 show_skip_button=True,
                 maximum_annotations=1,
             ).id
+            self._labels = concepts
             logger.info("created Label Studio project %r (id %d)", self.project, self.report.project_id)
             return self.report.project_id
-        current = self.client.projects.get(self.report.project_id)
-        known = fmt.config_labels(current.label_config or "")
-        missing = [c for c in concepts if c not in known]
-        if missing or not known:
-            self.client.projects.update(
-                self.report.project_id, label_config=fmt.label_config(known + missing)
-            )
+        if self._labels is None:
+            current = self.client.projects.get(self.report.project_id)
+            self._labels = fmt.config_labels(current.label_config or "")
+            if not self._labels:  # a project without our labels yet: write the config even with nothing new
+                self._labels = concepts
+                self.client.projects.update(self.report.project_id, label_config=fmt.label_config(concepts))
+        missing = [c for c in concepts if c not in self._labels]
+        if missing:
+            self._labels = self._labels + missing
+            self.client.projects.update(self.report.project_id, label_config=fmt.label_config(self._labels))
         return self.report.project_id
 
 

@@ -29,7 +29,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from scipy import ndimage
 
-from annotators.config import SegmentConfig
+from annotators.config import SegmentConfig, split_sam2_model
 from annotators.quality import GateSample, QualityConfig, QualityGate
 from manifests.masks import encode_mask
 from manifests.record import SAM_SCORE, Record, State
@@ -273,24 +273,11 @@ class Sam2Segmenter:
         self.gate.apply(record, sample, result)
 
 
-def parse_model(value: str) -> tuple[str, str | None]:
-    """``tiny`` -> (hiera-tiny config, no checkpoint); ``CONFIG:CHECKPOINT`` -> both."""
-    if value == "tiny":
-        return TINY_CONFIG, None
-    config, sep, checkpoint = value.partition(":")
-    if not sep or not config or not checkpoint:
-        raise ValueError(
-            f"segmenter model {value!r}: give 'tiny' or CONFIG:CHECKPOINT, e.g. "
-            "configs/sam2.1/sam2.1_hiera_l.yaml:/models/sam2.1_hiera_large.pt"
-        )
-    return config, checkpoint
-
-
 def from_config(
     config: SegmentConfig, *, quality: QualityConfig | None = None, verifier=None
 ) -> Sam2Segmenter:
     """The ``sam2`` backend of ``manifests.registry.SEGMENTERS``: SAM2 from ``config.model``, then the gate."""
-    sam_config, checkpoint = parse_model(config.model)
+    sam_config, checkpoint = split_sam2_model(config.model) or (TINY_CONFIG, None)
     return Sam2Segmenter(
         sam_config,
         checkpoint,

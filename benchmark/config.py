@@ -60,7 +60,9 @@ class ScoreConfig(_Backbone):
     retry_failed: bool = Field(False, description="Score again the pairs an earlier run recorded as failed.")
     qualitative: int = Field(6, ge=0, description="Images kept for the qualitative figure.")
     compare: list[str] = Field(
-        default_factory=list, description="Other `mcc score` output folders to show beside this one."
+        default_factory=list,
+        description="Other `mcc score` output folders to show beside this one (mcc score only: the flow "
+        "scores every method of `methods` into folders of its own).",
     )
 
 

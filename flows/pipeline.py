@@ -107,26 +107,36 @@ def scrape_task(config: PipelineConfig) -> dict[str, int]:
 
     store = ManifestStore(config.workdir)
     with ProgressArtifact("scrape") as progress:
-        records = scrape(
+        run = scrape(
             config.scrape,
             store,
             groups_file=config.plan.groups_file,
             progress=progress,
             openverse_token=os.environ.get("MCC_OPENVERSE_TOKEN"),
+            log=get_run_logger().info,
         )
-    counts = Counter(r.state.value for r in records)
-    get_run_logger().info("scraped %d URLs: %s", len(records), dict(counts))
+    counts = Counter(r.state.value for r in run.records)
+    get_run_logger().info("scraped %d URLs: %s", len(run.records), dict(counts))
     return dict(counts)
 
 
 def pending_shards(config: PipelineConfig) -> list[list[str]]:
-    """Ids of the records not yet past segmentation, in id order, cut into shards."""
+    """Ids of the records not yet past segmentation, in id order, cut into shards.
+
+    ``generate.groups`` keeps only those groups' records; ``generate.limit`` and
+    ``localize.limit`` cap the records of this run (the smaller wins), as in the CLI.
+    """
     store = ManifestStore(config.workdir)
+    groups = config.generate.groups
     ids = [
         r.id
         for r in store.iter()
-        if r.state in PENDING_STATES and not (r.state == State.planned and r.source.kind == "web")
+        if r.state in PENDING_STATES
+        and not (r.state == State.planned and r.source.kind == "web")
+        and (not groups or r.group in groups)
     ]
+    limits = [n for n in (config.generate.limit, config.localize.limit) if n is not None]
+    ids = ids[: min(limits)] if limits else ids
     return [ids[i : i + config.shard_size] for i in range(0, len(ids), config.shard_size)]
 
 

@@ -135,10 +135,7 @@ def run_mcc_scraper(
         keep_original_bytes=keep_original,
     )
     started, cpu = time.perf_counter(), _cpu_seconds()
-    scraper = WebScraper(config)
-    records = run_stage(
-        scraper, store, records, writers=scraper.writers
-    ).records  # worker processes end first
+    records = run_stage(WebScraper(config), store, records).records  # worker processes end first
     seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     failures = Counter(r.rejection.reason for r in records if r.state == State.rejected and r.rejection)
     accepted = sum(r.state == State.generated for r in records)

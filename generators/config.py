@@ -31,6 +31,10 @@ class GenerateConfig(BaseModel):
     dtype: str | None = Field(None, description="bfloat16 (default), float16 or float32 (tiny: float32).")
     cpu_offload: bool = Field(False, description="Keep only the active sub-model on the GPU (24 GB cards).")
     vae_tiling: bool = Field(False, description="Decode the VAE in tiles (less memory).")
-    groups: list[str] | None = Field(None, description="Only the planned scenes of these group ids.")
-    limit: int | None = Field(None, ge=1, description="Generate at most this many records per run.")
+    groups: list[str] | None = Field(
+        None, description="Only the records of these group ids (mcc generate and the rebuild flow)."
+    )
+    limit: int | None = Field(
+        None, ge=1, description="At most this many records per run (mcc generate and the rebuild flow)."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Options only a custom backend reads.")

@@ -8,6 +8,7 @@ earlier records) but never writes it::
         name: str                   # "generate", "localize", ... (the history's stage name)
         accepts: tuple[State, ...]  # the states it takes; others are skipped, untouched
         batch_size: int             # records per ``run`` call
+    writers: int                # optional: threads that write its outputs (default 1)
 
         def run(self, batch: list[Record], store: ManifestStore) -> Iterable[Output]: ...
         def takes(self, record: Record) -> bool: ...  # optional: e.g. only generated sources
@@ -36,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,20 +93,6 @@ class StageRun:
     skipped: int = 0
     errors: int = 0
 
-    @property
-    def by_state(self) -> dict[str, int]:
-        return dict(Counter(r.state.value for r in self.records))
-
-    @property
-    def rejected_by(self) -> dict[str, int]:
-        return dict(
-            Counter(
-                r.rejection.reason
-                for r in self.records
-                if r.state == State.rejected and r.rejection and r.rejection.stage == self.stage
-            )
-        )
-
 
 Progress = Callable[[Record], None]
 """Called with each record right after it is stored (from the runner's writer threads, one at a time).
@@ -126,14 +112,15 @@ def run_stage(
     where: Callable[[Record], bool] | None = None,
     limit: int | None = None,
     progress: Progress | None = None,
-    writers: int = 1,
+    writers: int | None = None,
 ) -> StageRun:
     """Run ``stage`` over ``records`` (default: every record of ``store`` it accepts) and store the results.
 
     Records not in ``stage.accepts`` (or refused by ``where``) are skipped untouched and
     counted. ``limit`` caps the records processed. ``writers`` > 1 overlaps the file
-    writes (fsync) of different records on that many threads; each record is still
-    written after its files. Returns the processed records as stored, in input order.
+    writes (fsync) of different records on that many threads (default: the stage's
+    ``writers`` attribute, else 1); each record is still written after its files.
+    Returns the processed records as stored, in input order.
     """
     accepts = tuple(State(s) for s in stage.accepts)
     takes = getattr(stage, "takes", None)
@@ -147,7 +134,7 @@ def run_stage(
     if progress is not None and hasattr(progress, "start"):
         progress.start(len(todo))
     stored: dict[str, Record] = {}
-    writer = _Writer(store, stored, progress, writers)
+    writer = _Writer(store, stored, progress, writers or getattr(stage, "writers", 1))
     errors = 0
     try:
         for start in range(0, len(todo), max(1, stage.batch_size)):

@@ -248,44 +248,26 @@ def scrape(
 ) -> None:
     """Download web images into the store: one record per URL, stored or rejected with a reason."""
     from generators.sources import SourceError, UrlListError
-    from generators.web import WebScraper, find_candidates, plan_web_records
-    from manifests import GroupsFileError, ManifestStore, load_groups
-    from manifests.stage import run_stage
+    from generators.web import scrape
+    from manifests import GroupsFileError, ManifestStore
 
     config = load_config(profile, SCRAPE_FLAGS, locals(), set_)
-    job = config.scrape
-    try:
-        groups = {g.id: g for g in load_groups(config.plan.groups_file)}
-    except GroupsFileError as error:
-        raise fail(str(error)) from None
-    extra: dict[str, int] = {}
-    try:
-        candidates, skipped_rows = find_candidates(
-            job, groups, lambda line: console.print(line, highlight=False, soft_wrap=True), openverse_token
-        )
-    except (UrlListError, SourceError, ValueError) as error:
-        raise fail(str(error)) from None
-    if skipped_rows:
-        extra["skipped rows of the URL list"] = skipped_rows
     store = ManifestStore(config.workdir)
     try:
-        records, skipped = plan_web_records(candidates, groups, store, retry_transient=job.retry_failed)
-    except ValueError as error:
-        raise fail(str(error)) from None
-    if skipped:
-        extra["already in the store (skipped)"] = len(skipped)
-    run_records = []
-    if records:
-        rate = job.download.per_host_rate
-        console.print(
-            f"{len(records)} URLs; at most {rate:g} requests/s per host"
-            if rate
-            else f"{len(records)} URLs; no rate limit",
-            style="dim",
-        )
-        scraper = WebScraper(job)
         with StageProgress("scrape") as progress:
-            run_records = run_stage(
-                scraper, store, records, progress=progress, writers=scraper.writers
-            ).records
-    _summary(f"scrape into {config.workdir}", run_records, "scrape", extra)
+            run = scrape(
+                config.scrape,
+                store,
+                config.plan.groups_file,
+                progress,
+                openverse_token,
+                log=lambda line: console.print(line, highlight=False, soft_wrap=True),
+            )
+    except (GroupsFileError, UrlListError, SourceError, ValueError) as error:
+        raise fail(str(error)) from None
+    extra: dict[str, int] = {}
+    if run.skipped_rows:
+        extra["skipped rows of the URL list"] = run.skipped_rows
+    if run.already_stored:
+        extra["already in the store (skipped)"] = run.already_stored
+    _summary(f"scrape into {config.workdir}", run.records, "scrape", extra)

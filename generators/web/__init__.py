@@ -57,7 +57,7 @@ from generators.web.image import (
 )
 from generators.web.index import ImageIndex
 from generators.web.plan import find_candidates, plan_web_records
-from generators.web.scraper import FetchOutcome, WebScraper, fetch_and_prepare, scrape
+from generators.web.scraper import FetchOutcome, ScrapeRun, WebScraper, fetch_and_prepare, scrape
 
 __all__ = [
     "INDEX_PATH",
@@ -71,6 +71,7 @@ __all__ = [
     "PreparedImage",
     "ScrapeConfig",
     "ScrapeJob",
+    "ScrapeRun",
     "WebImage",
     "WebScraper",
     "fetch_and_prepare",

@@ -347,22 +347,37 @@ class WebScraper:
         )
 
 
+@dataclass
+class ScrapeRun:
+    """What ``scrape`` did: the records processed (stored or rejected), rows of the URL list that
+    could not be used, and candidates already in the store (skipped)."""
+
+    records: list[Record]
+    skipped_rows: int
+    already_stored: int
+
+
 def scrape(
     job: ScrapeJob,
     store: ManifestStore,
     groups_file: str | os.PathLike | None = None,
     progress: Callable[[Record], None] | None = None,
     openverse_token: str | None = None,
-) -> list[Record]:
+    log: Callable[[str], None] = logger.info,
+) -> ScrapeRun:
     """The whole of ``mcc scrape`` and the flows' scrape task: find, plan and scrape ``job``'s images.
 
-    Returns the records processed in this run (URLs already in the store are skipped,
-    unless ``job.retry_failed`` and they failed for a transient reason).
+    URLs already in the store are skipped, unless ``job.retry_failed`` and they failed for
+    a transient reason. ``log`` gets the human-readable lines (skipped rows, search counts,
+    the rate limit). Raises ``GroupsFileError``, ``UrlListError``, ``SourceError`` or
+    ValueError for a job that cannot run.
     """
     groups = {g.id: g for g in load_groups(groups_file)}
-    candidates, _ = find_candidates(job, groups, logger.info, openverse_token)
+    candidates, skipped_rows = find_candidates(job, groups, log, openverse_token)
     records, skipped = plan_web_records(candidates, groups, store, retry_transient=job.retry_failed)
-    if skipped:
-        logger.info("%d URLs are already in the store; skipped", len(skipped))
-    scraper = WebScraper(job)
-    return run_stage(scraper, store, records, progress=progress, writers=scraper.writers).records
+    if not records:
+        return ScrapeRun([], skipped_rows, len(skipped))
+    rate = job.download.per_host_rate
+    log(f"{len(records)} URLs; " + (f"at most {rate:g} requests/s per host" if rate else "no rate limit"))
+    processed = run_stage(WebScraper(job), store, records, progress=progress).records
+    return ScrapeRun(processed, skipped_rows, len(skipped))

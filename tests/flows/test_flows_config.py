@@ -31,3 +31,24 @@ def test_profile_file_and_bad_input(tmp_path):
         load_profile("nope")
     with pytest.raises(ValidationError, match="extra"):
         PipelineConfig.model_validate({"profile": "smoke", "generate": {"stepz": 3}})
+
+
+def test_the_rebuild_flow_selects_records_by_the_profiles_groups_and_limits(tmp_path):
+    """``generate.groups`` and the smaller of ``generate.limit`` / ``localize.limit`` apply to the flow's shards."""
+    from flows.pipeline import pending_shards
+    from manifests import ManifestStore, add_planned, load_groups, plan_scenes
+
+    groups = load_groups()[:2]
+    store = ManifestStore(tmp_path / "work")
+    add_planned(store, plan_scenes(groups, per_group=3, seed=0))
+    config = load_profile("smoke", workdir=str(tmp_path / "work"), shard_size=2)
+    assert sum(map(len, pending_shards(config))) == 6
+    only = config.model_copy(
+        update={"generate": config.generate.model_copy(update={"groups": [groups[1].id]})}
+    )
+    picked = [store.get(i) for shard in pending_shards(only) for i in shard]
+    assert len(picked) == 3 and {r.group for r in picked} == {groups[1].id}
+    capped = load_profile(
+        "smoke", workdir=str(tmp_path / "work"), shard_size=2, generate={"limit": 5}, localize={"limit": 3}
+    )
+    assert [len(shard) for shard in pending_shards(capped)] == [2, 1]

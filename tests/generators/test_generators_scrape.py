@@ -528,10 +528,13 @@ def test_scrape_job_does_read_plan_and_scrape(tmp_path):
         urls.write_text(f"url,group,licence,attribution,page_url\n{server.url('/a.jpg')},frog-toad,CC0,,\n")
         store = ManifestStore(tmp_path / "work")
         job = ScrapeJob(urls=str(urls), **_config().model_dump())
-        (record,) = scrape(job, store)
+        first = scrape(job, store)
+        (record,) = first.records
+        assert (first.skipped_rows, first.already_stored) == (0, 0)
         assert record.state == State.generated and record.concept_names == ["frog", "toad"]
         assert store.get(record.id).state == State.generated
-        assert scrape(job, store) == []  # already in the store
+        again = scrape(job, store)
+        assert again.records == [] and again.already_stored == 1  # already in the store
 
 
 def test_robots_crawl_delay_slows_the_host_down(tmp_path):
