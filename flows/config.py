@@ -122,7 +122,15 @@ def read_profile(profile: str) -> dict[str, Any]:
         if not path.is_file():
             raise ValueError(f"unknown profile {profile!r}: use one of {PROFILES} or the path of a YAML file")
         text = path.read_text()
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(
+            f"profile {profile!r} is not valid YAML{where}: {problem}; fix the file (see flows/profiles/smoke.yaml)"
+        ) from None
     if not isinstance(values, dict):
         raise ValueError(
             f"profile {profile!r} must be a YAML mapping of sections (workdir, plan, generate, ...)"
@@ -172,7 +180,13 @@ def cli_config(profile: str | None, flags: dict[str, Any], sets: list[str] | Non
         path, sep, text = entry.partition("=")
         if not sep or not path.strip():
             raise ValueError(f"--set {entry!r}: write section.field=value, e.g. --set generate.steps=4")
-        set_path(values, path.strip(), yaml.safe_load(text))
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(
+                f"--set {entry!r}: the value is not valid YAML; quote it, e.g. --set 'a.b=\"text\"'"
+            ) from None
+        set_path(values, path.strip(), value)
     try:
         return PipelineConfig.model_validate(values)
     except ValidationError as error:

@@ -16,7 +16,10 @@ does, in order, for every hop of a redirect chain:
    and timeouts only; redirects are followed by hand (each hop goes through 1-4);
 5. ``X-Robots-Tag: noai`` / ``noimageai`` refusal, then the body streamed with the size
    limit enforced on the bytes received (not only the ``Content-Length`` header) and a
-   total deadline, so a server that drips bytes cannot hold a worker.
+   total deadline, so a server that drips bytes cannot hold a worker. Requests ask for
+   ``Accept-Encoding: identity`` and a body sent with any other ``Content-Encoding`` is
+   refused before a byte is decoded (``content_encoding``): a 2 KB ``gzip, gzip`` body
+   can inflate to gigabytes, and images gain nothing from compression on the wire.
 """
 
 from __future__ import annotations
@@ -117,14 +120,40 @@ class Download:
 
 
 # -- addresses --------------------------------------------------------------------------
+_NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped (``::ffff:a.b.c.d``), 6to4
+    (``2002:AABB:CCDD::``), Teredo (server and de-obfuscated client) and NAT64 (``64:ff9b::a.b.c.d``)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if any(ip in prefix for prefix in _NAT64_PREFIXES):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def address_blocked(address: str, allowed_networks: Iterable[str] = ()) -> bool:
     """True for loopback, private, link-local, multicast, reserved, unspecified and other
-    non-global addresses (IPv4-mapped IPv6 checked as IPv4), unless in ``allowed_networks``."""
+    non-global addresses, unless in ``allowed_networks``. An IPv6 address that embeds an
+    IPv4 one (mapped, 6to4, Teredo, NAT64: ``embedded_ipv4``) is blocked when any embedded
+    address is, so ``2002:7f00:1::`` cannot reach 127.0.0.1 through a 6to4 relay."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for network in allowed_networks:
-        if ip in ipaddress.ip_network(network, strict=False):
+    networks = [ipaddress.ip_network(network, strict=False) for network in allowed_networks]
+    if any(ip in network for network in networks):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if any(address_blocked(str(v4), allowed_networks) for v4 in inner):
+            return True
+        if ip in _NAT64_PREFIXES[0]:  # the well-known NAT64 prefix reaches exactly its IPv4 address
             return False
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
 
@@ -329,7 +358,11 @@ class Downloader:
                 timeout=httpx.Timeout(
                     connect=c.connect_timeout, read=c.read_timeout, write=c.read_timeout, pool=None
                 ),
-                headers={"User-Agent": c.user_agent, "Accept": "image/*,*/*;q=0.5"},
+                headers={
+                    "User-Agent": c.user_agent,
+                    "Accept": "image/*,*/*;q=0.5",
+                    "Accept-Encoding": "identity",
+                },
                 follow_redirects=False,
                 trust_env=False,
             )
@@ -399,6 +432,8 @@ class Downloader:
             raise DownloadFailure("invalid_url", f"{url!r}: {error}") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise DownloadFailure("invalid_url", f"{url!r} is not an absolute http(s) URL")
+        if parsed.userinfo:  # never send, log or record credentials (a redirect may add them)
+            parsed = parsed.copy_with(userinfo=b"")
         return parsed
 
     async def _check_robots(self, url: httpx.URL) -> None:
@@ -492,6 +527,7 @@ class Downloader:
                                         attempts=attempt,
                                         final_url=str(url),
                                     )
+                            _refuse_content_encoding(response.headers)
                             body = await self._read_limited(response, max_bytes, truncate)
                             return _Answer(status, response.headers, str(url), body, attempt)
                         if status < 500 or attempt > c.retries:
@@ -550,7 +586,7 @@ class Downloader:
             raise DownloadFailure("too_large", f"Content-Length {int(declared)} > max_bytes {max_bytes}")
         chunks: list[bytes] = []
         received = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():  # never decoded (see _refuse_content_encoding)
             received += len(chunk)
             if received > max_bytes:
                 if truncate:
@@ -559,6 +595,18 @@ class Downloader:
                 raise DownloadFailure("too_large", f"more than max_bytes {max_bytes} received")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _refuse_content_encoding(headers: httpx.Headers) -> None:
+    """Raise ``DownloadFailure("content_encoding")`` unless the body is sent as is (identity)."""
+    codings = [c.strip().lower() for value in headers.get_list("content-encoding") for c in value.split(",")]
+    refused = [c for c in codings if c and c != "identity"]
+    if refused:
+        raise DownloadFailure(
+            "content_encoding",
+            f"Content-Encoding {', '.join(refused)} refused (the request asked for identity): "
+            "compressed bodies are not decoded, so a small body cannot inflate past max_bytes",
+        )
 
 
 def _retry_after(value: str | None) -> float | None:

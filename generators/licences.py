@@ -44,18 +44,33 @@ _NAMES = {
     "all-rights-reserved": "All rights reserved",
 }
 
-# Words of the long CC names mapped to the licence elements.
-_ELEMENT_WORDS = {
-    "attribution": "by",
-    "noncommercial": "nc",
-    "non-commercial": "nc",
-    "sharealike": "sa",
-    "share-alike": "sa",
-    "noderivs": "nd",
-    "noderivatives": "nd",
-    "no-derivatives": "nd",
-    "no-derivs": "nd",
-}
+# Restrictive and share-alike terms, in every spelling seen on the web, read anywhere in
+# the text (also after a deed URL): "NonCommercial", "non commercial", "Non-Commercial",
+# "not for commercial use", "no commercial use", "commercial use prohibited"; "NoDerivs",
+# "No Derivatives", "no-derivative works", "no modifications"; "ShareAlike", "Share Alike".
+_NC_PATTERN = re.compile(
+    r"\bnc\b|\bnon[\s_-]*commercial|\bnot[\s_-]+(?:for[\s_-]+)?commercial|\bno[\s_-]+commercial"
+    r"|commercial[\s_-]+(?:use[\s_-]+)?(?:is[\s_-]+)?(?:not[\s_-]+(?:allowed|permitted)|prohibited|forbidden)"
+    r"|\bpersonal[\s_-]+use[\s_-]+only|\beducational[\s_-]+use[\s_-]+only"
+)
+_ND_PATTERN = re.compile(
+    r"\bnd\b|\bno[\s_-]*deriv|\bnot[\s_-]+(?:for[\s_-]+)?(?:derivative|modification)|\bno[\s_-]+modifications?"
+    r"|(?:derivatives|modifications?)[\s_-]+(?:are[\s_-]+)?(?:not[\s_-]+(?:allowed|permitted)|prohibited|forbidden)"
+)
+_SA_PATTERN = re.compile(r"\bsa\b|\bshare[\s_-]*alike")
+
+
+def restriction_elements(text: str) -> set[str]:
+    """The CC elements ``nc`` / ``nd`` / ``sa`` that ``text`` states anywhere, in any spelling.
+
+    ``"CC BY 4.0 (non commercial use only)"`` -> ``{"nc"}``; ``"CC BY Share Alike 4.0"`` -> ``{"sa"}``.
+    """
+    lower = text.lower()
+    found = set()
+    for element, pattern in (("nc", _NC_PATTERN), ("nd", _ND_PATTERN), ("sa", _SA_PATTERN)):
+        if pattern.search(lower):
+            found.add(element)
+    return found
 
 
 @dataclass(frozen=True)
@@ -108,8 +123,13 @@ def _cc_code(elements: Iterable[str]) -> str:
 def parse_licence(text: str | None, version: str | None = None) -> Licence | None:
     """Normalise a licence string or URL; ``None`` when there is no licence information.
 
-    ``version`` is used when ``text`` carries none (Openverse gives ``license="by"`` and
-    ``license_version="2.0"`` separately). Never raises: text no rule understands gives
+    The whole text is read: a NonCommercial, NoDerivatives or ShareAlike term anywhere in
+    it (``restriction_elements``, any spelling, also after a deed URL) is part of the
+    code, so ``"CC BY 4.0 (non commercial use only)"`` is ``cc-by-nc``, never ``cc-by``.
+    A public-domain, CC0 or GFDL text that also states such a restriction contradicts
+    itself and is ``unrecognised`` (refused by default). ``version`` is used when
+    ``text`` carries none (Openverse gives ``license="by"`` and ``license_version="2.0"``
+    separately). Never raises: text no rule understands gives
     ``Licence("unrecognised", raw=text)``.
     """
     if text is None or not str(text).strip():
@@ -117,46 +137,47 @@ def parse_licence(text: str | None, version: str | None = None) -> Licence | Non
     raw = str(text).strip()
     lower = raw.lower()
     found_version = _version(lower) or (version.strip() if version and version.strip() else None)
+    restrictions = restriction_elements(lower)
 
     # 1. URLs of creativecommons.org deeds and legal codes.
     url = re.search(r"creativecommons\.org/(licenses|publicdomain)/([a-z-]+)", lower)
     if url:
         kind, path = url.groups()
+        rest = lower[: url.start()] + lower[url.end() :]  # the words around the URL
         if kind == "publicdomain":
-            if path == "zero":
-                return Licence("cc0", "1.0", raw)
-            return Licence("public-domain", None, raw)
+            if restriction_elements(rest) & {"nc", "nd"}:
+                return Licence("unrecognised", None, raw)
+            return Licence("cc0", "1.0", raw) if path == "zero" else Licence("public-domain", None, raw)
         elements = path.split("-")
         if elements and elements[0] == "by" and set(elements) <= {"by", "nc", "nd", "sa"}:
-            return Licence(_cc_code(elements), found_version, raw)
+            return Licence(_cc_code([*elements, *restriction_elements(rest)]), found_version, raw)
         return Licence("unrecognised", None, raw)
 
     # 2. Texts and codes.
     words = lower.replace("creative commons", "cc").replace("_", " ")
-    for long, element in _ELEMENT_WORDS.items():
-        words = re.sub(rf"\b{re.escape(long)}\b", element, words)
     tokens = [t for t in re.split(r"[\s,;/()+-]+", words) if t]
     if not tokens:
         return Licence("unrecognised", None, raw)
     compact = "".join(tokens)
+    restricted = bool(restrictions & {"nc", "nd"})
     if compact.startswith(("cc0", "cczero")) or tokens[:2] == ["cc", "0"] or "publicdomainzero" in compact:
-        return Licence("cc0", "1.0", raw)
+        return Licence("unrecognised", None, raw) if restricted else Licence("cc0", "1.0", raw)
     if (
         compact in ("pd", "pdm", "publicdomain", "publicdomainmark")
         or compact.startswith(("publicdomain", "pdm"))
         or re.match(r"^pd[-\s]", lower)
     ):
-        return Licence("public-domain", None, raw)
+        return Licence("unrecognised", None, raw) if restricted else Licence("public-domain", None, raw)
     if compact.startswith("gfdl") or "gnufreedocumentation" in compact:
-        return Licence("gfdl", None, raw)
+        return Licence("unrecognised", None, raw) if restricted else Licence("gfdl", None, raw)
     if "allrightsreserved" in compact or compact in ("copyright", "copyrighted"):
         return Licence("all-rights-reserved", None, raw)
-    elements = [t for t in tokens if t in ("by", "nc", "nd", "sa")]
+    attribution = "by" in tokens or "attribution" in tokens
     # Bare "Attribution" (Wikimedia's non-CC template) is not CC; "by" codes and versioned long names are.
     openverse_code = re.match(r"^by([-\s]|$)", lower) is not None
-    is_cc = "cc" in tokens or openverse_code or (elements and found_version is not None)
-    if "by" in elements and is_cc:
-        return Licence(_cc_code(elements), found_version, raw)
+    is_cc = "cc" in tokens or openverse_code or (attribution and found_version is not None)
+    if attribution and is_cc:
+        return Licence(_cc_code(["by", *restrictions]), found_version, raw)
     return Licence("unrecognised", None, raw)
 
 

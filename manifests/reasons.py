@@ -24,6 +24,7 @@ class DownloadReason(StrEnum):
     connection_error = "connection_error"  # DNS failure, connection refused or reset
     timeout = "timeout"  # connect/read timeout or the total deadline, after retries
     too_large = "too_large"  # more bytes than max_bytes (or, for images, more pixels than max_pixels)
+    content_encoding = "content_encoding"  # a Content-Encoding other than identity (never decoded)
 
 
 class ScrapeReason(StrEnum):
@@ -37,6 +38,7 @@ class ScrapeReason(StrEnum):
     connection_error = "connection_error"
     timeout = "timeout"
     too_large = "too_large"
+    content_encoding = "content_encoding"
     licence = "licence"  # not on the allow-list, unrecognised, or unknown (no licence given)
     not_an_image = "not_an_image"  # the bytes are not a supported raster image (HTML, SVG, empty body...)
     corrupt = "corrupt"  # an image format that does not decode (truncated, damaged)

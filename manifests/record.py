@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from manifests.reasons import check_reason
 from manifests.version import code_version
+from manifests.workdir import check_record_id, check_relative
 
 Box = tuple[float, float, float, float]
 """XYXY in pixels of the stored image: (x_min, y_min, x_max, y_max)."""
@@ -95,8 +96,29 @@ class GeneratedSource(BaseModel):
     height: int | None = None
 
 
+def strip_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` part (nothing else changes); the only form of a URL MCC stores."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def web_url(url: str, field: str = "url") -> str:
+    """An absolute http(s) URL without userinfo; ValueError naming ``field`` for anything else
+    (``javascript:``, ``file:``, ``data:``, relative URLs)."""
+    text = str(url).strip()
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} {text[:200]!r} is not an absolute http:// or https:// URL")
+    return strip_userinfo(text)
+
+
 class WebSource(BaseModel):
-    """An image found on the web, with what its licence requires us to keep."""
+    """An image found on the web, with what its licence requires us to keep.
+
+    ``url`` and ``page_url`` are absolute http(s) URLs stored without a ``user:password@``
+    part: credentials in a URL list are never sent, stored or published."""
 
     kind: Literal["web"] = "web"
     url: str
@@ -106,6 +128,16 @@ class WebSource(BaseModel):
     retrieved_at: datetime | None = None
     query: str | None = None
     provider: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        return web_url(url, "url")
+
+    @field_validator("page_url")
+    @classmethod
+    def _http_page_url(cls, url: str | None) -> str | None:
+        return None if url is None else web_url(url, "page_url")
 
 
 Source = Annotated[GeneratedSource | WebSource, Field(discriminator="kind")]
@@ -118,6 +150,11 @@ class ImageInfo(BaseModel):
     sha256: str
     width: int
     height: int
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_work_dir(cls, path: str) -> str:
+        return check_relative(path)
 
 
 class RLE(BaseModel):
@@ -159,6 +196,11 @@ class Record(BaseModel):
     rejection: Rejection | None = None
     review_task: int | None = None
     history: list[StageEvent] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, record_id: str) -> str:
+        return check_record_id(record_id)
 
     @field_validator("concepts")
     @classmethod

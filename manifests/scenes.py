@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from manifests.groups import ConceptGroup, load_groups
+from manifests.groups import ConceptGroup, GroupsFileError, load_groups
 from manifests.record import Concept, GeneratedSource, Record, State, generated_record_id
 from manifests.store import ManifestStore
 
@@ -78,7 +78,7 @@ def plan_scenes(groups: list[ConceptGroup] | str | Path, per_group: int, seed: i
     for group in groups:
         settings = vocabulary["settings"].get(group.domain)
         if not settings:
-            raise ValueError(
+            raise GroupsFileError(
                 f"group {group.id!r} has domain {group.domain!r}, which has no settings in manifests/scenes.yaml; "
                 f"use one of {sorted(vocabulary['settings'])} or add settings for it"
             )

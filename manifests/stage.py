@@ -122,6 +122,7 @@ def run_stage(
     ``writers`` attribute, else 1); each record is still written after its files.
     Returns the processed records as stored, in input order.
     """
+    store.sweep_temporary()  # what a killed run left half-written never lingers
     accepts = tuple(State(s) for s in stage.accepts)
     takes = getattr(stage, "takes", None)
     given = list(records) if records is not None else select(store, accepts, takes)

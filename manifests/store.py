@@ -18,6 +18,8 @@ import hashlib
 import io
 import logging
 import os
+import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from manifests.record import ImageInfo, Record, State
-from manifests.workdir import WorkDir
+from manifests.workdir import UnsafePathError, WorkDir, check_record_id, check_relative
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,27 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+_HOST = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname()) or "host"
+
+
+def _writer_tag() -> str:
+    """``<host>_<pid>`` of this process: the part of a temporary file's name that says who writes it."""
+    return f"{_HOST}_{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (False for ids < 1)."""
+    if pid < 1:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 class RecordLoadError(ValueError):
@@ -83,8 +106,9 @@ class ManifestStore:
 
     # -- paths -----------------------------------------------------------------------
     def path(self, relative: str) -> str:
-        """The full path (in ``self.fs``) of a path relative to the work dir."""
-        return f"{self.root}/{relative}"
+        """The full path (in ``self.fs``) of a path relative to the work dir; UnsafePathError
+        (a ValueError) for one that could leave it (``manifests.workdir.check_relative``)."""
+        return f"{self.root}/{check_relative(relative)}"
 
     def local_path(self, relative: str) -> str:
         """The path on this machine's disk; only for local work dirs (e.g. to serve files)."""
@@ -93,9 +117,7 @@ class ManifestStore:
         return self.path(relative)
 
     def _record_path(self, record_id: str) -> str:
-        if not record_id or "/" in record_id or record_id.startswith("."):
-            raise ValueError(f"invalid record id {record_id!r}: ids are file names, no '/' or leading '.'")
-        return self.path(WorkDir.record(record_id))
+        return self.path(WorkDir.record(record_id))  # checks the id
 
     # -- records ---------------------------------------------------------------------
     def put(self, record: Record) -> None:
@@ -110,7 +132,10 @@ class ManifestStore:
             data = self.fs.cat_file(path)
         except FileNotFoundError:
             raise KeyError(f"no record {record_id!r} in {self.workdir}") from None
-        return self._parse(path, data)
+        record = self._parse(path, data)
+        if record.id != record_id:
+            raise RecordLoadError(path, f"the file is named {record_id!r} but holds record id {record.id!r}")
+        return record
 
     def exists(self, record_id: str) -> bool:
         return self.fs.exists(self._record_path(record_id))
@@ -134,7 +159,7 @@ class ManifestStore:
         wanted = State(state) if state is not None else None
         for record_id in self.ids():
             try:
-                record = self.get(record_id)
+                record = self._get_listed(record_id)
             except RecordLoadError as error:
                 logger.warning("%s", error)
                 if errors is not None:
@@ -144,6 +169,14 @@ class ManifestStore:
                 continue
             if wanted is None or record.state == wanted:
                 yield record
+
+    def _get_listed(self, name: str) -> Record:
+        """``get`` for a name listed in ``records/``; a name that is not a record id is a RecordLoadError too."""
+        try:
+            check_record_id(name)
+        except UnsafePathError as error:
+            raise RecordLoadError(f"{self.path(WorkDir.RECORDS)}/{name}.json", str(error)) from None
+        return self.get(name)
 
     def counts(self) -> StoreCounts:
         errors: list[RecordLoadError] = []
@@ -198,11 +231,47 @@ class ManifestStore:
     def read_bytes(self, relative: str) -> bytes:
         return self.fs.cat_file(self.path(relative))
 
+    TEMPORARY_MAX_AGE = 3600.0
+    """Seconds after which a temporary file is swept even if its writer's pid is alive (pids are reused)."""
+
+    def sweep_temporary(self) -> list[str]:
+        """Delete temporary files (``.<name>.<host>_<pid>.<random>.tmp``) that a killed writer left behind.
+
+        A file goes when it was written on this machine by a process that no longer runs,
+        or when it is older than ``TEMPORARY_MAX_AGE`` (a writer on another machine sharing
+        the folder, or a reused pid); writes in progress stay. Only local work dirs have
+        such files (object stores upload whole objects). Returns the paths removed.
+        """
+        if not self._local:
+            return []
+        removed = []
+        for folder in (WorkDir.RECORDS, WorkDir.IMAGES, "indexes", WorkDir.REPORTS, "reviews"):
+            try:
+                entries = list(os.scandir(self.path(folder)))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                parts = entry.name.split(".")
+                if not (entry.name.startswith(".") and entry.name.endswith(".tmp") and len(parts) >= 5):
+                    continue
+                host, _, pid = parts[-3].rpartition("_")
+                dead_here = host == _HOST and not _process_alive(int(pid) if pid.isdigit() else -1)
+                try:
+                    stale = dead_here or time.time() - entry.stat().st_mtime > self.TEMPORARY_MAX_AGE
+                    if stale:
+                        os.unlink(entry.path)
+                        removed.append(entry.path)
+                except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                    continue
+        if removed:
+            logger.info("removed %d temporary files left by killed writers in %s", len(removed), self.workdir)
+        return removed
+
     def _write_atomic(self, path: str, data: bytes) -> None:
         parent = path.rsplit("/", 1)[0]
         if self._local:
             os.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+            tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.{_writer_tag()}.{uuid.uuid4().hex[:8]}.tmp"
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)

@@ -39,9 +39,9 @@ def plan(
     config = load_config(profile, PLAN_FLAGS, locals(), set_)
     try:
         concept_groups = load_groups(config.plan.groups_file)[: config.plan.max_groups]
+        specs = plan_scenes(concept_groups, per_group=config.plan.per_group, seed=config.plan.seed)
     except GroupsFileError as error:
         raise fail(str(error)) from None
-    specs = plan_scenes(concept_groups, per_group=config.plan.per_group, seed=config.plan.seed)
     created, existing = add_planned(ManifestStore(config.workdir), specs)
     console.print(
         f"planned {len(specs)} scenes from {len(concept_groups)} groups: "

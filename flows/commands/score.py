@@ -272,6 +272,12 @@ def score(
         f"[red]failed {counts['failed']}[/], invalid {counts['invalid']}"
     )
     console.print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'figures'}")
+    if counts["pairs"] and not counts["scored"]:
+        raise fail(
+            f"none of the {counts['pairs']} pairs could be scored (failed {counts['failed']}, degenerate "
+            f"{counts['degenerate']}, invalid {counts['invalid']}); the errors are in {out / 'pairs.jsonl'}",
+            code=1,
+        )
 
 
 SWEEP_FLAGS: dict[str, Flag] = {

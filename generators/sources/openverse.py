@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from generators.licences import DEFAULT_ALLOWED_LICENCES
 from generators.sources.candidate import Candidate
-from generators.sources.search import get_json, group_query, make_client
+from generators.sources.search import Pacer, as_int, get_json, group_query, make_client, page_limit
 from manifests.groups import ConceptGroup
 
 # Our licence codes -> Openverse's ``license`` filter values.
@@ -45,8 +45,12 @@ class OpenverseSource:
         timeout: float = 30.0,
         page_size: int = 20,
         min_side: int = 0,
+        requests_per_second: float = 1.0,
+        max_pages: int = 10,
     ):
         self.base_url = base_url.rstrip("/")
+        self.pacer = Pacer(requests_per_second)
+        self.max_pages = page_limit("Openverse", max_pages)
         self.licence_filter = ",".join(
             sorted(_OPENVERSE_LICENCES[c] for c in licences if c in _OPENVERSE_LICENCES)
         )
@@ -58,11 +62,12 @@ class OpenverseSource:
         self.client = make_client(user_agent, timeout, headers)
 
     def search(self, group: ConceptGroup, limit: int, query: str | None = None) -> list[Candidate]:
-        """Up to ``limit`` candidates, in the API's ranking order (pages fetched as needed)."""
+        """Up to ``limit`` candidates, in the API's ranking order (at most ``max_pages`` pages, paced)."""
         query = query or group_query(group)
         candidates: list[Candidate] = []
         page = 1
-        while len(candidates) < limit:
+        while len(candidates) < limit and page <= self.max_pages:
+            self.pacer.wait()
             document = get_json(
                 self.client,
                 f"{self.base_url}/v1/images/",
@@ -76,23 +81,29 @@ class OpenverseSource:
                 "Openverse",
             )
             results = document.get("results") or []
+            if not isinstance(results, list):
+                break
             for result in results:
                 candidate = self._candidate(result, group, query)
                 if candidate is not None:
                     candidates.append(candidate)
                 if len(candidates) >= limit:
                     break
-            if not results or page >= int(document.get("page_count") or page):
+            if not results or page >= (as_int(document.get("page_count")) or page):
                 break
             page += 1
         return candidates
 
     def _candidate(self, result: dict, group: ConceptGroup, query: str) -> Candidate | None:
-        url = result.get("url")
-        if not url or result.get("mature"):
+        """The candidate of one search result; None for a mature, malformed or too small one."""
+        url = result.get("url") if isinstance(result, dict) else None
+        if not isinstance(url, str) or not url or result.get("mature"):
             return None
-        width, height = result.get("width"), result.get("height")
-        if self.min_side and width and height and min(int(width), int(height)) < self.min_side:
+        raw_size = (result.get("width"), result.get("height"))
+        width, height = as_int(raw_size[0]), as_int(raw_size[1])
+        if (raw_size[0] is not None and width is None) or (raw_size[1] is not None and height is None):
+            return None  # a size that is not a number ("big"): the result is malformed
+        if self.min_side and width and height and min(width, height) < self.min_side:
             return None
         licence = result.get("license")
         if licence and result.get("license_version"):

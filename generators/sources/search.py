@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from typing import Any, Protocol
 
 import httpx
@@ -59,6 +60,41 @@ def make_client(
     )
 
 
+class Pacer:
+    """At most ``rate`` calls of ``wait`` per second (0 = no limit): one search API client's pace."""
+
+    def __init__(self, rate: float):
+        if rate < 0:
+            raise ValueError(f"API rate must be >= 0 requests/s, got {rate}")
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            time.sleep(self._next - now)
+            now = self._next
+        self._next = now + self.interval
+
+
+def page_limit(service: str, max_pages: int) -> int:
+    """``max_pages`` checked: search loops never page without end (a broken or hostile API)."""
+    if max_pages < 1:
+        raise ValueError(f"{service}: max_pages must be at least 1, got {max_pages}")
+    return max_pages
+
+
+def as_int(value: Any) -> int | None:
+    """An API's integer field, or None when it is missing or not an integer (``"big"``, ``12.5``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 def get_json(client: httpx.Client, url: str, params: dict[str, Any], service: str) -> Any:
     """GET a JSON document; SourceError naming the service and the status on failure."""
     try:
@@ -72,6 +108,9 @@ def get_json(client: httpx.Client, url: str, params: dict[str, Any], service: st
     if response.status_code >= 400:
         raise SourceError(f"{service} answered HTTP {response.status_code} for {response.url}")
     try:
-        return response.json()
+        document = response.json()
     except ValueError:
         raise SourceError(f"{service} at {response.url} did not answer JSON") from None
+    if not isinstance(document, dict):
+        raise SourceError(f"{service} at {response.url} answered JSON that is not an object")
+    return document

@@ -17,7 +17,16 @@ information (``--contact``).
 from __future__ import annotations
 
 from generators.sources.candidate import Candidate
-from generators.sources.search import SourceError, get_json, group_query, make_client, strip_html
+from generators.sources.search import (
+    Pacer,
+    SourceError,
+    as_int,
+    get_json,
+    group_query,
+    make_client,
+    page_limit,
+    strip_html,
+)
 from manifests.groups import ConceptGroup
 
 RASTER_MIMES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
@@ -41,14 +50,18 @@ class WikimediaCommonsSource:
         timeout: float = 30.0,
         batch: int = 50,
         min_side: int = 0,
+        requests_per_second: float = 1.0,
+        max_pages: int = 10,
     ):
         self.api_url = api_url
+        self.pacer = Pacer(requests_per_second)  # Wikimedia asks for serial, unhurried API requests
+        self.max_pages = page_limit("Wikimedia Commons", max_pages)
         self.batch = batch
         self.min_side = min_side
         self.client = make_client(user_agent, timeout)
 
     def search(self, group: ConceptGroup, limit: int, query: str | None = None) -> list[Candidate]:
-        """Up to ``limit`` candidates in search-rank order, following ``continue`` as needed."""
+        """Up to ``limit`` candidates in search-rank order, following ``continue`` for at most ``max_pages`` pages."""
         query = query or group_query(group)
         params: dict[str, str | int] = {
             "action": "query",
@@ -63,7 +76,10 @@ class WikimediaCommonsSource:
             "iiextmetadatafilter": _METADATA,
         }
         candidates: list[Candidate] = []
-        while len(candidates) < limit:
+        for _ in range(self.max_pages):
+            if len(candidates) >= limit:
+                break
+            self.pacer.wait()
             document = get_json(self.client, self.api_url, params, "Wikimedia Commons")
             if "error" in document:
                 error = document["error"]
@@ -77,7 +93,7 @@ class WikimediaCommonsSource:
                     candidates.append(candidate)
                 if len(candidates) >= limit:
                     break
-            if "continue" not in document:
+            if not isinstance(document.get("continue"), dict):
                 break
             params.update(document["continue"])
         return candidates
@@ -89,8 +105,8 @@ class WikimediaCommonsSource:
         info = infos[0]
         if info.get("mime") not in RASTER_MIMES:
             return None
-        width, height = info.get("width"), info.get("height")
-        if self.min_side and width and height and min(int(width), int(height)) < self.min_side:
+        width, height = as_int(info.get("width")), as_int(info.get("height"))
+        if self.min_side and width and height and min(width, height) < self.min_side:
             return None
         ext = info.get("extmetadata") or {}
         licence_url = _meta(ext, "LicenseUrl")

@@ -54,6 +54,9 @@ from generators.web.image import (
     prepare_image,
     sniff_image_format,
     strip_jpeg_metadata,
+    strip_metadata,
+    strip_png_metadata,
+    strip_webp_metadata,
 )
 from generators.web.index import ImageIndex
 from generators.web.plan import find_candidates, plan_web_records
@@ -82,4 +85,7 @@ __all__ = [
     "scrape",
     "sniff_image_format",
     "strip_jpeg_metadata",
+    "strip_metadata",
+    "strip_png_metadata",
+    "strip_webp_metadata",
 ]

@@ -45,8 +45,9 @@ class ScrapeConfig(BaseModel):
     )
     keep_original_bytes: bool = Field(
         True,
-        description="store RGB JPEG/PNG/WebP files as downloaded (images/<id>.jpg...; JPEG metadata such as EXIF "
-        "and GPS removed) instead of re-encoding to PNG, which costs ~5x the CPU and ~10x the bytes of a JPEG",
+        description="store RGB JPEG/PNG/WebP files without a non-sRGB colour profile with their pixels as "
+        "downloaded (images/<id>.jpg...; every metadata segment or chunk such as EXIF, GPS and XMP, and any bytes "
+        "after the image, removed) instead of re-encoding to PNG, which costs ~5x the CPU and ~10x the bytes",
     )
 
 
@@ -70,6 +71,8 @@ class ScrapeJob(ScrapeConfig):
     per_group: int = Field(20, ge=1, description="Candidates to take per group from the API.")
     query: str | None = Field(None, description="Search text (default: the group's concept names).")
     api_url: str | None = Field(None, description="Base URL of the API (a mirror or a test server).")
+    api_rate: float = Field(1.0, ge=0, description="Search API requests per second (0 = no limit).")
+    api_max_pages: int = Field(10, ge=1, description="Result pages read per group at most.")
     contact: str | None = Field(None, description="Contact (e-mail or URL) added to the User-Agent.")
     retry_failed: bool = Field(
         False, description="Try again URLs rejected for a timeout, HTTP or connection error."

@@ -100,6 +100,8 @@ def find_candidates(
             licences=job.allowed_licences,
             user_agent=user_agent,
             min_side=job.min_side,
+            requests_per_second=job.api_rate,
+            max_pages=job.api_max_pages,
         )
     else:
         if not job.contact:
@@ -110,6 +112,8 @@ def find_candidates(
             api_url=job.api_url or "https://commons.wikimedia.org/w/api.php",
             user_agent=user_agent,
             min_side=job.min_side,
+            requests_per_second=job.api_rate,
+            max_pages=job.api_max_pages,
         )
     candidates: list[Candidate] = []
     for group_id in job.groups or list(groups):

@@ -21,6 +21,7 @@ from generators.web.image import ImageRejected, PreparedImage, prepare_image
 from generators.web.index import ImageIndex
 from generators.web.plan import find_candidates, plan_web_records
 from manifests.groups import load_groups
+from manifests.lifetime import exit_with_parent
 from manifests.record import ImageInfo, Record, State, WebSource
 from manifests.stage import Output, run_stage
 from manifests.store import ManifestStore
@@ -61,7 +62,7 @@ async def fetch_and_prepare(
     params.update(
         final_url=download.final_url,
         attempts=download.attempts,
-        redirects=download.redirects,
+        redirects=download.redirects,  # the downloader drops userinfo from every hop
         http_status=download.status,
         content_type=download.content_type,
         bytes=len(download.data),
@@ -97,8 +98,11 @@ def _shard_config(config: ScrapeConfig, processes: int) -> ScrapeConfig:
     )
 
 
-def _fetch_process(items: list[tuple[str, str]], config: ScrapeConfig, results) -> None:
-    """Entry point of a fetch process: fetch and prepare ``items`` (record id, URL), send each outcome."""
+def _fetch_process(items: list[tuple[str, str]], config: ScrapeConfig, results, parent_pid: int) -> None:
+    """Entry point of a fetch process: fetch and prepare ``items`` (record id, URL), send each outcome.
+
+    Ends itself within ``manifests.lifetime.POLL_SECONDS`` when the scraping process dies."""
+    exit_with_parent(parent_pid)
 
     async def run() -> None:
         queue = iter(items)
@@ -240,7 +244,7 @@ class WebScraper:
         workers = [
             context.Process(
                 target=_fetch_process,
-                args=([(r.id, r.source.url) for r, _ in shard], shard_config, results),
+                args=([(r.id, r.source.url) for r, _ in shard], shard_config, results, os.getpid()),
                 daemon=True,
             )
             for shard in shards
@@ -323,6 +327,7 @@ class WebScraper:
                 "original_height": prepared.original_size[1],
                 "exif_transposed": prepared.exif_transposed,
                 "frames": prepared.frames,
+                "colour_profile": prepared.colour_profile,
                 "licence_code": licence.code if licence else None,
                 "licence_raw": None if licence is None else licence.raw,
                 "user_agent": self.config.download.user_agent,

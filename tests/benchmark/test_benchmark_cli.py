@@ -71,6 +71,21 @@ def test_score_says_what_is_wrong(mcc_folder, tmp_path, user_method):
     assert other.exit_code == 2 and "different run" in other.output
 
 
+def test_score_exits_non_zero_when_no_pair_could_be_scored(mcc_folder, tmp_path, monkeypatch):
+    (tmp_path / "broken_grounding.py").write_text(
+        "def segment(image, concepts):\n    raise RuntimeError('out of memory')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["score", "--dataset", str(mcc_folder), "--method", "broken_grounding:segment",
+                                 "--out", str(out), "--no-progress"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "none of the" in result.output and "could be scored" in result.output
+    failed = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert failed and all("out of memory" in json.dumps(row) for row in failed)
+
+
 @pytest.mark.slow
 def test_score_and_sweep_with_the_tiny_anchordiff(mcc_folder, tmp_path):
     out = tmp_path / "score"

@@ -42,6 +42,7 @@ class Served:
     base: str
     routes: dict[str, Route]
     log: list[str]
+    headers: list[dict[str, str]] = field(default_factory=list)  # each request's headers, lower-case names
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -61,6 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path
         with self.server.lock:
             self.server.log.append(path)
+            self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
             route = self.server.routes.get(path) or self.server.routes.get(path.split("?", 1)[0])
             if route is not None:
                 route.hits += 1
@@ -107,6 +109,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.routes = routes
         self.log: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
 
 
@@ -122,7 +125,7 @@ def serve(routes: dict[str, Route]) -> Iterator[Served]:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield Served(f"http://127.0.0.1:{server.server_address[1]}", routes, server.log)
+        yield Served(f"http://127.0.0.1:{server.server_address[1]}", routes, server.log, server.headers)
     finally:
         server.shutdown()
         server.server_close()
@@ -141,3 +144,49 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def icc_profile(colour_space: str, description: str, gamma: float = 1.0, primaries=None) -> bytes:
+    """A minimal ICC v2 display profile: ``colour_space`` "GRAY" (one tone curve) or "RGB "
+    (``primaries``: the XYZ of red, green, blue, a matrix/TRC profile), built byte by byte.
+
+    Pillow ships no profile files and LittleCMS only builds sRGB / Lab / XYZ, so the tests
+    that need a greyscale or a wide-gamut profile build one.
+    """
+    import struct
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ " + b"\0" * 4 + b"".join(s15(v) for v in values)
+
+    def curve() -> bytes:
+        return b"curv" + b"\0" * 4 + struct.pack(">I", 1) + struct.pack(">H", round(gamma * 256)) + b"\0\0"
+
+    text = description.encode("ascii") + b"\0"
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0" * 3 + b"\0" * 67
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249)))]
+    if colour_space == "GRAY":
+        tags.append((b"kTRC", curve()))
+    else:
+        red, green, blue = primaries
+        tags += [(b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)), (b"bXYZ", xyz(blue))]
+        tags += [(b"rTRC", curve()), (b"gTRC", curve()), (b"bTRC", curve())]
+    table_size = 4 + 12 * len(tags)
+    offset = 128 + table_size
+    table, data = [struct.pack(">I", len(tags))], []
+    for signature, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table.append(signature + struct.pack(">II", offset, len(body)))
+        data.append(body)
+        offset += len(body)
+    header = bytearray(128)
+    header[0:4] = struct.pack(">I", offset)
+    header[8:12] = bytes([2, 0x10, 0, 0])
+    header[12:16] = b"mntr"
+    header[16:20] = colour_space.encode("ascii")
+    header[20:24] = b"XYZ "
+    header[36:40] = b"acsp"
+    header[68:80] = xyz((0.9642, 1.0, 0.8249))[8:]
+    return bytes(header) + b"".join(table) + b"".join(data)

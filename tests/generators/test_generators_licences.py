@@ -68,3 +68,84 @@ def test_licence_codes_from_user_names():
     }
     with pytest.raises(ValueError, match="not a licence"):
         licence_codes(["whatever licence"])
+
+
+# Licence strings as web sources write them (Wikimedia, Openverse, Flickr, museum sites, CSV
+# lists written by hand), with the code the whole text means. Every NonCommercial /
+# NoDerivatives wording must end in a code with nc / nd (refused by default), never cc-by.
+REAL_WORLD_LICENCES = [
+    # the attacks that used to pass as CC BY
+    ("CC BY Non Commercial 4.0", "cc-by-nc"),
+    ("Creative Commons Attribution Non Commercial 4.0 International", "cc-by-nc"),
+    ("CC BY No Derivatives 4.0", "cc-by-nd"),
+    ("CC BY 4.0 (non commercial use only)", "cc-by-nc"),
+    ("https://creativecommons.org/licenses/by/4.0/ (NonCommercial use only)", "cc-by-nc"),
+    ("CC BY 2.0 (not for commercial use)", "cc-by-nc"),
+    ("CC BY Share Alike 4.0", "cc-by-sa"),
+    # NonCommercial in other spellings
+    ("CC BY-NC 4.0", "cc-by-nc"),
+    ("CC-BY-NC-2.0", "cc-by-nc"),
+    ("cc by nc 3.0", "cc-by-nc"),
+    ("Attribution-NonCommercial 4.0 International", "cc-by-nc"),
+    ("Creative Commons Attribution-Noncommercial 2.5", "cc-by-nc"),
+    ("CC BY 4.0, non-commercial", "cc-by-nc"),
+    ("CC BY 3.0 - commercial use prohibited", "cc-by-nc"),
+    ("CC BY 4.0; no commercial use", "cc-by-nc"),
+    ("CC BY 4.0 (commercial use is not allowed)", "cc-by-nc"),
+    ("CC BY 4.0 for personal use only", "cc-by-nc"),
+    ("http://creativecommons.org/licenses/by-nc/3.0/", "cc-by-nc"),
+    ("https://creativecommons.org/licenses/by/2.0/ not for commercial use", "cc-by-nc"),
+    ("by-nc", "cc-by-nc"),
+    # NoDerivatives in other spellings
+    ("CC BY-ND 4.0", "cc-by-nd"),
+    ("Attribution-NoDerivs 3.0 Unported", "cc-by-nd"),
+    ("Attribution-NoDerivatives 4.0 International", "cc-by-nd"),
+    ("CC BY 4.0 (no derivatives)", "cc-by-nd"),
+    ("CC BY 4.0, no modifications", "cc-by-nd"),
+    ("CC BY 3.0 (derivatives not allowed)", "cc-by-nd"),
+    ("https://creativecommons.org/licenses/by/4.0/ - No Derivative Works", "cc-by-nd"),
+    # both
+    ("CC BY-NC-ND 4.0", "cc-by-nc-nd"),
+    ("Attribution-NonCommercial-NoDerivatives 4.0 International", "cc-by-nc-nd"),
+    ("https://creativecommons.org/licenses/by-nc-nd/2.0/", "cc-by-nc-nd"),
+    ("CC BY-NC-SA 4.0", "cc-by-nc-sa"),
+    ("Attribution-NonCommercial-ShareAlike 2.0 Generic", "cc-by-nc-sa"),
+    ("CC BY-SA 4.0 (non-commercial)", "cc-by-nc-sa"),
+    # free licences stay free
+    ("CC BY 4.0", "cc-by"),
+    ("Attribution 4.0 International (CC BY 4.0)", "cc-by"),
+    ("CC BY 4.0, commercial use allowed", "cc-by"),
+    ("https://creativecommons.org/licenses/by/4.0/deed.de", "cc-by"),
+    ("CC BY-SA 3.0", "cc-by-sa"),
+    ("Creative Commons Attribution-Share Alike 3.0 Unported", "cc-by-sa"),
+    ("cc-by-sa-4.0", "cc-by-sa"),
+    ("https://creativecommons.org/licenses/by-sa/2.5/", "cc-by-sa"),
+    ("CC0 1.0 Universal (CC0 1.0) Public Domain Dedication", "cc0"),
+    ("https://creativecommons.org/publicdomain/zero/1.0/", "cc0"),
+    ("Public Domain Mark 1.0", "public-domain"),
+    ("PD-US-expired", "public-domain"),
+    # contradictions and the rest are refused
+    ("Public domain (non-commercial use only)", "unrecognised"),
+    ("CC0 - no commercial use", "unrecognised"),
+    ("https://creativecommons.org/publicdomain/zero/1.0/ (no derivatives)", "unrecognised"),
+    ("GFDL, non commercial", "unrecognised"),
+    ("Free for non-commercial use", "unrecognised"),
+    ("Royalty free", "unrecognised"),
+    ("© 2019 Jane Doe. All rights reserved.", "all-rights-reserved"),
+]
+
+
+@pytest.mark.parametrize(("text", "code"), REAL_WORLD_LICENCES)
+def test_real_world_licence_strings(text, code):
+    assert parse_licence(text).code == code
+
+
+def test_no_restrictive_licence_passes_the_default_allow_list():
+    restrictive = [t for t, code in REAL_WORLD_LICENCES if "nc" in code.split("-") or "nd" in code.split("-")]
+    assert len(restrictive) >= 25
+    assert [t for t in restrictive if parse_licence(t).code in DEFAULT_ALLOWED_LICENCES] == []
+
+
+def test_share_alike_is_kept_in_the_name_published():
+    assert parse_licence("CC BY Share Alike 4.0").name == "CC BY-SA 4.0"
+    assert parse_licence("CC BY 4.0 (non commercial use only)").name == "CC BY-NC 4.0"

@@ -102,9 +102,12 @@ def test_a_fetch_process_reports_an_unexpected_error_per_url_and_goes_on(monkeyp
         return FetchOutcome(record_id, {"url": url}, reason="http_error", detail="fine")
 
     monkeypatch.setattr(web, "fetch_and_prepare", flaky)
+    watched = []
+    monkeypatch.setattr(web, "exit_with_parent", watched.append)  # the real one would watch pytest's parent
     results: queue.Queue = queue.Queue()
     items = [("r1", "http://example.test/bad"), ("r2", "http://example.test/good")]
-    web._fetch_process(items, ScrapeConfig(concurrency=4), results)
+    web._fetch_process(items, ScrapeConfig(concurrency=4), results, 4242)
+    assert watched == [4242]
     sent = []
     while not results.empty():
         sent.append(results.get_nowait())
