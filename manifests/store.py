@@ -245,7 +245,7 @@ class ManifestStore:
         if not self._local:
             return []
         removed = []
-        for folder in (WorkDir.RECORDS, WorkDir.IMAGES, "indexes", WorkDir.REPORTS, "reviews"):
+        for folder in WorkDir.STORE_FOLDERS:
             try:
                 entries = list(os.scandir(self.path(folder)))
             except FileNotFoundError:

@@ -64,6 +64,8 @@ class WorkDir:
     REVIEW_STATS = "reviews/stats.json"
     LABELSTUDIO = "labelstudio"
     DATASET = "dataset"
+    STORE_FOLDERS = (RECORDS, IMAGES, HASH_INDEX.split("/")[0], REPORTS, REVIEW_STATS.split("/")[0])
+    """The folders ``ManifestStore`` writes into (atomically, through temporary files)."""
 
     @staticmethod
     def record(record_id: str) -> str:
