@@ -28,7 +28,9 @@ class _Backbone(BaseModel):
     )
     revision: str | None = Field(None, description="Model revision (git ref on the Hub).")
     mode: Mode = Field("invert", description="How existing images are read: invert (paper) or noise (fast).")
-    limit: int | None = Field(None, ge=1, description="Score only the first N images.")
+    limit: int | None = Field(
+        None, ge=1, description="Score only N images, sampled stratified by subset with a fixed seed."
+    )
     subset: Subset = Field("default", description="MCC config: default, two_concepts or three_concepts.")
     gate_quantile: float = Field(0.98, gt=0, lt=1, description="Quantile of the attention gate tau_W.")
     seed: int = Field(0, description="Seed of the noise (mode noise) and of the tiny model.")
@@ -54,8 +56,19 @@ class ScoreConfig(_Backbone):
     class_names: str | None = Field(
         None, description="ImageNet-Segmentation / VOC: JSON {class id: queried name}."
     )
+    split: str | None = Field(
+        None, description="Split scored: MCC test (default) or validation; VOC val (default)."
+    )
     conceptattention_compat: bool = Field(
-        False, description="Standard benchmarks: report ConceptAttention's Acc/(2-Acc) as mIoU (not default)."
+        False,
+        description="ImageNet-Segmentation only: report ConceptAttention's Acc/(2-Acc) as mIoU and Chefer's "
+        "AP of constant maps (not default).",
+    )
+    protocol_resolution: int | None = Field(
+        None,
+        ge=1,
+        description="Score at NxN (masks nearest-neighbour, heatmaps bilinear); 224 = Chefer et al.'s "
+        "protocol. Default: the masks' own size.",
     )
     retry_failed: bool = Field(False, description="Score again the pairs an earlier run recorded as failed.")
     qualitative: int = Field(6, ge=0, description="Images kept for the qualitative figure.")
@@ -70,6 +83,10 @@ class SweepConfig(_Backbone):
     """``mcc sweep``: layers, layer pairs and step counts from one recording per image."""
 
     method: Literal["anchordiff", "no_gate", "no_wcos"] = "anchordiff"
+    split: str = Field("validation", description="MCC split the sweep tunes on (default validation).")
+    allow_test: bool = Field(
+        False, description="Allow sweeping on the test split (tuning on test inflates every reported figure)."
+    )
     layers: Literal["all"] | list[int] = Field(
         "all", description="Single graph layers to sweep: 'all' or a list."
     )

@@ -34,7 +34,10 @@ ScoringProtocol = Literal["fg", "binary"]
 MCC_CONFIGS = {"default": None, "two_concepts": 2, "three_concepts": 3}
 """MCC config name -> the ``num_concepts`` it keeps (None: all), as in the dataset card."""
 
-MCC_REQUIRED_COLUMNS = ("image_id", "image", "concepts", "masks")
+MCC_REQUIRED_COLUMNS = ("image_id", "image", "concepts")
+"""Plus the masks: ``objects`` (format ``mcc-dataset/2``) or ``masks`` (format 1)."""
+TAG_COLUMNS = ("source", "group", "domain")
+"""MCC columns copied into each sample's tags (with ``num_concepts``)."""
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -45,6 +48,10 @@ VOC_CLASSES = (
 
 VOC_QUERY_NAMES = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
 """The text queried for VOC classes whose label is not a phrase; others are queried as named."""
+
+
+class MissingSplitError(ValueError):
+    """The dataset has no split of that name (e.g. ``validation`` in a build made before splits)."""
 
 
 class InvalidSample(ValueError):
@@ -78,10 +85,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class SampleKey:
-    """What the runner needs to know about a sample before decoding it."""
+    """What the runner needs to know about a sample before decoding it.
+
+    tags: the subset tags known without decoding (MCC: ``num_concepts``, ``source``,
+        ``group``), used to stratify ``--limit``.
+    """
 
     sample_id: str
     num_concepts: int
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 class BenchmarkDataset(Protocol):
@@ -126,7 +138,7 @@ class SampleList:
         return iter(self.samples)
 
     def sample_keys(self) -> list[SampleKey]:
-        return [SampleKey(s.sample_id, len(s.concepts)) for s in self.samples]
+        return [SampleKey(s.sample_id, len(s.concepts), dict(s.tags)) for s in self.samples]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "protocol": self.protocol, "samples": len(self.samples)}
@@ -144,8 +156,12 @@ class MCCDataset:
         repo id (read from the local Hugging Face cache when offline).
     config: ``default`` (all images), ``two_concepts`` or ``three_concepts``; the filter is
         applied here on the ``num_concepts`` column, exactly what the card's configs select.
-    Columns used: ``image_id``, ``image``, ``concepts``, ``masks`` (list of 1-bit PNG images
-    aligned with ``concepts``), and for subsets ``num_concepts``, ``source``, ``group``.
+    split: ``test`` (report) or ``validation`` (tune); MissingSplitError when absent.
+    Columns used: ``image_id``, ``image``, ``concepts``, the masks aligned with ``concepts``
+    (``objects["mask"]``, or the ``masks`` column of format-1 builds), the review status
+    (``objects["review"]`` / ``review``), and for subsets ``num_concepts``, ``source``, ``group``.
+    ``describe()`` names the dataset version, build code version and mask review counts
+    (from ``manifest.json`` and the review column), which every report prints.
     """
 
     protocol: ScoringProtocol = "fg"
@@ -174,28 +190,45 @@ class MCCDataset:
                 revision=revision,
                 cache_dir=None if cache_dir is None else str(cache_dir),
             )
-        except (OSError, ValueError) as error:  # missing folder, unknown repo, offline without a cache
+        except ValueError as error:
+            if "Unknown split" not in str(error):
+                raise ValueError(
+                    f"cannot load the MCC dataset from {self.source!r} (split {split!r}): {error}"
+                ) from error
+            raise MissingSplitError(f"{self.source!r} has no {split!r} split ({error})") from error
+        except OSError as error:  # missing folder, unknown repo, offline without a cache
             raise ValueError(
                 f"cannot load the MCC dataset from {self.source!r} (split {split!r}): {error}. Give a folder "
                 "built by `mcc publish` or a Hub repo id (offline: one already in the Hugging Face cache)."
             ) from error
         missing = [c for c in MCC_REQUIRED_COLUMNS if c not in table.column_names]
+        if "objects" not in table.column_names and "masks" not in table.column_names:
+            missing.append("objects")
         if missing:
             raise ValueError(
                 f"{self.source!r} is not an MCC dataset: columns {missing} are missing "
                 f"(it has {table.column_names})"
             )
+        self._objects = "objects" in table.column_names
         wanted = MCC_CONFIGS[config]
         meta = table.select_columns(
-            [c for c in ("image_id", "concepts", "num_concepts") if c in table.column_names]
+            [c for c in ("image_id", "concepts", "num_concepts", *TAG_COLUMNS) if c in table.column_names]
         )
         rows = meta.to_dict()
         counts = rows.get("num_concepts") or [len(c) for c in rows["concepts"]]
         indices = [i for i, n in enumerate(counts) if wanted is None or n == wanted]
         self._table = table.select(indices) if len(indices) != len(table) else table
-        self._keys = [SampleKey(str(rows["image_id"][i]), len(rows["concepts"][i])) for i in indices]
+        self._keys = []
+        for i in indices:
+            tags = {"num_concepts": str(len(rows["concepts"][i]))}
+            tags.update({c: str(rows[c][i]) for c in TAG_COLUMNS if rows.get(c) and rows[c][i] is not None})
+            self._keys.append(SampleKey(str(rows["image_id"][i]), len(rows["concepts"][i]), tags))
         self.name = "mcc" if config == "default" else f"mcc/{config}"
         self._fingerprint = getattr(table, "_fingerprint", None)
+        self._review = _review_counts(table, indices, objects=self._objects)
+        generators = table.data.column("generator").to_pylist() if "generator" in table.column_names else []
+        self._generators = sorted({str(generators[i]) for i in indices if generators[i] is not None})
+        self._manifest = _manifest_info(self.source, revision)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -208,11 +241,12 @@ class MCCDataset:
         sample_id = str(row["image_id"])
         image = row["image"].convert("RGB")
         concepts = tuple(str(c) for c in row["concepts"])
-        if len(row["masks"]) != len(concepts):
-            raise InvalidSample(f"{sample_id}: {len(concepts)} concepts but {len(row['masks'])} masks")
+        mask_images = row["objects"]["mask"] if self._objects else row["masks"]
+        if len(mask_images) != len(concepts):
+            raise InvalidSample(f"{sample_id}: {len(concepts)} concepts but {len(mask_images)} masks")
         if not concepts:
             raise InvalidSample(f"{sample_id}: no concepts")
-        masks = [_mask_from_image(m) for m in row["masks"]]
+        masks = [_mask_from_image(m) for m in mask_images]
         for concept, mask in zip(concepts, masks, strict=True):
             if mask.shape != (image.height, image.width):
                 raise InvalidSample(
@@ -221,7 +255,7 @@ class MCCDataset:
                 )
         masks = np.stack(masks)
         tags = {"num_concepts": str(row.get("num_concepts") or len(concepts))}
-        for column in ("source", "group"):
+        for column in TAG_COLUMNS:
             if row.get(column) is not None:
                 tags[column] = str(row[column])
         return Sample(sample_id=sample_id, image=image, concepts=concepts, masks=masks, tags=tags)
@@ -239,9 +273,50 @@ class MCCDataset:
             "split": self.split,
             "revision": self.revision,
             "fingerprint": self._fingerprint,
+            **self._manifest,
+            "review": self._review,
+            "generators": self._generators,
             "samples": len(self),
             "pairs": sum(k.num_concepts for k in self._keys),
         }
+
+
+def _review_counts(table: Any, indices: Sequence[int], *, objects: bool) -> dict[str, int]:
+    """Review status -> masks, over the kept rows, read from arrow (no image is decoded)."""
+    if objects:
+        column = table.data.column("objects")
+        per_row = [status for chunk in column.chunks for status in chunk.field("review").to_pylist()]
+    elif "review" in table.column_names:
+        per_row = table.data.column("review").to_pylist()
+    else:
+        return {}
+    counts: dict[str, int] = {}
+    for i in indices:
+        for status in per_row[i] or []:
+            counts[str(status)] = counts.get(str(status), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _manifest_info(source: str, revision: str | None) -> dict[str, Any]:
+    """``dataset_version``, ``code_version`` and ``format`` from the build's ``manifest.json``
+    (the local folder's, or the Hub repo's when it can be fetched or is cached); ``unknown``
+    when there is none, e.g. a folder not written by ``mcc publish``."""
+    path = Path(source) / "manifest.json"
+    try:
+        if not path.is_file():
+            if Path(source).exists():
+                raise FileNotFoundError(path)
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, "manifest.json", repo_type="dataset", revision=revision))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # no manifest: offline, not on the Hub, not an MCC build
+        return {"dataset_version": "unknown", "code_version": "unknown", "format": "unknown"}
+    return {
+        "dataset_version": str(manifest.get("dataset_version", "unknown")),
+        "code_version": str(manifest.get("code_version", "unknown")),
+        "format": str(manifest.get("format", "unknown")),
+    }
 
 
 # --------------------------------------------------------------------------------------------

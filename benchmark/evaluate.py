@@ -13,7 +13,8 @@ The run writes into ``out_dir``:
   is scored (``status`` ``ok`` / ``failed`` / ``invalid``, the scores or the error). An
   interrupted run started again with the same arguments skips every pair already there.
 - ``heatmaps/``: the heatmaps of the first few images, for the qualitative figure.
-- ``report.json``, ``report.md``, ``figures/qualitative.png``.
+- ``report.json``, ``report.md``, ``figures/qualitative.png`` and, for MCC,
+  ``figures/leakage_<domain>.png`` (each group's leakage matrix).
 
 A method that raises, returns the wrong shape or non-finite values on one image gets that
 image's pairs recorded as ``failed`` with the error; the run goes on and reports count them.
@@ -23,6 +24,8 @@ recorded as ``invalid``, not charged to the method.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
 import json
 import math
@@ -38,8 +41,9 @@ import numpy as np
 from PIL import Image
 
 from benchmark.datasets import BenchmarkDataset, InvalidSample, Sample, SampleKey, safe_name
-from benchmark.metrics import APChannels, anchor_in_mask, binary_image_scores, fg_scores
-from benchmark.report import Report
+from benchmark.metrics import APChannels, anchor_in_mask, binary_image_scores, fg_scores, leakage_shares
+from benchmark.report import SUBSET_TAGS, Report
+from manifests.splits import largest_remainder
 
 GroundingMethod = Callable[[Image.Image, list[str]], Any]
 
@@ -307,6 +311,85 @@ def score_pair(
     raise ValueError(f"unknown protocol {protocol!r}")
 
 
+CHANCE_MAPS = ("constant", "random")
+"""The chance baselines scored on every pair the method scored: ``constant`` (one value
+everywhere) and ``random`` (i.i.d. uniform [0, 1) per pixel of the scored masks)."""
+
+
+def chance_heatmap(kind: str, size: tuple[int, int], sample_id: str, target: int) -> np.ndarray:
+    """A chance baseline's heatmap for one pair: (1, 1) zeros, or (H, W) uniform noise seeded
+    by the pair (sha256 of ``sample_id`` and ``target``), so every run draws the same map."""
+    if kind == "constant":
+        return np.zeros((1, 1))
+    if kind == "random":
+        digest = hashlib.sha256(f"{sample_id}\0{target}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little")).random(size)
+    raise ValueError(f"unknown chance map {kind!r}; choose one of {', '.join(CHANCE_MAPS)}")
+
+
+def chance_scores(
+    protocol: str, sample: Sample, target: int, *, ap_channels: APChannels = "both"
+) -> dict[str, dict[str, Any]]:
+    """``{"constant": scores, "random": scores}`` of one pair, as ``score_pair`` scores a method
+    (the inner dict: fg scores, or the binary protocol's counts)."""
+    size = sample.masks.shape[1:]
+    result = {}
+    for kind in CHANCE_MAPS:
+        heatmap = chance_heatmap(kind, size, sample.sample_id, target)
+        (scores,) = score_pair(protocol, heatmap, sample, target, ap_channels=ap_channels).values()
+        result[kind] = scores
+    return result
+
+
+def at_protocol_resolution(sample: Sample, size: int | None) -> Sample:
+    """The sample with its masks (and ignore map) resized to (size, size) by nearest neighbour
+    (PIL ``NEAREST``, as Chefer et al.'s ``Resize((224, 224), Image.NEAREST)`` of the labels);
+    the image is left as it is (the method reads it at its own resolution). None: unchanged."""
+    if size is None:
+        return sample
+
+    def nearest(mask: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(mask.astype(np.uint8) * 255)
+        return np.asarray(image.resize((size, size), Image.Resampling.NEAREST)) > 0
+
+    return dataclasses.replace(
+        sample,
+        masks=np.stack([nearest(m) for m in sample.masks]),
+        ignore=None if sample.ignore is None else nearest(sample.ignore),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Which images
+# --------------------------------------------------------------------------------------------
+
+
+def limited_selection(
+    keys: Sequence[SampleKey], limit: int | None, *, seed: int = 0
+) -> list[tuple[int, SampleKey]]:
+    """``limit`` images sampled stratified by subset (``SUBSET_TAGS``: number of concepts,
+    source), in dataset order; all of them when ``limit`` is None or >= their number.
+
+    Each stratum gets its share of ``limit`` (largest remainder, ties in stratum order) and
+    its images are drawn by a permutation seeded with ``seed``, so a limit is reproducible.
+    """
+    indexed = list(enumerate(keys))
+    if limit is None or limit >= len(indexed):
+        return indexed
+    strata: dict[tuple[str, ...], list[tuple[int, SampleKey]]] = {}
+    for index, key in indexed:
+        strata.setdefault(tuple(str(key.tags.get(t, "")) for t in SUBSET_TAGS), []).append((index, key))
+    names = sorted(strata)
+    quota = largest_remainder({name: len(strata[name]) for name in names}, limit)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for name in names:
+        members = strata[name]
+        picks = rng.permutation(len(members))[: quota[name]]
+        chosen.extend(members[i] for i in picks)
+    return sorted(chosen, key=lambda item: item[0])
+
+
 # --------------------------------------------------------------------------------------------
 # The results file
 # --------------------------------------------------------------------------------------------
@@ -458,6 +541,7 @@ def evaluate(
     qualitative: int = 6,
     ap_channels: APChannels = "both",
     conceptattention_compat: bool = False,
+    protocol_resolution: int | None = None,
     retry_failed: bool = False,
     figures: bool = True,
 ) -> Report:
@@ -467,10 +551,16 @@ def evaluate(
         or a ``"module:function"`` reference to one.
     dataset: an MCC / ImageNet-Segmentation / VOC dataset (``benchmark.datasets``) or any
         object with ``protocol``, ``sample_keys()``, ``__getitem__`` and ``describe()``.
-    limit: score only the first ``limit`` images (all their concepts).
+    limit: score only ``limit`` images (all their concepts), sampled stratified by subset with
+        a fixed seed (``limited_selection``).
     name / configuration: recorded in the report (default: the method's ``name`` / ``config``).
     qualitative: keep the heatmaps of the first this-many images for the qualitative figure.
-    ap_channels / conceptattention_compat: standard-protocol options (``benchmark.metrics``).
+    ap_channels / conceptattention_compat: standard-protocol options (``benchmark.metrics``);
+        ``conceptattention_compat`` only for ImageNet-Segmentation, the one benchmark where
+        ConceptAttention's script reports Acc / (2 - Acc) as mIoU.
+    protocol_resolution: score at (n, n) instead of the masks' size: masks nearest-neighbour
+        resized (``at_protocol_resolution``), heatmaps bilinear as always; 224 reproduces
+        Chefer et al.'s evaluation. Chance maps are drawn at the same size.
     retry_failed: score again the pairs recorded ``failed`` by an earlier run in ``out_dir``.
 
     Returns the ``Report`` (also written as ``report.json`` and ``report.md``). Raises
@@ -481,20 +571,28 @@ def evaluate(
     name = name or method_name(method, spec)
     config = dict(configuration) if configuration is not None else method_configuration(method)
     protocol = dataset.protocol
+    dataset_info = dataset.describe()
+    if conceptattention_compat and not str(dataset_info.get("name", "")).startswith("imagenet"):
+        raise ValueError(
+            f"the ConceptAttention compatibility option applies to ImageNet-Segmentation only (its VOC script "
+            f"computes a proper IoU, and MCC has its own metrics); leave it off for {dataset_info.get('name')!r}"
+        )
+    if protocol_resolution is not None and protocol_resolution < 1:
+        raise ValueError(f"protocol_resolution must be a positive size in pixels, got {protocol_resolution}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset_info = dataset.describe()
     identity = {
         "method": name,
         "configuration": _without_device(config),
         "dataset": {k: v for k, v in dataset_info.items() if k not in ("samples", "pairs")},
         "protocol": protocol,
         "ap_channels": ap_channels if protocol == "binary" else None,
+        "protocol_resolution": protocol_resolution,
     }
     check_run_file(out, identity)
 
     keys = dataset.sample_keys()
-    selected = list(enumerate(keys))[: limit if limit is not None else len(keys)]
+    selected = limited_selection(keys, limit)
     total_pairs = sum(key.num_concepts for _, key in selected)
     state = RunState()
     if retry_failed:
@@ -513,7 +611,7 @@ def evaluate(
                     continue
                 _run_sample(
                     method, dataset, index, key, pending, log, state,
-                    protocol=protocol, ap_channels=ap_channels,
+                    protocol=protocol, ap_channels=ap_channels, protocol_resolution=protocol_resolution,
                     heatmap_path=heatmap_dir / f"{safe_name(key.sample_id)}.npz" if index < qualitative else None,
                 )  # fmt: skip
                 bar.advance(len(pending), state.failed)
@@ -530,14 +628,17 @@ def evaluate(
         limit=limit,
         conceptattention_compat=conceptattention_compat,
         ap_channels=ap_channels,
+        protocol_resolution=protocol_resolution,
     )
     report.write(out)
     if figures:
-        from benchmark.figures import qualitative_grid
+        from benchmark.figures import leakage_figures, qualitative_grid
 
         qualitative_grid(
             dataset, [(name, heatmap_dir)], out / "figures" / "qualitative.png", max_images=qualitative
         )
+        if report.leakage:
+            leakage_figures(report.leakage, out / "figures")
     return report
 
 
@@ -573,11 +674,13 @@ def _run_sample(
     *,
     protocol: str,
     ap_channels: APChannels,
+    protocol_resolution: int | None,
     heatmap_path: Path | None,
 ) -> None:
-    """Decode one sample, call the method once for all its concepts, score the pending pairs."""
+    """Decode one sample, call the method once for all its concepts, score the pending pairs
+    (and the chance maps on the same pairs; for MCC, the target's mass on each concept)."""
     try:
-        sample = dataset[index]
+        sample = at_protocol_resolution(dataset[index], protocol_resolution)
     except InvalidSample as error:
         for target in pending:
             log.append(
@@ -628,6 +731,9 @@ def _run_sample(
             continue
         if anchors is not None:
             row["anchor_in_mask"] = anchor_in_mask(anchors[target], heatmaps.shape[1:], sample.masks[target])
+        if protocol == "fg":
+            row["leakage"] = leakage_shares(heatmaps[target], sample.masks, target)
+        row["chance"] = chance_scores(protocol, sample, target, ap_channels=ap_channels)
         log.append({**row, "status": "ok"})
         state.scored += 1
 

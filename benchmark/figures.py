@@ -6,12 +6,15 @@
 - ``layer_sensitivity``: the paper's Fig. 9: each metric of AnchorDiff with one graph layer
   at a time, the full method's value as a dashed line, published values as a grey curve.
 - ``steps_curve``: the paper's Fig. 8: each metric against the number of propagation steps.
+- ``leakage_figures``: per domain, each group's leakage matrix (row = queried concept, column =
+  where its heatmap mass fell, in percent; the diagonal is the mass on the target itself).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -324,3 +327,42 @@ def _mark_missing(ax: Any, xs: Sequence[float], values: Sequence[float]) -> None
                 color="0.35",
                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none"},
             )
+
+
+def leakage_figures(leakage: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
+    """``leakage_<domain>.png`` in ``out_dir`` for each domain of ``Report.leakage`` (groups
+    without a domain tag go to ``leakage_unknown.png``); returns the paths written."""
+    by_domain: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for group, entry in leakage.items():
+        by_domain.setdefault(str(entry.get("domain") or "unknown"), []).append((group, entry))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for domain, groups in sorted(by_domain.items()):
+        columns = min(4, len(groups))
+        rows = -(-len(groups) // columns)
+        figure = Figure(figsize=(3.4 * columns, 3.1 * rows), constrained_layout=True)
+        axes = figure.subplots(rows, columns, squeeze=False)
+        for ax in axes.flat[len(groups) :]:
+            ax.axis("off")
+        for ax, (group, entry) in zip(axes.flat, groups, strict=False):
+            targets = list(entry["matrix"])
+            concepts = list(dict.fromkeys(c for row in entry["matrix"].values() for c in row))
+            values = np.array(
+                [[100 * entry["matrix"][t].get(c, math.nan) for c in concepts] for t in targets]
+            )
+            ax.imshow(values, cmap="magma_r", vmin=0, vmax=100)
+            for (i, j), value in np.ndenumerate(values):
+                if not math.isnan(value):
+                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
+                            color="white" if value > 55 else "black")  # fmt: skip
+            ax.set_xticks(range(len(concepts)), concepts, rotation=30, ha="right", fontsize=7)
+            ax.set_yticks(range(len(targets)), targets, fontsize=7)
+            ax.set_title(f"{group} (NAR {100 * entry['nar']:.1f}, {entry['pairs']} pairs)", fontsize=8)
+        figure.suptitle(
+            f"Leakage by group, {domain}: % of the queried concept's map on each mask", fontsize=9
+        )
+        path = out / f"leakage_{re.sub(r'[^A-Za-z0-9._-]+', '_', domain)}.png"
+        figure.savefig(path, dpi=110)
+        written.append(path)
+    return written

@@ -48,6 +48,7 @@ __all__ = [
     "binary_image_scores",
     "binary_scores",
     "fg_scores",
+    "leakage_shares",
     "normalize_heatmap",
     "resize_bilinear",
 ]
@@ -450,6 +451,31 @@ def fg_scores(heatmap: np.ndarray, masks: np.ndarray, target: int) -> PairScores
     )
 
 
+def leakage_shares(heatmap: np.ndarray, masks: np.ndarray, target: int) -> list[float]:
+    """Where the target's heatmap mass falls, concept by concept (NAR split by distractor).
+
+    heatmap, masks, target: as ``fg_scores``. With h the normalised heatmap and
+    R = M_c | M_other, entry ``target`` is ``sum(h[M_c]) / sum(h[R])`` and entry j != target
+    is ``sum(h[M_j minus M_c]) / sum(h[R])``: the share of the mass on distractor j. With
+    disjoint masks the entries sum to 1 and the distractor entries sum to NAR (overlapping
+    distractors count their common pixels once for each). All NaN when degenerate.
+    """
+    masks = _as_masks(masks)
+    target_mask = masks[target]
+    h = _normalized_scratch(heatmap, target_mask.shape)
+    region = target_mask.copy()
+    for mask in masks:
+        region |= mask
+    total = float(np.sum(h, where=region))
+    if not total > 0.0:
+        return [math.nan] * masks.shape[0]
+    shares = []
+    for index, mask in enumerate(masks):
+        where = mask if index == target else np.logical_and(mask, ~target_mask)
+        shares.append(float(np.sum(h, where=where)) / total)
+    return shares
+
+
 def anchor_in_mask(anchor: tuple[int, int], grid: tuple[int, int], mask: np.ndarray) -> bool:
     """Whether a token-grid anchor falls inside a mask (Table 2's anchor accuracy).
 
@@ -479,6 +505,9 @@ class BinaryImageScores:
     ``correct`` / ``labeled``: correctly predicted / scored pixels (ignored pixels excluded).
     ``inter`` / ``union``: per class (background, foreground) pixel counts.
     ``ap``: the image's average precision (see ``ap_channels`` of ``binary_image_scores``).
+    ``constant_ap``: for a constant heatmap only, the AP of Chefer et al.'s evaluation code,
+        where min-max gives NaN, set to 0 in both channels, so every score ties (the positive
+        rate: 0.5 with both channels). None for any other heatmap.
     """
 
     correct: int
@@ -486,6 +515,7 @@ class BinaryImageScores:
     inter: tuple[int, int]
     union: tuple[int, int]
     ap: float
+    constant_ap: float | None = None
 
     @property
     def acc(self) -> float:
@@ -498,7 +528,15 @@ class BinaryImageScores:
             "inter": list(self.inter),
             "union": list(self.union),
             "ap": self.ap,
+            "constant_ap": self.constant_ap,
         }
+
+    def reported_ap(self, conceptattention_compat: bool = False) -> float:
+        """The AP that enters mAP: ``constant_ap`` for a constant heatmap under the
+        compatibility option (Chefer's NaN -> 0), ``ap`` otherwise."""
+        if conceptattention_compat and self.constant_ap is not None:
+            return self.constant_ap
+        return self.ap
 
     @classmethod
     def from_dict(cls, data: dict) -> BinaryImageScores:
@@ -508,6 +546,7 @@ class BinaryImageScores:
             inter=(int(data["inter"][0]), int(data["inter"][1])),
             union=(int(data["union"][0]), int(data["union"][1])),
             ap=float(data["ap"]),
+            constant_ap=None if data.get("constant_ap") is None else float(data["constant_ap"]),
         )
 
 
@@ -539,6 +578,7 @@ def binary_image_scores(
     if ap_channels not in ("both", "foreground"):
         raise ValueError(f"ap_channels must be 'both' or 'foreground', got {ap_channels!r}")
     h = _normalized_scratch(heatmap, mask.shape)
+    constant = not h.any()  # min-max of a constant heatmap gives zeros (NaN in Chefer's code)
     pred = np.greater(h, h.mean(), out=_SCRATCH.array("pred", mask.size, bool).reshape(mask.shape))
     if ignore is not None:
         keep = ~ignore
@@ -560,12 +600,16 @@ def binary_image_scores(
         _pack_into(background.view(np.float64), np.logical_not(mask, out=pred), background)
     keys.sort()
     ap = _average_precision_sorted(keys)
+    constant_ap = None
+    if constant and labeled:  # every score ties at 0: AP = positives / entries
+        constant_ap = 0.5 if ap_channels == "both" else n_fg / labeled
     return BinaryImageScores(
         correct=tp + tn,
         labeled=labeled,
         inter=(tn, tp),
         union=(tn + fp + fn, tp + fp + fn),
         ap=ap,
+        constant_ap=constant_ap,
     )
 
 
@@ -576,7 +620,8 @@ class BinaryScores:
     ``acc``: accumulated pixel accuracy. ``miou``: mean of the background and foreground IoU,
     each from intersections and unions accumulated over the dataset; with
     ``conceptattention_compat`` it is instead ``acc / (2 - acc)``, what ConceptAttention's
-    published script computes (it skips an argmax). ``map``: mean of the per-image AP.
+    published script computes (it skips an argmax). ``map``: mean of the per-image AP (with
+    ``conceptattention_compat``, a constant heatmap's AP is Chefer's ``constant_ap``).
     """
 
     acc: float
@@ -623,7 +668,7 @@ class BinaryAccumulator:
         self._labeled += scores.labeled
         self._inter += scores.inter
         self._union += scores.union
-        self._aps.append(scores.ap)
+        self._aps.append(scores.reported_ap(self.conceptattention_compat))
 
     def result(self) -> BinaryScores:
         acc = self._correct / self._labeled if self._labeled else math.nan

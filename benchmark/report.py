@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from benchmark import published
 from benchmark.metrics import FG_METRICS, BinaryAccumulator, BinaryImageScores
+from manifests.provenance import is_tiny_name
 
 SUBSET_TAGS = ("num_concepts", "source")
 """The sample tags MCC reports break down by (2 / 3 concepts, generated / web)."""
@@ -38,6 +40,17 @@ METRIC_LABELS = {
 }
 TABLE4_COLUMNS = ("miou_fg", "map_fg", "nar", "acc_fg")
 """The paper's Table 4 column order."""
+
+CHANCE_LABELS = {"constant": "chance: constant map", "random": "chance: uniform random map"}
+"""Report labels of the chance baselines scored on this run's pairs (``evaluate.CHANCE_MAPS``)."""
+
+BOOTSTRAP = {"resamples": 1000, "seed": 0, "level": 0.95, "unit": "image"}
+"""Percentile bootstrap of the headline metrics: images drawn with replacement (all the pairs
+of a drawn image together), 1000 resamples, fixed seed."""
+
+COMPAT_TOLERANCE = 0.015
+"""Percent: a published ImageNet-Seg row whose mIoU equals Acc / (2 - Acc) to within this
+(two-decimal rounding) is marked as ConceptAttention's compatibility figure."""
 
 METRIC_DECISIONS = {
     "resize": "bilinear to the mask size, half-pixel centres (torch align_corners=False), no antialias",
@@ -99,6 +112,182 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def bootstrap_interval(
+    per_image: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    resamples: int = BOOTSTRAP["resamples"],
+    seed: int = BOOTSTRAP["seed"],
+    level: float = BOOTSTRAP["level"],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap over images.
+
+    per_image: (n, F) per-image totals (sums and counts); each resample draws n images with
+    replacement and adds their rows, giving (B, F) totals; ``statistic`` maps those to
+    (B, M) metric values. Returns the (M,) lower and upper bounds of the ``level`` interval
+    (NaN where the statistic is undefined in every resample).
+    """
+    n = per_image.shape[0]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)  # (B, n) draws per image
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = statistic(counts @ per_image)
+    tail = 50.0 * (1.0 - level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        low, high = np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
+    return low, high
+
+
+def fg_intervals(ok_rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Bootstrap interval of every fg metric's pair mean (NaN pairs left out, as in the mean)."""
+    by_image: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in ok_rows:
+        by_image[str(row["sample_id"])].append(row)
+    if not by_image:
+        return {}
+    totals = np.zeros((len(by_image), 2 * len(FG_METRICS)))
+    for i, image_rows in enumerate(by_image.values()):
+        for j, metric in enumerate(FG_METRICS):
+            values = [r["scores"].get(metric) for r in image_rows]
+            finite_values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+            totals[i, j] = sum(finite_values)
+            totals[i, len(FG_METRICS) + j] = len(finite_values)
+    m = len(FG_METRICS)
+    low, high = bootstrap_interval(totals, lambda t: t[:, :m] / t[:, m:])
+    return {metric: [float(low[j]), float(high[j])] for j, metric in enumerate(FG_METRICS)}
+
+
+def binary_intervals(
+    ok_rows: Sequence[Mapping[str, Any]], *, conceptattention_compat: bool
+) -> dict[str, list[float]]:
+    """Bootstrap interval of Acc, mIoU and mAP of the standard protocol (pixel counts and AP
+    of each drawn image added, exactly as ``BinaryAccumulator`` adds them)."""
+    if not ok_rows:
+        return {}
+    totals = []
+    for row in ok_rows:
+        b = BinaryImageScores.from_dict(row["binary"])
+        totals.append([b.correct, b.labeled, *b.inter, *b.union, b.reported_ap(conceptattention_compat), 1.0])
+
+    def statistic(t: np.ndarray) -> np.ndarray:
+        acc = t[:, 0] / t[:, 1]
+        if conceptattention_compat:
+            miou = acc / (2.0 - acc)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                miou = np.nanmean(t[:, 2:4] / t[:, 4:6], axis=1)
+        return np.stack([acc, miou, t[:, 6] / t[:, 7]], axis=1)
+
+    low, high = bootstrap_interval(np.asarray(totals, dtype=np.float64), statistic)
+    return {metric: [float(low[j]), float(high[j])] for j, metric in enumerate(("acc", "miou", "map"))}
+
+
+def binary_overall(
+    score_dicts: Iterable[Mapping[str, Any]], *, conceptattention_compat: bool
+) -> dict[str, float]:
+    """Acc, mIoU, mAP and the per-class IoUs of the standard protocol over images' score dicts."""
+    accumulator = BinaryAccumulator(conceptattention_compat=conceptattention_compat)
+    for scores in score_dicts:
+        accumulator.add_scores(BinaryImageScores.from_dict(scores))
+    result = accumulator.result()
+    return {
+        "acc": result.acc,
+        "miou": result.miou,
+        "map": result.map,
+        "iou_foreground": result.iou_foreground,
+        "iou_background": result.iou_background,
+    }
+
+
+def chance_results(
+    ok_rows: Sequence[Mapping[str, Any]], *, protocol: str, conceptattention_compat: bool
+) -> dict[str, dict[str, float]]:
+    """The chance maps' figures over exactly the rows the method scored (those that carry them)."""
+    rows = [r for r in ok_rows if isinstance(r.get("chance"), Mapping)]
+    results: dict[str, dict[str, float]] = {}
+    for kind in CHANCE_LABELS:
+        scores = [r["chance"][kind] for r in rows if kind in r["chance"]]
+        if not scores:
+            continue
+        if protocol == "fg":
+            results[kind] = fg_means([{"scores": s} for s in scores])
+        else:
+            results[kind] = binary_overall(scores, conceptattention_compat=conceptattention_compat)
+        results[kind]["pairs"] = len(scores)
+    return results
+
+
+def leakage_by_group(ok_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per group: its domain, pairs, mean NAR, and the leakage matrix ``matrix[target][concept]`` = mean
+    share of the target's heatmap mass on that concept's mask (``metrics.leakage_shares``;
+    the diagonal is the mass on the target itself). Degenerate pairs are left out."""
+    shares: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    nar: dict[str, list[float]] = defaultdict(list)
+    domains: dict[str, str] = {}
+    for row in ok_rows:
+        group = (row.get("tags") or {}).get("group")
+        if group is not None and (row.get("tags") or {}).get("domain"):
+            domains[group] = str(row["tags"]["domain"])
+        values = row.get("leakage")
+        if group is None or values is None or any(v is None or math.isnan(v) for v in values):
+            continue
+        target = row["concept"]
+        for concept, share in zip(row["concepts"], values, strict=True):
+            shares[group][target][concept].append(float(share))
+        nar[group].append(float(row["scores"]["nar"]))
+    return {
+        group: {
+            "domain": domains.get(group, "unknown"),
+            "pairs": len(nar[group]),
+            "nar": float(np.mean(nar[group])),
+            "matrix": {
+                target: {concept: float(np.mean(v)) for concept, v in row.items()}
+                for target, row in sorted(matrix.items())
+            },
+        }
+        for group, matrix in sorted(shares.items())
+    }
+
+
+def build_warnings(dataset: Mapping[str, Any], configuration: Mapping[str, Any]) -> list[str]:
+    """Why this run's figures are not benchmark results, if they are not (empty list: they are)."""
+    found = []
+    review = dataset.get("review") or {}
+    total = sum(int(v) for v in review.values())
+    machine = int(review.get("machine", 0))
+    if machine:
+        found.append(
+            f"{machine} of {total} masks ({100 * machine / total:.1f}%) are machine masks (SAM2 output no "
+            "person has reviewed): this dataset is not the reviewed benchmark"
+        )
+    if any(is_tiny_name(g) for g in dataset.get("generators") or []):
+        found.append(
+            "the images come from the random `tiny` generator (a smoke build): the figures test the code "
+            "and measure nothing"
+        )
+    model = configuration.get("model")
+    if is_tiny_name(model) or str(model).startswith("random-"):
+        found.append(
+            f"the scored model `{model}` has random weights: the figures test the code and measure nothing"
+        )
+    return found
+
+
+def compat_rows() -> tuple[list[str], list[str]]:
+    """Published Table 3 rows whose ImageNet-Seg mIoU is Acc / (2 - Acc) (ConceptAttention's
+    compatibility figure, to ``COMPAT_TOLERANCE``) and those whose mIoU is not."""
+    compat, proper = [], []
+    for row in published.TABLE3_STANDARD:
+        acc, miou, _ = row.imagenet
+        expected = 100 * (acc / 100) / (2 - acc / 100)
+        (compat if abs(miou - expected) <= COMPAT_TOLERANCE else proper).append(row.method)
+    return compat, proper
+
+
 def _subset_label(tag: str, value: str) -> str:
     if tag == "num_concepts":
         return f"{value} concepts"
@@ -112,6 +301,10 @@ class Report:
     overall: metric -> mean over scored pairs (fg) or the dataset figure (binary).
     subsets: subset label (``"2 concepts"``, ``"web"``, ...) -> metric -> mean.
     counts: ``"overall"`` and each subset -> {pairs, scored, degenerate, failed, invalid}.
+    chance: ``constant`` / ``random`` -> metric -> figure of that chance map on the same pairs.
+    intervals: metric -> [low, high] bootstrap 95% interval over images (``BOOTSTRAP``).
+    leakage: MCC, per group (``leakage_by_group``).
+    warnings: why the figures are not benchmark results (machine masks, tiny models), if so.
     """
 
     method: str
@@ -122,6 +315,10 @@ class Report:
     subsets: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     anchor_accuracy: float | None = None
+    chance: dict[str, dict[str, float]] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    leakage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     decisions: dict[str, str] = field(default_factory=dict)
@@ -143,6 +340,7 @@ class Report:
         limit: int | None = None,
         conceptattention_compat: bool = False,
         ap_channels: str = "both",
+        protocol_resolution: int | None = None,
     ) -> Report:
         """Aggregate the rows of ``pairs.jsonl`` (each ``status`` ok / failed / invalid)."""
         from manifests.version import code_version
@@ -150,8 +348,11 @@ class Report:
         ok = [r for r in rows if r.get("status") == "ok"]
         counts = {"overall": status_counts(rows)}
         subsets: dict[str, dict[str, float]] = {}
+        leakage: dict[str, dict[str, Any]] = {}
         if protocol == "fg":
             overall = fg_means(ok)
+            intervals = fg_intervals(ok)
+            leakage = leakage_by_group(ok)
             groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
             for tag in SUBSET_TAGS:
                 for row in rows:
@@ -162,22 +363,12 @@ class Report:
                 subsets[label] = fg_means([r for r in groups[label] if r.get("status") == "ok"])
                 counts[label] = status_counts(groups[label])
         elif protocol == "binary":
-            accumulator = BinaryAccumulator(conceptattention_compat=conceptattention_compat)
-            for row in ok:
-                accumulator.add_scores(BinaryImageScores.from_dict(row["binary"]))
-            result = accumulator.result()
-            overall = {
-                "acc": result.acc,
-                "miou": result.miou,
-                "map": result.map,
-                "iou_foreground": result.iou_foreground,
-                "iou_background": result.iou_background,
-            }
-            if conceptattention_compat:
-                proper = BinaryAccumulator()
-                for row in ok:
-                    proper.add_scores(BinaryImageScores.from_dict(row["binary"]))
-                overall["miou_proper"] = proper.result().miou
+            compat = conceptattention_compat
+            overall = binary_overall((r["binary"] for r in ok), conceptattention_compat=compat)
+            intervals = binary_intervals(ok, conceptattention_compat=compat)
+            if compat:
+                proper = binary_overall((r["binary"] for r in ok), conceptattention_compat=False)
+                overall["miou_proper"] = proper["miou"]
         else:
             raise ValueError(f"unknown protocol {protocol!r}")
 
@@ -196,6 +387,10 @@ class Report:
             subsets=subsets,
             counts=counts,
             anchor_accuracy=float(np.mean(anchors)) if anchors else None,
+            chance=chance_results(ok, protocol=protocol, conceptattention_compat=conceptattention_compat),
+            intervals=intervals,
+            leakage=leakage,
+            warnings=build_warnings(dataset, configuration),
             timing=timing,
             errors=dict(errors.most_common(20)),
             decisions=method_decisions(configuration, method),
@@ -204,6 +399,10 @@ class Report:
                 "limit_images": limit,
                 "conceptattention_compat": conceptattention_compat,
                 "ap_channels": ap_channels if protocol == "binary" else None,
+                "protocol_resolution": protocol_resolution or "native (the masks' size)",
+                "bootstrap": BOOTSTRAP,
+                "chance_maps": "constant (one value) and uniform random (i.i.d. per scored pixel, seeded by "
+                "the pair), scored with the same code on the same pairs as the method",
             },
             package_version=code_version(),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -241,8 +440,57 @@ class Report:
         parts = [p for p in (published.backbone_label(preset) if preset else None, model) if p]
         return f"{self.method} ({', '.join(parts)})" if parts else self.method
 
+    @property
+    def smoke(self) -> bool:
+        """Whether a warning says these figures are not benchmark results."""
+        return bool(self.warnings)
+
+    def _ours(self, text: str) -> str:
+        """This run's cell: bold beside published rows only when the run is a real result."""
+        return text if self.smoke else f"**{text}**"
+
+    def dataset_line(self) -> str:
+        """One line naming the exact data scored: version, fingerprint, build code, review share."""
+        d = self.dataset
+        parts = [f"{d.get('name', 'dataset')}"]
+        if d.get("dataset_version"):
+            parts.append(f"version {d['dataset_version']}")
+        if d.get("split"):
+            parts.append(f"split {d['split']}")
+        if d.get("fingerprint"):
+            parts.append(f"fingerprint `{d['fingerprint']}`")
+        if d.get("code_version"):
+            parts.append(f"built by code {d['code_version']}")
+        review = d.get("review") or {}
+        if review:
+            total = sum(int(v) for v in review.values())
+            reviewed = total - int(review.get("machine", 0))
+            parts.append(
+                f"masks: {reviewed} of {total} reviewed by a person "
+                f"({', '.join(f'{k} {v}' for k, v in sorted(review.items()))})"
+            )
+        return "Dataset: " + ", ".join(parts) + "."
+
+    def interval_line(self, metrics: Sequence[str]) -> str:
+        cells = [
+            f"{METRIC_LABELS[m].split()[0]} [{percent_cell(self.intervals[m][0])}, {percent_cell(self.intervals[m][1])}]"
+            for m in metrics
+            if m in self.intervals
+        ]
+        if not cells:
+            return "No confidence intervals: nothing was scored."
+        return (
+            f"95% confidence intervals (percentile bootstrap over images, {BOOTSTRAP['resamples']} resamples, "
+            f"seed {BOOTSTRAP['seed']}): " + ", ".join(cells) + "."
+        )
+
     def to_markdown(self) -> str:
         lines = [f"# {self.method} on {self.dataset.get('name', 'dataset')}", ""]
+        if self.warnings:
+            lines += ["> **Warning: these figures are not benchmark results.**", ">"]
+            lines += [f"> - {w}" for w in self.warnings]
+            lines += [""]
+        lines += [self.dataset_line(), ""]
         total = self.counts.get("overall", {})
         if total.get("failed") or total.get("invalid"):
             lines += [
@@ -326,10 +574,13 @@ class Report:
                 + " | ".join(f"{v:.2f}" for v in values)
                 + " | published (paper Table 4) |"
             )
-        ours = " | ".join(f"**{percent_cell(self.overall.get(m))}**" for m in TABLE4_COLUMNS)
+        lines += self._chance_rows(TABLE4_COLUMNS, "pairs")
+        ours = " | ".join(self._ours(percent_cell(self.overall.get(m))) for m in TABLE4_COLUMNS)
+        run = "this run (smoke: see the warning)" if self.smoke else "this run"
         lines.append(
-            f"| **{self.row_label}** | {ours} | this run, {self.counts['overall'].get('scored', 0)} pairs |"
+            f"| {self._ours(self.row_label)} | {ours} | {run}, {self.counts['overall'].get('scored', 0)} pairs |"
         )
+        lines += ["", self.interval_line((*TABLE4_COLUMNS, "iou_target"))]
         lines += [
             "",
             "## By subset (this run; percent)",
@@ -343,6 +594,47 @@ class Report:
             counts = self.counts.get("overall" if label == "all" else label, {})
             cells = " | ".join(percent_cell(means.get(m)) for m in (*TABLE4_COLUMNS, "iou_target"))
             lines.append(f"| {label} | {counts.get('scored', 0)} | {cells} | {counts.get('degenerate', 0)} |")
+        lines += self._leakage_lines()
+        return lines
+
+    def _chance_rows(
+        self, metrics: Sequence[str], unit: str, blank: int = 0, before: bool = False
+    ) -> list[str]:
+        """Table rows of the chance maps (``blank`` empty cells placed before or after them)."""
+        lines = []
+        for kind, label in CHANCE_LABELS.items():
+            if kind not in self.chance:
+                continue
+            cells = [percent_cell(self.chance[kind].get(m)) for m in metrics]
+            cells = ["–"] * blank + cells if before else cells + ["–"] * blank
+            lines.append(
+                f"| {label} | {' | '.join(cells)} | chance, this run's {self.chance[kind].get('pairs', 0)} {unit} |"
+            )
+        return lines
+
+    def _leakage_lines(self, top: int = 10) -> list[str]:
+        """The groups with the highest mean NAR and, for each, its largest target -> distractor share."""
+        if not self.leakage:
+            return []
+        lines = [
+            "",
+            f"## Groups that leak most (this run; top {min(top, len(self.leakage))} of {len(self.leakage)} by NAR)",
+            "",
+            "| group | pairs | NAR ↓ | largest leak (target → distractor: share of the target's map) |",
+            "|---|---:|---:|---|",
+        ]
+        ranked = sorted(self.leakage.items(), key=lambda item: -item[1]["nar"])[:top]
+        for group, entry in ranked:
+            leaks = [
+                (share, target, concept)
+                for target, row in entry["matrix"].items()
+                for concept, share in row.items()
+                if concept != target
+            ]
+            worst = max(leaks) if leaks else None
+            cell = f"{worst[1]} → {worst[2]}: {percent_cell(worst[0])}%" if worst else "–"
+            lines.append(f"| {group} | {entry['pairs']} | {percent_cell(entry['nar'])} | {cell} |")
+        lines += ["", "The full matrices (every target, every concept) are in `report.json` under `leakage`."]
         return lines
 
     def _binary_tables(self) -> list[str]:
@@ -357,13 +649,23 @@ class Report:
         for row in published.TABLE3_STANDARD:
             cells = " | ".join(f"{v:.2f}" for v in (*row.imagenet, *row.voc))
             lines.append(f"| {row.method} | {cells} | published (paper Table 3) |")
-        ours = [f"**{percent_cell(self.overall.get(m))}**" for m in ("acc", "miou", "map")]
+        lines += self._chance_rows(("acc", "miou", "map"), "images", blank=3, before=not imagenet)
+        ours = [self._ours(percent_cell(self.overall.get(m))) for m in ("acc", "miou", "map")]
         blank = ["–"] * 3
         cells = " | ".join(ours + blank if imagenet else blank + ours)
+        run = "this run (smoke: see the warning)" if self.smoke else "this run"
         lines.append(
-            f"| **{self.row_label}** | {cells} | this run, {self.counts['overall'].get('scored', 0)} images |"
+            f"| {self._ours(self.row_label)} | {cells} | {run}, {self.counts['overall'].get('scored', 0)} images |"
         )
+        compat, proper = compat_rows()
         lines += [
+            "",
+            self.interval_line(("acc", "miou", "map")),
+            "",
+            f"Published ImageNet-Seg mIoU: {len(compat)} rows equal Acc / (2 - Acc) to {COMPAT_TOLERANCE} points "
+            f"(ConceptAttention's convention: {', '.join(compat)}); {len(proper)} rows do not "
+            f"(a mean IoU: {', '.join(proper)}). Every published VOC mIoU is a mean IoU. Compare this run's "
+            "mIoU with the first group only under --conceptattention-compat.",
             "",
             f"IoU foreground {percent_cell(self.overall.get('iou_foreground'))}, "
             f"background {percent_cell(self.overall.get('iou_background'))} (percent).",

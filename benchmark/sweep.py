@@ -33,6 +33,7 @@ from benchmark.evaluate import (
     as_heatmaps,
     check_run_file,
     invalid_reason,
+    limited_selection,
     row_base,
     score_pair,
 )
@@ -324,7 +325,7 @@ def run_sweep(
         return plan
 
     keys = dataset.sample_keys()
-    selected = list(enumerate(keys))[: limit if limit is not None else len(keys)]
+    selected = limited_selection(keys, limit)
     invalid: list[tuple[Any, str]] = []  # rows that failed to decode before the settings were known
     with PairLog(out / SWEEP_FILE) as log:
         done = {(r["setting"], r["sample_id"], int(r["target"])) for r in log.rows}

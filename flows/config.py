@@ -63,6 +63,9 @@ class PublishSection(Section):
     )
     version: str = Field("0.1.0", description="Dataset version written into the card and manifest.json.")
     shard_size: int = Field(200, ge=1, description="At most this many images per parquet shard.")
+    validation_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of the images in the validation split (0: a test split only)."
+    )
     push: str | None = Field(
         None,
         description="Hub dataset repo id to upload to (needs HF_TOKEN); none: nothing leaves the machine.",

@@ -317,18 +317,20 @@ def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
     out = Path(config.dataset_dir)
     summary = build_dataset(
         store, out, include=include, version=config.publish.version, shard_size=config.publish.shard_size,
-        repo_id=config.publish.push,
+        repo_id=config.publish.push, validation_fraction=config.publish.validation_fraction,
     )  # fmt: skip
     built = {
         "rows": summary.rows,
         "rows_by_subset": summary.rows_by_subset,
+        "rows_by_split": summary.rows_by_split,
         "masks": summary.masks,
         "excluded": summary.excluded_by_reason,
         "skipped_by_state": summary.skipped,
         "folder_mb": round(summary.folder_bytes / 2**20, 1),
     }
     logger.info("built %s: %s", out, built)
-    result: dict[str, Any] = {"out": str(out), "coco": str(summary.coco_path), **built}
+    coco = {split: str(path) for split, path in summary.coco_paths.items()}
+    result: dict[str, Any] = {"out": str(out), "coco": coco, **built}
     if config.publish.push:
         pushed = push_dataset(
             out,
@@ -338,8 +340,9 @@ def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
         )
         result["pushed"] = str(pushed)
     create_markdown_artifact(
-        f"# Published `{out}`\n\n- dataset folder: `{out.resolve()}`\n- COCO: `{summary.coco_path}`\n"
-        f"- load with `datasets.load_dataset({str(out)!r}, split='test')`\n- {built}\n",
+        f"# Published `{out}`\n\n- dataset folder: `{out.resolve()}`\n- COCO: {coco}\n"
+        f"- load with `datasets.load_dataset({str(out)!r}, split='test')` (tune on `split='validation'`)\n"
+        f"- {built}\n",
         key="publish-summary",
     )
     return result
@@ -356,8 +359,9 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
     logger = get_run_logger()
     c = config.score
     dataset = open_dataset(
-        c.dataset or config.dataset_dir, kind=c.benchmark, config=c.subset, class_names=c.class_names
-    )
+        c.dataset or config.dataset_dir, kind=c.benchmark, config=c.subset, class_names=c.class_names,
+        split=c.split,
+    )  # fmt: skip
     reports: dict[str, Any] = {}
     pipeline = None
     rows = []
@@ -374,6 +378,7 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
             report = evaluate(
                 method, dataset, out_dir=out, limit=c.limit, progress=False, qualitative=c.qualitative,
                 conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,
+                protocol_resolution=c.protocol_resolution,
             )  # fmt: skip
         reports[method_name] = str(out)
         overall = report.overall or {}

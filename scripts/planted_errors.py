@@ -42,6 +42,7 @@ SEMANTICS = "tests/anchordiff/test_anchordiff_semantics.py"
 ANNOTATORS = "tests/annotators/test_annotators_semantics.py"
 RECORDS = "tests/manifests/test_manifests_semantics.py"
 REPORTS = "tests/benchmark/test_benchmark_report_semantics.py"
+CITABLE = "tests/benchmark/test_benchmark_citable.py"
 CATALOGUE: tuple[PlantedError, ...] = (
     # -- anchordiff ------------------------------------------------------------------------------------------
     PlantedError(
@@ -238,6 +239,70 @@ CATALOGUE: tuple[PlantedError, ...] = (
         "nar=math.nan if degenerate else other_sum / total",
         "nar=0.0 if degenerate else other_sum / total",
         (REPORTS,),
+    ),
+    # -- citable reports and splits (issue 15) --------------------------------------------------------------
+    PlantedError(
+        "chance maps scored on another concept than the method's target",
+        "benchmark/evaluate.py",
+        'row["chance"] = chance_scores(protocol, sample, target, ap_channels=ap_channels)',
+        'row["chance"] = chance_scores(protocol, sample, 0, ap_channels=ap_channels)',
+        (CITABLE,),
+    ),
+    PlantedError(
+        "bootstrap resampling pairs instead of images",
+        "benchmark/report.py",
+        'by_image[str(row["sample_id"])].append(row)',
+        "by_image[f\"{row['sample_id']}/{row.get('target')}/{id(row)}\"].append(row)",
+        (CITABLE,),
+    ),
+    PlantedError(
+        "a smoke run printed in bold beside the published rows",
+        "benchmark/report.py",
+        'return text if self.smoke else f"**{text}**"',
+        'return f"**{text}**"',
+        (CITABLE,),
+    ),
+    PlantedError(
+        "Chefer's NaN -> 0 AP of a constant map not applied under the compatibility option",
+        "benchmark/metrics.py",
+        'constant_ap = 0.5 if ap_channels == "both" else n_fg / labeled',
+        "constant_ap = None",
+        (CITABLE,),
+    ),
+    PlantedError(
+        "224 protocol labels resized bilinearly instead of by nearest neighbour",
+        "benchmark/evaluate.py",
+        "Image.Resampling.NEAREST",
+        "Image.Resampling.BILINEAR",
+        (CITABLE,),
+    ),
+    PlantedError(
+        "--limit takes the first rows of each stratum",
+        "benchmark/evaluate.py",
+        "picks = rng.permutation(len(members))[: quota[name]]",
+        "picks = range(quota[name])",
+        (CITABLE,),
+    ),
+    PlantedError(
+        "validation split not ranked by the id's hash (depends on row order)",
+        "manifests/splits.py",
+        "ranked = sorted(stratum_ids, key=_rank)",
+        "ranked = list(stratum_ids)",
+        ("tests/manifests/test_manifests_splits.py",),
+    ),
+    PlantedError(
+        "parquet bbox taken from the prompt box instead of the mask",
+        "manifests/publish/shards.py",
+        '"bbox": [list(map(float, m.bbox)) for m in item.masks],',
+        '"bbox": [list(map(float, c.boxes[0])) for c in record.concepts],',
+        ("tests/manifests/publish/test_publish_build.py",),
+    ),
+    PlantedError(
+        "COCO category ids one off the parquet ClassLabel",
+        "manifests/publish/coco.py",
+        '"category_id": category_id[concept.name],',
+        '"category_id": category_id[concept.name] - 1,',
+        ("tests/manifests/publish/test_publish_build.py",),
     ),
 )
 

@@ -15,6 +15,7 @@ PUBLISH_FLAGS: dict[str, Flag] = {
     "include_unreviewed": "publish.include_unreviewed",
     "version": "publish.version",
     "shard_size": "publish.shard_size",
+    "validation_fraction": "publish.validation_fraction",
     "push": "publish.push",
     "tag": "publish.tag",
     "private": "publish.private",
@@ -42,6 +43,12 @@ def publish(
     ] = None,
     shard_size: Annotated[
         int | None, typer.Option(help="At most this many images per parquet shard (default 200).", min=1)
+    ] = None,
+    validation_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the images in the validation split (default 0.2; 0: test only).", min=0.0, max=0.99
+        ),
     ] = None,
     push: Annotated[
         str | None,
@@ -78,12 +85,16 @@ def publish(
             version=version,
             shard_size=c.shard_size,
             repo_id=push,
+            validation_fraction=c.validation_fraction,
         )
     except PublishError as error:
         raise fail(str(error)) from None
     print_summary(summary)
     if push is None:
-        console.print(f"load it with: datasets.load_dataset({str(out)!r}, split='test')")
+        console.print(
+            f"load it with: datasets.load_dataset({str(out)!r}, split='test')"
+            + (" (tune on split='validation')" if "validation" in summary.rows_by_split else "")
+        )
         return
     try:
         result = push_dataset(out, push, tag=c.tag or f"v{version}", private=c.private)
@@ -110,6 +121,8 @@ def print_summary(summary) -> None:
     for name, n in summary.rows_by_subset.items():
         table.add_row(name, str(n))
     table.add_row("[bold]total[/]", f"[bold]{summary.rows}[/]")
+    for split, n in summary.rows_by_split.items():
+        table.add_row(f"split {split}", str(n))
     console.print(table)
     console.print(
         f"{summary.masks} masks, {len(summary.shards)} shard(s), {summary.folder_bytes / 1e6:.1f} MB, "

@@ -37,7 +37,9 @@ ModelOption = Annotated[
 ModeOption = Annotated[
     str | None, typer.Option(help="How existing images are read: invert (paper; default) or noise (fast).")
 ]
-LimitOption = Annotated[int | None, typer.Option(help="Score only the first N images.", min=1)]
+LimitOption = Annotated[
+    int | None, typer.Option(help="Score only N images, sampled stratified by subset (fixed seed).", min=1)
+]
 BenchmarkOption = Annotated[
     str | None, typer.Option("--benchmark", help="auto (from --dataset; default), mcc, imagenet-seg or voc.")
 ]
@@ -68,13 +70,22 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
         raise fail(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def _open(dataset: str | None, benchmark: str, config: str, class_names: str | None):
-    from benchmark.datasets import open_dataset
+def _open(
+    dataset: str | None,
+    benchmark: str,
+    config: str,
+    class_names: str | None,
+    split: str | None = None,
+    missing_split_hint: str = "",
+):
+    from benchmark.datasets import MissingSplitError, open_dataset
 
     if dataset is None:
         raise fail("no dataset: give --dataset (or score.dataset / sweep.dataset in the profile)")
     try:
-        return open_dataset(dataset, kind=benchmark, config=config, class_names=class_names)
+        return open_dataset(dataset, kind=benchmark, config=config, class_names=class_names, split=split)
+    except MissingSplitError as error:
+        raise fail(f"{error}{missing_split_hint}") from None
     except (ValueError, FileNotFoundError, OSError) as error:
         raise fail(str(error)) from None
 
@@ -144,6 +155,8 @@ SCORE_FLAGS: dict[str, Flag] = {
     "revision": "score.revision",
     "class_names": ("score.class_names", str),
     "conceptattention_compat": "score.conceptattention_compat",
+    "protocol_resolution": "score.protocol_resolution",
+    "split": "score.split",
     "compare": ("score.compare", lambda folders: [str(f) for f in folders]),
     "retry_failed": "score.retry_failed",
     "qualitative": "score.qualitative",
@@ -185,10 +198,20 @@ def score(
     class_names: Annotated[
         Path | None, typer.Option(help="ImageNet-Segmentation / VOC: JSON {class id: queried name}.")
     ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split: MCC test (default) or validation; VOC val (default).")
+    ] = None,
     conceptattention_compat: Annotated[
         bool | None,
         typer.Option(
-            help="Standard benchmarks: report ConceptAttention's Acc/(2-Acc) as mIoU (not default)."
+            help="ImageNet-Segmentation only: ConceptAttention's Acc/(2-Acc) as mIoU, Chefer's AP of constant maps."
+        ),
+    ] = None,
+    protocol_resolution: Annotated[
+        int | None,
+        typer.Option(
+            help="Score at NxN: masks nearest-neighbour, heatmaps bilinear (224 = Chefer et al.'s protocol).",
+            min=1,
         ),
     ] = None,
     compare: Annotated[
@@ -221,7 +244,7 @@ def score(
         raise fail("no output folder: give --out (or score.out in the profile)")
     method, out = c.methods[0], Path(c.out)
     torch_dtype = _dtype(c.dtype)
-    data = _open(c.dataset, c.benchmark, c.subset, c.class_names)
+    data = _open(c.dataset, c.benchmark, c.subset, c.class_names, c.split)
     if method in METHODS:
         model = _model(c.model, c.preset)
         pipeline = _anchordiff(model, c.preset, c.device, torch_dtype, c.revision)
@@ -239,9 +262,9 @@ def score(
         report = evaluate(
             runner, data, out_dir=out, limit=c.limit, progress=progress, qualitative=c.qualitative,
             conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,
-            name=method if method not in METHODS else None,
+            protocol_resolution=c.protocol_resolution, name=method if method not in METHODS else None,
         )  # fmt: skip
-    except RunMismatchError as error:
+    except (RunMismatchError, ValueError) as error:
         raise fail(str(error)) from None
     if c.compare:
         runs = [(report.method, out / "heatmaps")]
@@ -271,6 +294,8 @@ def score(
         f"pairs {counts['pairs']}: scored {counts['scored']}, degenerate {counts['degenerate']}, "
         f"[red]failed {counts['failed']}[/], invalid {counts['invalid']}"
     )
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     console.print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'figures'}")
     if counts["pairs"] and not counts["scored"]:
         raise fail(
@@ -298,6 +323,8 @@ SWEEP_FLAGS: dict[str, Flag] = {
     "device": "sweep.device",
     "dtype": "sweep.dtype",
     "revision": "sweep.revision",
+    "split": "sweep.split",
+    "allow_test": "sweep.allow_test",
 }
 
 
@@ -331,6 +358,15 @@ def sweep(
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     revision: RevisionOption = None,
+    split: Annotated[
+        str | None, typer.Option(help="MCC split to tune on: validation (default); test needs --allow-test.")
+    ] = None,
+    allow_test: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-test", help="Allow tuning on the test split (inflates every figure reported on it)."
+        ),
+    ] = None,
     progress: ProgressOption = True,
 ) -> None:
     """Sweep graph layers, layer pairs and propagation steps from one attention recording per image."""
@@ -342,7 +378,16 @@ def sweep(
         raise fail("no output folder: give --out (or sweep.out in the profile)")
     out = Path(c.out)
     torch_dtype = _dtype(c.dtype)
-    data = _open(c.dataset, "mcc", c.subset, None)
+    if c.split == "test" and not c.allow_test:
+        raise fail(
+            "mcc sweep tunes on the validation split; tuning on test makes every figure reported on test "
+            "optimistic. Use --split validation, or pass --allow-test if you mean it"
+        )
+    data = _open(
+        c.dataset, "mcc", c.subset, None, c.split,
+        missing_split_hint=". Rebuild the dataset with `mcc publish` (it writes a validation split), or tune on "
+        "test with --split test --allow-test, knowing that every figure reported on test becomes optimistic",
+    )  # fmt: skip
     pipeline = _anchordiff(_model(c.model, c.preset), c.preset, c.device, torch_dtype, c.revision)
     try:
         report = run_sweep(

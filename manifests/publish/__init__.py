@@ -3,19 +3,23 @@
 ``build_dataset(store, out_dir, version=...)`` writes::
 
     out_dir/
-      README.md                        dataset card (YAML front matter: configs, features, splits)
-      data/test-00000-of-0000N.parquet shards, images and masks embedded
-      coco/instances_test.json         the same rows as COCO (compressed RLE masks)
-      preview.png                      a grid of rows with their masks drawn over the image
-      manifest.json                    version, build time, code version, record ids, image sha256
+      README.md                              dataset card (YAML front matter: configs, features, splits)
+      LICENSE.md                             the terms of each source (the card's license_link)
+      data/validation-00000-of-0000N.parquet shards of the validation split (images, masks embedded)
+      data/test-00000-of-0000N.parquet       shards of the test split
+      coco/instances_validation.json         each split as COCO (compressed RLE masks)
+      coco/instances_test.json
+      preview.png                            a grid of rows with their masks drawn over the image
+      manifest.json                          version, build time, code version, record ids and splits
 
 ``datasets.load_dataset(out_dir, split="test")`` (or ``load_dataset("<org>/<name>")`` once
-pushed) reads it with no loading script and restores the features (``FEATURES``).
+pushed) reads it with no loading script and restores the features (``dataset_features``).
 
 The package, one module per concern:
 
 - ``selection``: which records are publishable, and why the others are not;
-- ``shards``: the features, one row per record, the parquet shards;
+- ``shards``: the features, one row per record, the parquet shards (``manifests.splits``
+  decides each record's split);
 - ``card``: the dataset card (README.md) and the preview grid;
 - ``coco``: the same rows as a COCO instances file;
 - ``build``: the folder (``build_dataset``), written atomically, and ``manifest.json``;
@@ -44,28 +48,32 @@ from manifests.publish.selection import (
 )
 from manifests.publish.shards import (
     CARD_PATH,
-    COCO_PATH,
-    FEATURES,
+    LICENSE_PATH,
     MANIFEST_FORMAT,
     MANIFEST_PATH,
-    SPLIT,
     SUBSETS,
+    Catalogue,
     WrittenShard,
+    catalogue_for,
+    coco_path,
+    dataset_features,
     plan_shards,
     row_for,
     write_shard,
 )
+from manifests.splits import DEFAULT_VALIDATION_FRACTION, SPLITS, assign_splits
 
 __all__ = [
     "CARD_PATH",
-    "COCO_PATH",
+    "DEFAULT_VALIDATION_FRACTION",
+    "LICENSE_PATH",
     "MANIFEST_FORMAT",
     "MANIFEST_PATH",
-    "WrittenShard",
-    "FEATURES",
     "REVIEWED_ONLY",
-    "SPLIT",
+    "SPLITS",
     "SUBSETS",
+    "Catalogue",
+    "WrittenShard",
     "WITH_UNREVIEWED",
     "BuildSummary",
     "Exclusion",
@@ -74,9 +82,13 @@ __all__ = [
     "PushResult",
     "Selection",
     "build_dataset",
+    "assign_splits",
     "build_manifest",
+    "catalogue_for",
     "coco_document",
+    "coco_path",
     "config_files",
+    "dataset_features",
     "export_coco",
     "hub_api",
     "hub_token",

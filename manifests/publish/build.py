@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from manifests.publish.card import CardContext, preview_grid, render_card
+from manifests.publish.card import CardContext, preview_grid, render_card, render_licence
 from manifests.publish.coco import coco_document
 from manifests.publish.selection import (
     Exclusion,
@@ -25,20 +25,23 @@ from manifests.publish.selection import (
 )
 from manifests.publish.shards import (
     CARD_PATH,
-    COCO_PATH,
     COLUMN_DOCS,
-    FEATURES,
+    LICENSE_PATH,
     MANAGED,
     MANIFEST_FORMAT,
     MANIFEST_PATH,
     PREVIEW_PATH,
-    SPLIT,
+    PREVIOUS_FORMATS,
     SUBSETS,
     Shard,
     WrittenShard,
+    catalogue_for,
+    coco_path,
+    dataset_features,
     plan_shards,
     write_shard,
 )
+from manifests.splits import DEFAULT_VALIDATION_FRACTION, SPLITS, assign_splits
 from manifests.store import ManifestStore
 from manifests.version import code_version
 from manifests.workdir import WorkDir
@@ -54,6 +57,7 @@ class BuildSummary:
     include: tuple[str, ...]
     rows: int
     rows_by_subset: dict[str, int]
+    rows_by_split: dict[str, int]
     masks: int
     shards: list[WrittenShard]
     excluded: list[Exclusion]
@@ -63,9 +67,9 @@ class BuildSummary:
     files: list[str] = field(default_factory=list)
 
     @property
-    def coco_path(self) -> Path:
-        """The COCO file written with the dataset (``coco/instances_test.json`` in ``out_dir``)."""
-        return self.out_dir / COCO_PATH
+    def coco_paths(self) -> dict[str, Path]:
+        """Split -> its COCO file written with the dataset (``coco/instances_<split>.json``)."""
+        return {split: self.out_dir / coco_path(split) for split in self.rows_by_split}
 
     @property
     def excluded_by_reason(self) -> dict[str, int]:
@@ -76,6 +80,7 @@ class BuildSummary:
             f"MCC {self.version}: {self.rows} images ({', '.join(f'{n} {k}' for k, n in self.rows_by_subset.items())}), "
             f"{self.masks} masks, {len(self.shards)} shard(s), {self.folder_bytes / 1e6:.1f} MB in {self.out_dir} "
             f"({self.seconds:.1f} s)",
+            "splits: " + ", ".join(f"{split} {n}" for split, n in self.rows_by_split.items()),
             f"admitted states: {', '.join(self.include)}",
         ]
         if self.skipped:
@@ -112,7 +117,7 @@ def _check_out_dir(out_dir: Path) -> None:
         previous = json.loads((out_dir / MANIFEST_PATH).read_text()).get("format")
     except (ValueError, OSError, AttributeError):
         previous = None
-    if previous != MANIFEST_FORMAT:
+    if previous not in (MANIFEST_FORMAT, *PREVIOUS_FORMATS):
         raise PublishError(
             f"{out_dir} is not empty and is not an MCC dataset folder (it holds {present[:5]} but no MCC "
             f"{MANIFEST_PATH}); give an empty or new folder, or the folder of an earlier `mcc publish`"
@@ -159,6 +164,7 @@ def build_dataset(
     repo_id: str | None = None,
     preview_rows: int = 8,
     workers: int | None = None,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
 ) -> BuildSummary:
     """Build the dataset folder from the manifest (layout in the module docstring).
 
@@ -169,6 +175,8 @@ def build_dataset(
     the options are invalid, ``out_dir`` holds other files, or no record can be published;
     records that cannot be published are listed in the summary, never raised. ``workers``:
     threads for checking records and reading images (the output does not depend on it).
+    ``validation_fraction``: share of the images in the ``validation`` split (stratified by
+    group and number of concepts, ``manifests.splits``); 0 writes a ``test`` split only.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -182,18 +190,33 @@ def build_dataset(
             f"{dict(selection.excluded_by_reason) or 'none'}). Review the segmented records first, "
             "or pass --include-unreviewed for an offline run."
         )
-    shards = plan_shards(selection.items, shard_size)
+    try:
+        splits = assign_splits(
+            [it.id for it in selection.items],
+            [(it.record.group, it.record.num_concepts) for it in selection.items],
+            validation_fraction,
+        )
+    except ValueError as error:
+        raise PublishError(str(error)) from None
+    catalogue = catalogue_for(sorted(selection.items, key=lambda it: it.id))
+    shards = plan_shards(selection.items, shard_size, splits)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.build-", dir=out_dir.parent) as tmp:
         staging = Path(tmp)
         with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=2) as writers:
             # two shards in flight: parquet encoding and file I/O release the GIL
-            written = list(writers.map(lambda shard: write_shard(store, shard, staging, pool=pool), shards))
+            written = list(
+                writers.map(lambda shard: write_shard(store, shard, staging, catalogue, pool=pool), shards)
+            )
         ordered = [item for shard in shards for item in shard.items]
-
-        coco = coco_document(ordered, version=version)
-        (staging / COCO_PATH).parent.mkdir(parents=True, exist_ok=True)
-        (staging / COCO_PATH).write_text(json.dumps(coco, separators=(",", ":")))
+        rows_by_split = {
+            split: n for split in SPLITS if (n := sum(s.rows for s in written if s.split == split))
+        }
+        (staging / "coco").mkdir(parents=True, exist_ok=True)
+        for split in rows_by_split:
+            items = [item for shard in shards if shard.split == split for item in shard.items]
+            coco = coco_document(items, version=version, catalogue=catalogue)
+            (staging / coco_path(split)).write_text(json.dumps(coco, separators=(",", ":")))
 
         preview = preview_grid(store, ordered, count=preview_rows)
         preview.save(staging / PREVIEW_PATH, format="PNG", optimize=False)
@@ -205,19 +228,24 @@ def build_dataset(
             items=ordered,
             configs=config_files(written),
             shards=written,
-            features=FEATURES,
+            features=dataset_features(catalogue.categories),
             column_docs=COLUMN_DOCS,
             excluded=selection.excluded,
             skipped=dict(selection.skipped),
             review_stats=_review_stats(store),
             preview_path=PREVIEW_PATH,
-            coco_path=COCO_PATH,
-            split=SPLIT,
+            coco_paths={split: coco_path(split) for split in rows_by_split},
+            splits=rows_by_split,
+            split_of=splits,
+            validation_fraction=validation_fraction,
+            license_path=LICENSE_PATH,
         )
         (staging / CARD_PATH).write_text(render_card(context))
-        (staging / MANIFEST_PATH).write_text(
-            json.dumps(build_manifest(selection, shards, written, version=version), indent=1) + "\n"
+        (staging / LICENSE_PATH).write_text(render_licence(context))
+        manifest = build_manifest(
+            selection, shards, written, version=version, validation_fraction=validation_fraction
         )
+        (staging / MANIFEST_PATH).write_text(json.dumps(manifest, indent=1) + "\n")
         _replace_managed(staging, out_dir)
 
     per_k = Counter(item.record.num_concepts for item in ordered)
@@ -228,28 +256,46 @@ def build_dataset(
         include=selection.include,
         rows=len(ordered),
         rows_by_subset=rows_by_subset,
+        rows_by_split=rows_by_split,
         masks=sum(len(item.masks) for item in ordered),
         shards=written,
         excluded=selection.excluded,
         skipped=dict(sorted(selection.skipped.items())),
         folder_bytes=_folder_bytes(out_dir),
         seconds=time.perf_counter() - started,
-        files=[*(s.path for s in written), COCO_PATH, PREVIEW_PATH, CARD_PATH, MANIFEST_PATH],
+        files=[
+            *(s.path for s in written),
+            *(coco_path(split) for split in rows_by_split),
+            PREVIEW_PATH,
+            CARD_PATH,
+            LICENSE_PATH,
+            MANIFEST_PATH,
+        ],
     )
 
 
-def config_files(shards: list[WrittenShard]) -> dict[str, list[str]]:
-    """Config name -> its shard files: ``default`` all, one config per subset present."""
-    configs = {"default": [s.path for s in shards]}
+def config_files(shards: list[WrittenShard]) -> dict[str, dict[str, list[str]]]:
+    """Config name -> split -> its shard files: ``default`` all, one config per subset present."""
+
+    def by_split(chosen: list[WrittenShard]) -> dict[str, list[str]]:
+        files = {split: [s.path for s in chosen if s.split == split] for split in SPLITS}
+        return {split: paths for split, paths in files.items() if paths}
+
+    configs = {"default": by_split(shards)}
     for k, name in SUBSETS.items():
-        files = [s.path for s in shards if s.num_concepts == k]
-        if files:
-            configs[name] = files
+        chosen = [s for s in shards if s.num_concepts == k]
+        if chosen:
+            configs[name] = by_split(chosen)
     return configs
 
 
 def build_manifest(
-    selection: Selection, shards: list[Shard], written: list[WrittenShard], *, version: str
+    selection: Selection,
+    shards: list[Shard],
+    written: list[WrittenShard],
+    *,
+    version: str,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
 ) -> dict:
     """``manifest.json``: every row traced to its record, plus what was left out and why."""
     rows = []
@@ -259,6 +305,7 @@ def build_manifest(
             rows.append(
                 {
                     "image_id": record.id,
+                    "split": shard.split,
                     "shard": shard.path,
                     "row": index,
                     "state": record.state.value,
@@ -273,11 +320,15 @@ def build_manifest(
         "build_time": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "include": list(selection.include),
-        "split": SPLIT,
+        "splits": {split: sum(s.rows for s in written if s.split == split) for split in SPLITS},
+        "validation_fraction": validation_fraction,
+        "split_rule": "stratified by (group, number of concepts); within a stratum images ranked by "
+        "sha256(image_id), the first round(fraction x N) overall (largest remainder) go to validation",
         "configs": config_files(written),
         "shards": [
             {
                 "path": s.path,
+                "split": s.split,
                 "num_concepts": s.num_concepts,
                 "rows": s.rows,
                 "bytes": s.file_bytes,

@@ -19,6 +19,7 @@ from PIL import Image
 
 from manifests.masks import decode_mask, encode_mask
 from manifests.overlay import draw_record
+from manifests.provenance import PROVENANCE_KEY, is_tiny_name
 from manifests.record import GeneratedSource, Record, WebSource
 
 if TYPE_CHECKING:
@@ -41,13 +42,12 @@ BIBTEX = f"""@article{{zhang2026anchordiff,
   journal = {{arXiv preprint arXiv:{PAPER["arxiv"]}}},
   year    = {{{PAPER["year"]}}}
 }}"""
-PROVENANCE_KEY = re.compile(r"model|revision|checkpoint|config", re.IGNORECASE)
-TINY = re.compile(r"(^|[/@:_-])tiny($|[/@:_-])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class CardContext:
-    """Everything the card shows. ``items`` in row order; ``configs`` config -> shard files."""
+    """Everything the card shows. ``items`` in row order; ``configs`` config -> split -> shard
+    files; ``splits`` split -> images; ``coco_paths`` split -> its COCO file."""
 
     version: str
     repo_id: str | None
@@ -61,8 +61,11 @@ class CardContext:
     skipped: dict[str, int]
     review_stats: dict[str, Any] | None
     preview_path: str
-    coco_path: str
-    split: str
+    coco_paths: dict[str, str]
+    splits: dict[str, int]
+    split_of: dict[str, str]
+    validation_fraction: float
+    license_path: str
 
 
 # -- preview ---------------------------------------------------------------------------
@@ -131,15 +134,11 @@ def _records(context: CardContext) -> list[Record]:
 
 def _is_tiny(records: list[Record]) -> bool:
     for record in records:
-        if (
-            isinstance(record.source, GeneratedSource)
-            and record.source.model
-            and TINY.search(record.source.model)
-        ):
+        if isinstance(record.source, GeneratedSource) and is_tiny_name(record.source.model):
             return True
         for event in record.history:
             if any(
-                PROVENANCE_KEY.search(k) and isinstance(v, str) and TINY.search(v)
+                PROVENANCE_KEY.search(k) and isinstance(v, str) and is_tiny_name(v)
                 for k, v in event.params.items()
             ):
                 return True
@@ -151,23 +150,27 @@ def _front_matter(context: CardContext) -> str:
     by_file: dict[str, Any] = {s.path: s for s in context.shards}
     features_yaml = context.features._to_yaml_list()
     configs, infos = [], []
-    for name, files in context.configs.items():
+    for name, split_files in context.configs.items():
         entry: dict[str, Any] = {"config_name": name}
         if name == "default":
             entry["default"] = True
-        entry["data_files"] = [{"split": context.split, "path": files if len(files) > 1 else files[0]}]
+        entry["data_files"] = [
+            {"split": split, "path": files if len(files) > 1 else files[0]}
+            for split, files in split_files.items()
+        ]
         configs.append(entry)
-        shards = [by_file[f] for f in files]
+        shards = [by_file[f] for files in split_files.values() for f in files]
         infos.append(
             {
                 "config_name": name,
                 "features": features_yaml,
                 "splits": [
                     {
-                        "name": context.split,
-                        "num_bytes": sum(s.num_bytes for s in shards),
-                        "num_examples": sum(s.rows for s in shards),
+                        "name": split,
+                        "num_bytes": sum(by_file[f].num_bytes for f in files),
+                        "num_examples": sum(by_file[f].rows for f in files),
                     }
+                    for split, files in split_files.items()
                 ],
                 "download_size": sum(s.file_bytes for s in shards),
                 "dataset_size": sum(s.num_bytes for s in shards),
@@ -178,6 +181,7 @@ def _front_matter(context: CardContext) -> str:
         "pretty_name": "Multi-Concept Confusion (MCC)",
         "license": "other",
         "license_name": "per-source-terms",
+        "license_link": context.license_path,
         "language": ["en"],
         "task_categories": ["image-segmentation"],
         "tags": [
@@ -255,7 +259,7 @@ def _review(context: CardContext) -> str:
     human = statuses["accepted"] + statuses["edited"]
     fully = sum(all(c.review != "machine" for c in r.concepts) for r in records)
     text = [
-        "Every concept mask carries its review status (column `review`): `accepted` (a person checked the "
+        "Every concept mask carries its review status (`objects.review`): `accepted` (a person checked the "
         "machine mask and kept it unchanged), `edited` (a person corrected it in Label Studio) or `machine` "
         "(not reviewed by a person).",
         "",
@@ -430,11 +434,59 @@ def _build(context: CardContext) -> str:
         + (", ".join(f"{s} {n}" for s, n in sorted(context.skipped.items())) or "none"),
         f"- records excluded by the build's checks: {len(context.excluded)}"
         + ("" if not reasons else " (" + ", ".join(f"`{r}` {n}" for r, n in sorted(reasons.items())) + ")"),
-        "- `manifest.json` lists every row's record id, image sha256 and review status, the build time and the "
+        "- `manifest.json` lists every row's record id, split, image sha256 and review status, the build time and the "
         "code version; each record's full history (every stage, its parameters and code version) is in the MCC "
         "work dir it was built from.",
     ]
     return "\n".join(lines)
+
+
+def _review_sentence(records: list[Record]) -> str:
+    """What the build's masks are, counted: reviewed (accepted / corrected) or machine masks."""
+    statuses: Counter[str] = Counter(c.review for r in records for c in r.concepts)
+    total = sum(statuses.values())
+    human = statuses["accepted"] + statuses["edited"]
+    if not statuses["machine"]:
+        return (
+            f"people reviewed every one of the {total} masks in Label Studio ({statuses['accepted']} accepted "
+            f"unchanged, {statuses['edited']} corrected)"
+        )
+    if not human:
+        return (
+            f"**no mask of this build was reviewed by a person**: all {total} are SAM2 machine masks that passed "
+            "the quality gate"
+        )
+    return (
+        f"people reviewed {human} of the {total} masks in Label Studio ({statuses['accepted']} accepted unchanged, "
+        f"{statuses['edited']} corrected); **{statuses['machine']} are SAM2 machine masks no person has checked**"
+    )
+
+
+def _splits(context: CardContext) -> str:
+    by_split: dict[str, list[Record]] = defaultdict(list)
+    for item in context.items:
+        by_split[context.split_of[item.id]].append(item.record)
+    rows = [
+        [f"`{split}`", len(by_split[split]), sum(r.num_concepts for r in by_split[split]),
+         len({r.group for r in by_split[split]})]
+        for split in context.splits
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            _table(["split", "images", "image-concept pairs", "groups"], rows),
+            "",
+            f"The splits are disjoint by image. `validation` holds {100 * context.validation_fraction:.0f}% of the "
+            "images, drawn within every (group, number of concepts) stratum in proportion to its size: images are "
+            "ranked by the sha256 of their `image_id` and the first ones go to `validation`, so the assignment is "
+            "reproducible and does not depend on row order. **Tune on `validation` and report on `test`**: "
+            "`mcc sweep` tunes on `validation` and refuses `test` unless given `--allow-test`.",
+        ]
+    )
+
+
+def render_licence(context: CardContext) -> str:
+    """``LICENSE.md``, the card's ``license_link``: the terms of each source, counted."""
+    return "# Licences of the Multi-Concept Confusion (MCC) dataset\n\n" + _licences(context) + "\n"
 
 
 def render_card(context: CardContext) -> str:
@@ -452,23 +504,30 @@ def render_card(context: CardContext) -> str:
         )
     if any(c.review == "machine" for r in records for c in r.concepts):
         warnings.append(
-            '> **Contains unreviewed machine masks** (`review == "machine"`); the benchmark proper '
+            '> **Contains unreviewed machine masks** (`objects.review == "machine"`); the benchmark proper '
             "holds human-reviewed masks only."
         )
+    splits = list(context.splits)
+    report_split = "test" if "test" in splits else splits[0]
     subsets = [name for name in context.configs if name != "default"]
     config_rows = []
-    for name, files in context.configs.items():
+    for name, split_files in context.configs.items():
         keep = {2, 3} if name == "default" else ({2} if name == "two_concepts" else {3})
         chosen = [r for r in records if r.num_concepts in keep]
-        config_rows.append([f"`{name}`", len(chosen), sum(r.num_concepts for r in chosen), len(files)])
+        files = sum(len(f) for f in split_files.values())
+        config_rows.append([f"`{name}`", len(chosen), sum(r.num_concepts for r in chosen), files])
     column_rows = [
         [f"`{name}`", f"`{_feature_type(feature)}`", context.column_docs.get(name, "")]
         for name, feature in context.features.items()
     ]
     subset_line = "".join(
-        f'\nsubset = load_dataset("{repo}", "{name}", split="{context.split}")  # only {name.replace("_", "-")} images'
+        f'\nsubset = load_dataset("{repo}", "{name}", split="{report_split}")  # only {name.replace("_", "-")} images'
         for name in subsets[:1]
     )
+    validation_line = (
+        f'\nval = load_dataset("{repo}", split="validation")   # tune here' if "validation" in splits else ""
+    )
+    coco_lines = ", ".join(f"`{path}` ({split})" for split, path in context.coco_paths.items())
 
     body = f"""
 # Multi-Concept Confusion (MCC)
@@ -479,30 +538,42 @@ def render_card(context: CardContext) -> str:
 
 MCC is a benchmark for **concept grounding among look-alikes**. Every image holds two or three visually
 confusable concepts of one group (a Siberian husky, a gray wolf and an Alaskan malamute; a lemon and a lime)
-and has **one binary mask per concept**. A grounding method is asked for one concept at a time and scored on
-whether its response stays on that concept and off the similar ones ("concept leakage"): mIoU, mAP and
-accuracy on the annotated foreground, and the non-target activation ratio (NAR). The benchmark was introduced
-with AnchorDiff ([arXiv:{PAPER["arxiv"]}](https://arxiv.org/abs/{PAPER["arxiv"]})).
+and has **one binary mask per concept**. A grounding method is asked for every concept of the image and scored
+on whether each concept's response stays on that concept and off the similar ones ("concept leakage"): mIoU,
+mAP and accuracy on the annotated foreground, and the non-target activation ratio (NAR). The benchmark was
+introduced with AnchorDiff ([arXiv:{PAPER["arxiv"]}](https://arxiv.org/abs/{PAPER["arxiv"]})).
 
 This is version **{context.version}**: **{len(records)} images**, **{pairs} image-concept pairs**,
-**{groups} concept groups**, split `{context.split}`.
+**{groups} concept groups**, splits {", ".join(f"`{s}` ({n} images)" for s, n in context.splits.items())}.
 
 ## Load
+
+Requires `datasets>=4` (the features use `List`).
 
 ```python
 from datasets import load_dataset
 
-ds = load_dataset("{repo}", split="{context.split}"){subset_line}
+ds = load_dataset("{repo}", split="{report_split}")    # report here{validation_line}{subset_line}
 row = ds[0]
-row["image"]      # PIL image
-row["concepts"]   # e.g. ['siberian husky', 'gray wolf']
-row["masks"][0]   # PIL image, mode "1": numpy.array(row["masks"][0]) is an (H, W) bool mask of concepts[0]
-row["boxes"][0]   # boxes of concepts[0], XYXY pixels
+row["image"]                       # PIL image, row["width"] x row["height"]
+row["concepts"]                    # e.g. ['siberian husky', 'gray wolf']: query a method with all of them
+objects = row["objects"]           # one entry per concept, aligned with row["concepts"]
+objects["mask"][0]                 # PIL image, mode "1": numpy.array(...) is an (H, W) bool mask of concepts[0]
+objects["bbox"][0]                 # the mask's tight box, COCO XYWH pixels; objects["area"][0] its pixels
+objects["category_id"][0]          # ClassLabel: ds.features["objects"]["category_id"].feature.int2str(...)
+objects["prompt_boxes"][0]         # the Qwen2.5-VL boxes SAM2 was prompted with, XYXY pixels
+objects["review"][0]               # accepted / edited / machine
 ```
 
-A local copy of this folder loads the same way: `load_dataset("path/to/folder", split="{context.split}")`.
-COCO tools: `{context.coco_path}` holds the same rows as COCO instance annotations (compressed RLE masks,
+A local copy of this folder loads the same way: `load_dataset("path/to/folder", split="{report_split}")`.
+COCO tools: {coco_lines} hold the same rows as COCO instance annotations (compressed RLE masks, `bbox`,
+`area` and `category_id` equal to the parquet's `objects` fields, category id = ClassLabel index + 1,
 `file_name` = `<image_id>.png`; the images themselves are in the parquet shards).
+
+**Migrating from format `mcc-dataset/1`** (one `test` split, top-level `masks` / `boxes` / `review`):
+`row["masks"][k]` is now `row["objects"]["mask"][k]`, `row["boxes"][k]` is `row["objects"]["prompt_boxes"][k]`,
+`row["review"][k]` is `row["objects"]["review"][k]`; `test` no longer holds every image, so figures on
+`test` are not comparable with figures on an earlier build's `test`.
 
 ## Score a method
 
@@ -513,36 +584,46 @@ mcc score --dataset {repo} --method anchordiff --preset sd3 --model stabilityai/
 mcc score --dataset {repo} --method my_package.my_module:my_method --out scores/   # your own method
 ```
 
-Or per image-concept pair in your own loop (a method returns one `(h, w)` heatmap per concept):
+Or in your own loop, exactly as `mcc score` does it: the method is called **once per image with all its
+concepts** and returns one heatmap per concept (methods that compare or normalise across concepts give other
+numbers when called one concept at a time):
 
 ```python
 import numpy as np
 from benchmark.metrics import fg_scores
 
 for row in ds:
-    masks = np.stack([np.array(m, dtype=bool) for m in row["masks"]])  # (K, H, W) bool
+    masks = np.stack([np.array(m, dtype=bool) for m in row["objects"]["mask"]])   # (K, H, W) bool
+    heatmaps = my_method(row["image"], row["concepts"])                          # (K, h, w), any resolution
     for k, concept in enumerate(row["concepts"]):
-        heatmap = my_method(row["image"], concept)                    # (h, w) float, any resolution
-        scores = fg_scores(heatmap, masks, k)                         # miou_fg, map_fg, acc_fg, nar
+        scores = fg_scores(heatmaps[k], masks, k)                                # miou_fg, map_fg, acc_fg, nar
 ```
+
+`mcc score` also reports chance rows (a constant and a uniform random map on the same pairs), bootstrap 95%
+confidence intervals over images and the leakage between the concepts of each group.
 
 ## Structure
 
 {_table(["config", "images", "image-concept pairs", "parquet files"], config_rows)}
 
+### Splits
+
+{_splits(context)}
+
+### Columns
+
 {_table(["column", "type", "meaning"], column_rows, align="lll")}
 
-`masks[k]`, `boxes[k]` and `review[k]` belong to `concepts[k]`. Masks may overlap where one concept occludes
-another; a metric that needs disjoint regions must handle that (MCC's `fg_scores` removes the target's pixels
-from the non-target region).
+Masks may overlap where one concept occludes another; a metric that needs disjoint regions must handle that
+(MCC's `fg_scores` removes the target's pixels from the non-target region).
 
 ## How it was built
 
-Concept groups (2-3 look-alike concepts each, `manifests/groups.yaml`) are expanded into scenes; images are generated with
-FLUX.1-dev or found on the web under open licences; Qwen2.5-VL boxes every concept (constrained JSON
-decoding); SAM2 turns each box into a mask; a quality gate rejects implausible masks; people review and correct
-every mask in Label Studio; this build keeps the reviewed records, checks every image against its recorded
-sha256 and size and every mask against its image, and writes masks as 1-bit PNG.
+Concept groups (2-3 look-alike concepts each, `manifests/groups.yaml`) are expanded into scenes; images are
+generated with FLUX.1-dev or found on the web under open licences; Qwen2.5-VL boxes every concept (constrained
+JSON decoding); SAM2 turns each box into a mask; a quality gate rejects implausible masks; {_review_sentence(records)}.
+The build checks every image against its recorded sha256 and size and every mask against its image, and writes
+masks as 1-bit PNG.
 
 {_provenance(context)}
 
@@ -558,11 +639,38 @@ sha256 and size and every mask against its image, and writes masks as 1-bit PNG.
 
 {_statistics(context)}
 
+## Intended use and limitations
+
+- **Intended use**: measuring how well concept-grounding and open-vocabulary segmentation methods keep
+  look-alike concepts apart (leakage), on images where the confusable concepts appear together. It is an
+  evaluation set: tune on `validation`, report on `test`, and do not train on either.
+- **Not a general segmentation benchmark**: the concept vocabulary is the listed groups only, and each image
+  holds 2-3 concepts of one group; results do not transfer to scene parsing or to concepts outside the groups.
+- Generated images are FLUX.1-dev outputs and carry its biases and artefacts (object counts, composition,
+  texture); web images come from openly licensed sources and over-represent what those sources host.
+- Masks are SAM2 outputs from Qwen2.5-VL boxes, then reviewed as stated above; borders are as precise as
+  SAM2 and the reviewer's brush, and thin structures (fur, whiskers, stems) are approximate.
+- Concepts are named in English only; a group's names were chosen by the dataset authors and a concept may
+  have other common names.
+
+## Personal information
+
+Web images may show people (bystanders, owners with their animals) and can carry identifying context in
+their `page_url` and `attribution`. The pipeline strips EXIF, XMP and other metadata (GPS included) from every
+web image, keeps only the attribution the licence requires, and removes credentials from URLs; it does not blur
+faces or detect people. To have an image removed, open a discussion on the dataset's Hub page naming its
+`image_id`; it will be dropped from the next version.
+
 ## Licences
 
 {_licences(context)}
 
+The same terms are in [`{context.license_path}`]({context.license_path}) (this card's `license_link`).
+
 ## Citation
+
+If you use MCC, cite the paper that introduced it and name the dataset version you scored (**{context.version}**,
+split `{report_split}`; `mcc score` writes both into every report):
 
 ```bibtex
 {BIBTEX}
@@ -573,11 +681,15 @@ sha256 and size and every mask against its image, and writes masks as 1-bit PNG.
 
 def _feature_type(feature: Any) -> str:
     """A short type name for the column table: ``Image``, ``string``, ``list[Image]``, ``float64[4]``."""
+    from datasets import ClassLabel, List, Value
     from datasets import Image as ImageFeature
-    from datasets import List, Value
 
     if isinstance(feature, ImageFeature):
         return "Image"
+    if isinstance(feature, ClassLabel):
+        return f"ClassLabel({feature.num_classes})"
+    if isinstance(feature, dict):  # a Sequence of dicts: a dict of equal-length lists
+        return "{" + ", ".join(f"{k}: {_feature_type(v)}" for k, v in feature.items()) + "}"
     if isinstance(feature, Value):
         return feature.dtype
     if isinstance(feature, List):

@@ -4,7 +4,7 @@
   (the image as stored in the work dir's ``images/`` and embedded in the parquet shards),
   ``width``, ``height``, and ``mcc_id`` / ``group`` / ``source`` / ``sha256`` extras.
 - ``categories``: one per concept name, ``supercategory`` its concept group, ids 1..C in
-  (group, concept) order.
+  (group, concept) order (the parquet's ``objects.category_id`` ClassLabel index + 1).
 - ``annotations``: one per (image, concept): ``segmentation`` the compressed RLE of the
   manifest (``counts`` as text), ``bbox`` the mask's tight box as XYWH pixels, ``area`` in
   pixels, ``iscrowd`` 0, and ``mcc_review`` (accepted / edited / machine).
@@ -20,19 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from manifests.publish.selection import PublishableItem, PublishError, select_publishable
+from manifests.publish.shards import Catalogue, catalogue_for
 from manifests.store import ManifestStore
 
 CITATION_URL = "https://arxiv.org/abs/2605.26460"
 
 
-def coco_document(items: list[PublishableItem], *, version: str) -> dict[str, Any]:
-    """The COCO dict of checked records, in the given order (see the module docstring)."""
-    categories: dict[str, tuple[str, str]] = {}
-    for item in items:
-        for name in item.record.concept_names:
-            categories.setdefault(name, (item.record.group, name))
-    ordered = sorted(categories.values())
-    category_id = {name: index + 1 for index, (_, name) in enumerate(ordered)}
+def coco_document(
+    items: list[PublishableItem], *, version: str, catalogue: Catalogue | None = None
+) -> dict[str, Any]:
+    """The COCO dict of checked records, in the given order (see the module docstring).
+
+    ``catalogue``: the build's categories (every split of a build shares them); by default
+    those of ``items``. COCO ``category_id`` = the parquet ``objects.category_id`` + 1.
+    """
+    catalogue = catalogue or catalogue_for(items)
+    ordered = list(zip(catalogue.category_groups, catalogue.categories, strict=True))
+    category_id = {name: index + 1 for index, name in enumerate(catalogue.categories)}
 
     images, annotations = [], []
     for image_index, item in enumerate(items, start=1):
@@ -89,7 +93,8 @@ def export_coco(
 ) -> tuple[Path, list]:
     """Write the COCO file of the publishable records of ``store`` to ``path``.
 
-    Same selection as ``build_dataset`` (rows in (number of concepts, id) order). Returns
+    Same selection and category ids as ``build_dataset``, all splits in one file (rows in
+    (number of concepts, id) order; a build writes one file per split). Returns
     the path and the list of excluded records (``Exclusion``), which the file leaves out.
     """
     selection = select_publishable(store, include)
@@ -100,5 +105,8 @@ def export_coco(
     items = sorted(selection.items, key=lambda it: (it.record.num_concepts, it.id))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(coco_document(items, version=version), separators=(",", ":")))
+    catalogue = catalogue_for(sorted(selection.items, key=lambda it: it.id))  # as build_dataset numbers them
+    path.write_text(
+        json.dumps(coco_document(items, version=version, catalogue=catalogue), separators=(",", ":"))
+    )
     return path, selection.excluded

@@ -15,8 +15,12 @@ SIZE = 48
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
 
 
-def make_mcc_rows(n_images: int = 5, size: int = SIZE) -> list[dict]:
-    """Rows of the MCC layout: 2- and 3-concept images, generated and web, one overlap.
+CATEGORIES = ("husky", "malamute", "wolf")
+
+
+def make_mcc_rows(n_images: int = 5, size: int = SIZE, prefix: str = "img") -> list[dict]:
+    """Rows of the published layout (format ``mcc-dataset/2``): 2- and 3-concept images,
+    generated and web, one overlap.
 
     Concept k is a rectangle painted in ``COLOURS[k]`` on a grey background, its mask the
     rectangle; image 0's masks overlap (the second covers part of the first).
@@ -25,7 +29,7 @@ def make_mcc_rows(n_images: int = 5, size: int = SIZE) -> list[dict]:
     for index in range(n_images):
         k = 2 if index % 2 == 0 else 3
         pixels = np.full((size, size, 3), 110, dtype=np.uint8)
-        masks = []
+        masks, boxes = [], []
         for c in range(k):
             mask = np.zeros((size, size), dtype=bool)
             top = 4 + 13 * c
@@ -33,16 +37,37 @@ def make_mcc_rows(n_images: int = 5, size: int = SIZE) -> list[dict]:
             if index == 0 and c == 1:
                 mask[top - 5 : top + 11, 6:30] = True  # overlaps concept 0
             pixels[mask] = COLOURS[c]
-            masks.append(Image.fromarray(mask).convert("1"))
+            masks.append(mask)
+            ys, xs = np.nonzero(mask)
+            boxes.append(
+                [
+                    float(xs.min()),
+                    float(ys.min()),
+                    float(xs.max() - xs.min() + 1),
+                    float(ys.max() - ys.min() + 1),
+                ]
+            )
         generated = index % 3 != 2
+        concepts = ["husky", "wolf", "malamute"][:k]
         rows.append(
             {
-                "image_id": f"img-{index:02d}",
+                "image_id": f"{prefix}-{index:02d}",
                 "image": Image.fromarray(pixels),
-                "concepts": ["husky", "wolf", "malamute"][:k],
-                "masks": masks,
-                "boxes": [[[0.0, 0.0, 1.0, 1.0]] for _ in range(k)],
+                "width": size,
+                "height": size,
+                "concepts": concepts,
+                "objects": {
+                    "concept": concepts,
+                    "category_id": [CATEGORIES.index(c) for c in concepts],
+                    "mask": [Image.fromarray(m).convert("1") for m in masks],
+                    "bbox": boxes,
+                    "area": [int(m.sum()) for m in masks],
+                    "prompt_boxes": [[[0.0, 0.0, 1.0, 1.0]] for _ in range(k)],
+                    "review": ["accepted"] * k,
+                },
                 "group": "dogs" if k == 2 else "wolves",
+                "group_concepts": ["husky", "wolf", "malamute"],
+                "domain": "animals",
                 "num_concepts": k,
                 "source": "generated" if generated else "web",
                 "generator": "flux" if generated else None,
@@ -52,21 +77,51 @@ def make_mcc_rows(n_images: int = 5, size: int = SIZE) -> list[dict]:
                 "page_url": None,
                 "licence": None if generated else "cc-by",
                 "attribution": None if generated else "someone",
-                "review": ["accepted"] * k,
             }
         )
     return rows
 
 
-def write_mcc_folder(path: Path, rows: list[dict]) -> Path:
-    """Write ``rows`` as ``path/data/test-00000-of-00001.parquet`` with the published features."""
+def write_mcc_folder(path: Path, rows: list[dict], *, split: str = "test") -> Path:
+    """Write ``rows`` as ``path/data/<split>-00000-of-00001.parquet`` with the published features
+    (call again with another ``split`` for a two-split folder)."""
     from datasets import Dataset
 
-    from manifests.publish import FEATURES as features
+    from manifests.publish import dataset_features
 
+    features = dataset_features(CATEGORIES)
     columns = {name: [row[name] for row in rows] for name in features}
     (path / "data").mkdir(parents=True, exist_ok=True)
     Dataset.from_dict(columns, features=features).to_parquet(
+        str(path / "data" / f"{split}-00000-of-00001.parquet")
+    )
+    return path
+
+
+def write_format1_folder(path: Path, rows: list[dict]) -> Path:
+    """The same rows in the format-1 layout (top-level masks / boxes / review, one test split)."""
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as ImageFeature
+
+    features = Features(
+        {
+            "image_id": Value("string"), "image": ImageFeature(), "concepts": List(Value("string")),
+            "masks": List(ImageFeature()), "boxes": List(List(List(Value("float64"), length=4))),
+            "group": Value("string"), "num_concepts": Value("int32"), "source": Value("string"),
+            "generator": Value("string"), "review": List(Value("string")),
+        }
+    )  # fmt: skip
+    legacy = [
+        {
+            "image_id": r["image_id"], "image": r["image"], "concepts": r["concepts"],
+            "masks": r["objects"]["mask"], "boxes": r["objects"]["prompt_boxes"], "group": r["group"],
+            "num_concepts": r["num_concepts"], "source": r["source"], "generator": r["generator"],
+            "review": r["objects"]["review"],
+        }
+        for r in rows
+    ]  # fmt: skip
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(legacy, features=features).to_parquet(
         str(path / "data" / "test-00000-of-00001.parquet")
     )
     return path

@@ -99,8 +99,15 @@ def test_score_and_sweep_with_the_tiny_anchordiff(mcc_folder, tmp_path):
     assert (out / "figures" / "qualitative.png").exists()
 
     sweep = tmp_path / "sweep"
-    result = runner.invoke(app, ["sweep", "--dataset", str(mcc_folder), "--model", "tiny", "--mode", "noise",
-                                 "--limit", "2", "--steps", "10,160", "--out", str(sweep), "--no-progress"])  # fmt: skip
+    arguments = ["sweep", "--dataset", str(mcc_folder), "--model", "tiny", "--mode", "noise", "--limit", "2",
+                 "--steps", "10,160", "--out", str(sweep), "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, arguments)  # the fixture has no validation split
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "has no 'validation' split" in message
+    assert "--split test --allow-test" in message and not sweep.exists()
+    result = runner.invoke(app, [*arguments, "--split", "test"])
+    assert result.exit_code == 2 and "pass --allow-test" in " ".join(result.output.split())
+    result = runner.invoke(app, [*arguments, "--split", "test", "--allow-test"])
     assert result.exit_code == 0, result.output
     data = json.loads((sweep / "sweep.json").read_text())
     blocks = data["configuration"]["blocks"]

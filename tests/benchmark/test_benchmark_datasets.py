@@ -6,7 +6,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from benchmark_fixtures import make_mcc_rows, write_gtsegs, write_mcc_folder, write_voc
+from benchmark_fixtures import make_mcc_rows, write_format1_folder, write_gtsegs, write_mcc_folder, write_voc
 
 from benchmark import datasets as loaders
 from benchmark.datasets import (
@@ -30,7 +30,7 @@ def test_mcc_folder_loads_samples_with_masks_and_tags(mcc_dataset):
         sample = mcc_dataset[index]
         assert sample.concepts == tuple(row["concepts"])
         assert sample.masks.dtype == bool and sample.masks.shape == (len(row["concepts"]), 48, 48)
-        for k, mask in enumerate(row["masks"]):
+        for k, mask in enumerate(row["objects"]["mask"]):
             assert np.array_equal(sample.masks[k], np.array(mask, dtype=bool))
         assert np.array_equal(np.asarray(sample.image), np.asarray(row["image"]))
         assert sample.tags["num_concepts"] == str(len(row["concepts"]))
@@ -64,9 +64,53 @@ def test_mcc_rejects_unknown_config_and_foreign_folders(mcc_folder, tmp_path):
         MCCDataset(tmp_path / "missing", cache_dir=tmp_path / "cache")
 
 
+def test_mcc_two_splits_load_offline_with_their_own_images(mcc_two_splits, tmp_path):
+    test = MCCDataset(mcc_two_splits, cache_dir=tmp_path / "cache")
+    validation = MCCDataset(mcc_two_splits, split="validation", cache_dir=tmp_path / "cache")
+    assert [k.sample_id for k in test.sample_keys()] == [f"img-{i:02d}" for i in range(5)]
+    assert [k.sample_id for k in validation.sample_keys()] == ["val-00", "val-01", "val-02"]
+    assert validation.describe()["split"] == "validation" and validation.describe()["pairs"] == 7
+    assert validation[1].masks.shape == (3, 48, 48)
+    from benchmark.datasets import MissingSplitError
+
+    with pytest.raises(MissingSplitError, match="'train' split"):
+        MCCDataset(mcc_two_splits, split="train", cache_dir=tmp_path / "cache")
+
+
+def test_mcc_describe_counts_reviews_and_reads_the_manifest(tmp_path):
+    rows = make_mcc_rows(3)
+    rows[1]["objects"]["review"] = ["edited", "machine", "machine"]
+    folder = write_mcc_folder(tmp_path / "m", rows)
+    (folder / "manifest.json").write_text(
+        '{"format": "mcc-dataset/2", "dataset_version": "2.1.0", "code_version": "0.9"}'
+    )
+    info = MCCDataset(folder, cache_dir=tmp_path / "cache").describe()
+    assert info["review"] == {"accepted": 4, "edited": 1, "machine": 2}
+    assert (info["dataset_version"], info["code_version"], info["format"]) == (
+        "2.1.0",
+        "0.9",
+        "mcc-dataset/2",
+    )
+    assert info["generators"] == ["flux"]
+    two = MCCDataset(folder, config="two_concepts", cache_dir=tmp_path / "cache").describe()
+    assert two["review"] == {"accepted": 4}  # rows 0 and 2 only
+    (folder / "manifest.json").unlink()
+    assert MCCDataset(folder, cache_dir=tmp_path / "cache2").describe()["dataset_version"] == "unknown"
+
+
+def test_mcc_format1_folders_still_load(tmp_path):
+    rows = make_mcc_rows(3)
+    dataset = MCCDataset(write_format1_folder(tmp_path / "old", rows), cache_dir=tmp_path / "cache")
+    assert [k.sample_id for k in dataset.sample_keys()] == ["img-00", "img-01", "img-02"]
+    for index, row in enumerate(rows):
+        for k, mask in enumerate(row["objects"]["mask"]):
+            assert np.array_equal(dataset[index].masks[k], np.array(mask, dtype=bool))
+    assert dataset.describe()["review"] == {"accepted": 7}
+
+
 def test_mcc_mask_of_the_wrong_size_is_an_invalid_sample(tmp_path):
     rows = make_mcc_rows(2)
-    rows[1]["masks"][0] = rows[1]["masks"][0].resize((24, 24))
+    rows[1]["objects"]["mask"][0] = rows[1]["objects"]["mask"][0].resize((24, 24))
     dataset = MCCDataset(write_mcc_folder(tmp_path / "bad", rows), cache_dir=tmp_path / "cache")
     assert dataset[0].sample_id == "img-00"
     with pytest.raises(InvalidSample, match="img-01"):

@@ -85,9 +85,9 @@ def test_score_the_tiny_anchordiff_in_bfloat16(mcc_folder, tmp_path, loaded):
 
 
 @pytest.mark.slow
-def test_sweep_the_tiny_anchordiff_in_bfloat16(mcc_folder, tmp_path, loaded):
+def test_sweep_the_tiny_anchordiff_in_bfloat16(mcc_two_splits, tmp_path, loaded):
     out = tmp_path / "sweep"
-    result = runner.invoke(app, ["sweep", "--dataset", str(mcc_folder), "--model", "tiny", "--dtype", "bfloat16",
+    result = runner.invoke(app, ["sweep", "--dataset", str(mcc_two_splits), "--model", "tiny", "--dtype", "bfloat16",
                                  "--mode", "noise", "--limit", "1", "--layers", "1", "--steps", "10",
                                  "--out", str(out), "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -130,6 +130,8 @@ SETTINGS = [f"| {k} | {v.replace('|', chr(92) + '|')} |" for k, v in METRIC_DECI
 EXPECTED_FG_MARKDOWN = [
     "# anchordiff on mcc",
     "",
+    "Dataset: mcc, split test.",
+    "",
     "> **1 failed and 1 invalid pairs** of 4: the means below cover the 2 scored pairs.",
     "",
     "## Results (layout of the paper's Table 4; percent)",
@@ -138,6 +140,9 @@ EXPECTED_FG_MARKDOWN = [
     "|---|---:|---:|---:|---:|---|",
     *PUBLISHED_TABLE4,
     "| **anchordiff (SD3.5)** | **37.50** | **50.00** | **12.50** | **50.00** | this run, 2 pairs |",
+    "",
+    "95% confidence intervals (percentile bootstrap over images, 1000 resamples, seed 0): mIoU_fg "
+    "[37.50, 37.50], mAP_fg [50.00, 50.00], NAR [12.50, 12.50], Acc_fg [50.00, 50.00], IoU_target [37.50, 37.50].",
     "",
     "## By subset (this run; percent)",
     "",
@@ -207,6 +212,10 @@ EXPECTED_FG_MARKDOWN = [
     "| limit_images | 4 |",
     "| conceptattention_compat | False |",
     "| ap_channels | None |",
+    "| protocol_resolution | native (the masks' size) |",
+    '| bootstrap | {"resamples": 1000, "seed": 0, "level": 0.95, "unit": "image"} |',
+    "| chance_maps | constant (one value) and uniform random (i.i.d. per scored pixel, seeded by the pair), "
+    "scored with the same code on the same pairs as the method |",
     "",
     "_Written 2026-01-01T00:00:00+00:00. Published rows are copied from "
     "the AnchorDiff paper for reference; they were not produced by this run._",
@@ -338,9 +347,11 @@ def test_binary_markdown_keeps_title_and_warning_above_table3():
     report = binary_report("voc")
     report.counts["overall"]["failed"] = 2
     lines = report.to_markdown().splitlines()
-    assert lines[:3] == [
+    assert lines[:5] == [
         "# m on voc",
+        "",
+        "Dataset: voc.",
         "",
         "> **2 failed and 0 invalid pairs** of 9: the means below cover the 7 scored pairs.",
     ]
-    assert lines[4] == "## Results (layout of the paper's Table 3; percent)"
+    assert lines[6] == "## Results (layout of the paper's Table 3; percent)"

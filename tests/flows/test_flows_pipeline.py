@@ -57,6 +57,14 @@ def test_rebuild_publish_score_and_resume(harness, workdir):
     reports = score_benchmark(config)
     assert (workdir / "reports" / "sd3-noise-anchordiff" / "report.json").is_file()
     assert set(reports) == {"anchordiff"}
+    # a smoke report says it is one, and carries what a citable report needs
+    markdown = (workdir / "reports" / "sd3-noise-anchordiff" / "report.md").read_text()
+    assert "> **Warning: these figures are not benchmark results.**" in markdown
+    assert "random `tiny` generator" in markdown and "are machine masks" in markdown
+    assert "| chance: constant map |" in markdown and "| chance: uniform random map |" in markdown
+    assert f"version {config.publish.version}, split test" in markdown
+    assert "95% confidence intervals (percentile bootstrap over images" in markdown
+    assert "| **anchordiff" not in markdown  # a smoke run is never bold beside the published rows
 
 
 def test_a_model_that_cannot_load_fails_the_run_with_that_error(harness, workdir):

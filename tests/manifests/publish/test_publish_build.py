@@ -10,38 +10,61 @@ import json
 import numpy as np
 import pytest
 import yaml
-from datasets import load_dataset
+from datasets import concatenate_datasets, load_dataset
 from PIL import Image
 from publish_records import make_record
 
 from manifests import ManifestStore, State, decode_mask
-from manifests.publish import FEATURES, MANIFEST_FORMAT, PublishError, build_dataset
+from manifests.publish import MANIFEST_FORMAT, PublishError, build_dataset, dataset_features
 
 
 def test_load_dataset_restores_features_and_every_mask(small_store, tmp_path, cache_dir):
     out = tmp_path / "dataset"
     summary = build_dataset(small_store, out, version="1.2.0", shard_size=2)
+    assert summary.rows_by_split == {"validation": 2, "test": 6}  # round(0.2 x 8)
 
-    ds = load_dataset(str(out), split="test", cache_dir=cache_dir)
-    assert ds.features == FEATURES
-    assert ds.num_rows == summary.rows == 8
-    expected_order = sorted((r.num_concepts, r.id) for r in small_store.iter(State.reviewed))
-    assert [(row["num_concepts"], row["image_id"]) for row in ds] == expected_order
+    splits = {
+        split: load_dataset(str(out), split=split, cache_dir=cache_dir) for split in ("validation", "test")
+    }
+    reviewed = sorted((r.num_concepts, r.id) for r in small_store.iter(State.reviewed))
+    seen = []
+    for ds in splits.values():
+        names = ds.features["objects"]["category_id"].feature.names
+        assert ds.features == dataset_features(names)
+        order = [(row["num_concepts"], row["image_id"]) for row in ds]
+        assert order == sorted(order)  # by number of concepts, then id, within a split
+        seen += [row["image_id"] for row in ds]
+    assert sorted(seen) == sorted(i for _, i in reviewed) and summary.rows == 8  # disjoint, complete
 
-    for row in ds:
+    categories = splits["test"].features["objects"]["category_id"].feature
+    assert categories.names == sorted(categories.names, key=lambda n: (_group_of(small_store, n), n))
+    for row in (row for ds in splits.values() for row in ds):
         record = small_store.get(row["image_id"])
-        assert row["concepts"] == record.concept_names
+        objects = row["objects"]
+        assert row["concepts"] == record.concept_names == objects["concept"]
         assert row["group"] == record.group
-        assert row["review"] == [c.review for c in record.concepts]
+        assert (row["width"], row["height"]) == (record.image.width, record.image.height)
+        assert objects["review"] == [c.review for c in record.concepts]
         assert row["source"] == record.source.kind
         assert row["image"].size == (record.image.width, record.image.height)
         assert np.array_equal(
             np.asarray(row["image"].convert("RGB")), np.asarray(small_store.open_image(record))
         )
-        for concept, mask_image, boxes in zip(record.concepts, row["masks"], row["boxes"], strict=True):
-            assert mask_image.mode == "1"
-            assert np.array_equal(np.asarray(mask_image), decode_mask(concept.mask))
-            assert boxes == [list(b) for b in concept.boxes]
+        assert set(record.concept_names) <= set(row["group_concepts"])
+        for k, concept in enumerate(record.concepts):
+            mask = decode_mask(concept.mask)
+            assert objects["mask"][k].mode == "1"
+            assert np.array_equal(np.asarray(objects["mask"][k]), mask)
+            assert objects["prompt_boxes"][k] == [list(b) for b in concept.boxes]
+            ys, xs = np.nonzero(mask)
+            tight = [
+                float(xs.min()),
+                float(ys.min()),
+                float(xs.max() - xs.min() + 1),
+                float(ys.max() - ys.min() + 1),
+            ]
+            assert objects["bbox"][k] == tight and objects["area"][k] == int(mask.sum())
+            assert categories.int2str(objects["category_id"][k]) == concept.name
         if record.source.kind == "generated":
             assert row["generator"] == "black-forest-labs/FLUX.1-dev@0ef5fff"
             assert row["seed"] == record.source.seed and row["prompt"] == record.source.prompt
@@ -51,15 +74,74 @@ def test_load_dataset_restores_features_and_every_mask(small_store, tmp_path, ca
             assert row["attribution"] == record.source.attribution and row["generator"] is None
 
     # images are embedded as stored: same bytes as the work dir's file (and its sha256)
-    table = ds.with_format("arrow")[:]
     stored = {r.id: r.image.sha256 for r in small_store.iter() if r.image is not None}
-    for image_id, image in zip(table["image_id"].to_pylist(), table["image"].to_pylist(), strict=True):
-        assert hashlib.sha256(image["bytes"]).hexdigest() == stored[image_id]
+    for ds in splits.values():
+        table = ds.with_format("arrow")[:]
+        for image_id, image in zip(table["image_id"].to_pylist(), table["image"].to_pylist(), strict=True):
+            assert hashlib.sha256(image["bytes"]).hexdigest() == stored[image_id]
+
+
+def _group_of(store, concept: str) -> str:
+    return next(r.group for r in store.iter(State.reviewed) if concept in r.concept_names)
+
+
+def test_coco_and_parquet_agree_field_by_field(small_store, tmp_path, cache_dir):
+    from pycocotools import mask as mask_utils
+
+    out = tmp_path / "dataset"
+    summary = build_dataset(small_store, out, shard_size=3)
+    for split, path in summary.coco_paths.items():
+        coco = json.loads(path.read_text())
+        ds = load_dataset(str(out), split=split, cache_dir=cache_dir)
+        names = ds.features["objects"]["category_id"].feature.names
+        assert [c["name"] for c in coco["categories"]] == names
+        assert [c["id"] for c in coco["categories"]] == list(range(1, len(names) + 1))
+        assert [im["mcc_id"] for im in coco["images"]] == ds["image_id"]
+        annotations = {}
+        for ann in coco["annotations"]:
+            annotations.setdefault(ann["image_id"], []).append(ann)
+        for image, row in zip(coco["images"], ds, strict=True):
+            assert (image["width"], image["height"]) == (row["width"], row["height"])
+            assert image["group"] == row["group"] and image["source"] == row["source"]
+            anns = annotations[image["id"]]
+            objects = row["objects"]
+            assert len(anns) == len(objects["concept"])
+            for k, ann in enumerate(anns):
+                assert ann["category_id"] == objects["category_id"][k] + 1
+                assert ann["bbox"] == objects["bbox"][k] and ann["area"] == objects["area"][k]
+                assert ann["mcc_review"] == objects["review"][k]
+                rle = {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode()}
+                assert np.array_equal(mask_utils.decode(rle).astype(bool), np.asarray(objects["mask"][k]))
+
+
+def test_splits_are_stratified_deterministic_and_optional(small_store, tmp_path, cache_dir):
+    a = build_dataset(small_store, tmp_path / "a", validation_fraction=0.5)
+    build_dataset(small_store, tmp_path / "b", validation_fraction=0.5)
+    manifest_a = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest_b = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    split_a = {r["image_id"]: r["split"] for r in manifest_a["records"]}
+    assert split_a == {r["image_id"]: r["split"] for r in manifest_b["records"]}
+    assert a.rows_by_split == {"validation": 4, "test": 4}
+    assert manifest_a["splits"] == {"validation": 4, "test": 4} and manifest_a["validation_fraction"] == 0.5
+    for k in (2, 3):  # each number of concepts is in both splits
+        assert {s for i, s in split_a.items() if small_store.get(i).num_concepts == k} == {
+            "validation",
+            "test",
+        }
+    single = build_dataset(small_store, tmp_path / "c", validation_fraction=0)
+    assert (
+        single.rows_by_split == {"test": 8}
+        and not (tmp_path / "c" / "coco" / "instances_validation.json").exists()
+    )
+    card = yaml.safe_load((tmp_path / "c" / "README.md").read_text().split("---")[1])
+    assert {f["split"] for c in card["configs"] for f in c["data_files"]} == {"test"}
+    with pytest.raises(PublishError, match="validation fraction"):
+        build_dataset(small_store, tmp_path / "d", validation_fraction=1.0)
 
 
 def test_configs_filter_by_number_of_concepts(small_store, tmp_path, cache_dir):
     out = tmp_path / "dataset"
-    build_dataset(small_store, out, shard_size=2)
+    build_dataset(small_store, out, shard_size=2, validation_fraction=0)
     two = load_dataset(str(out), "two_concepts", split="test", cache_dir=cache_dir)
     three = load_dataset(str(out), "three_concepts", split="test", cache_dir=cache_dir)
     default = load_dataset(str(out), "default", split="test", cache_dir=cache_dir)
@@ -69,6 +151,15 @@ def test_configs_filter_by_number_of_concepts(small_store, tmp_path, cache_dir):
     # shards never mix subsets and follow the Hub naming
     shards = sorted(p.name for p in (out / "data").iterdir())
     assert shards == [f"test-{i:05d}-of-00005.parquet" for i in range(5)]
+    build_dataset(small_store, out, shard_size=2)  # with a validation split: numbered per split
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        *(f"test-{i:05d}-of-00003.parquet" for i in range(3)),
+        *(f"validation-{i:05d}-of-00002.parquet" for i in range(2)),
+    ]
+    for config in ("two_concepts", "three_concepts"):
+        for split in ("validation", "test"):
+            ds = load_dataset(str(out), config, split=split, cache_dir=cache_dir)
+            assert set(ds["num_concepts"]) == {2 if config == "two_concepts" else 3}
 
 
 def test_rebuild_is_byte_identical(small_store, tmp_path):
@@ -97,7 +188,10 @@ def test_manifest_traces_every_row(small_store, tmp_path):
     for entry in manifest["records"]:
         record = small_store.get(entry["image_id"])
         assert entry["image_sha256"] == record.image.sha256
-        assert entry["shard"].startswith("data/test-")
+        assert entry["shard"].startswith(f"data/{entry['split']}-") and entry["split"] in (
+            "validation",
+            "test",
+        )
     for shard in manifest["shards"]:
         assert hashlib.sha256((out / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
     assert manifest["not_admitted_by_state"] == {"planned": 1, "rejected": 1, "segmented": 1}
@@ -109,8 +203,13 @@ def test_include_unreviewed_admits_machine_masks(small_store, tmp_path, cache_di
     summary = build_dataset(small_store, tmp_path / "b", include=("reviewed", "segmented"))
     assert summary.rows == reviewed_only.rows + 1
     assert summary.skipped == {"planned": 1, "rejected": 1}
-    ds = load_dataset(str(tmp_path / "b"), split="test", cache_dir=cache_dir)
-    machine = [row for row in ds if "machine" in row["review"]]
+    ds = concatenate_datasets(
+        [
+            load_dataset(str(tmp_path / "b"), split=split, cache_dir=cache_dir)
+            for split in ("validation", "test")
+        ]
+    )
+    machine = [row for row in ds if "machine" in row["objects"]["review"]]
     assert [row["image_id"] for row in machine] == ["gen-2-0008"]
     assert "Contains unreviewed machine masks" in (tmp_path / "b" / "README.md").read_text()
     with pytest.raises(PublishError, match="only"):
@@ -175,7 +274,10 @@ def test_bad_records_are_excluded_with_reasons(tmp_path, cache_dir):
     assert "excluded: 8" in text and "mask_undecodable 1" in text and bad_counts.id in text
     manifest = json.loads((out / "manifest.json").read_text())
     assert {e["record_id"]: e["reason"] for e in manifest["excluded"]} == reasons
-    assert load_dataset(str(out), split="test", cache_dir=cache_dir).num_rows == 3
+    assert (
+        sum(load_dataset(str(out), split=s, cache_dir=cache_dir).num_rows for s in ("validation", "test"))
+        == 3
+    )
 
 
 def test_nothing_to_publish_and_foreign_folders_are_refused(small_store, tmp_path):
@@ -191,11 +293,11 @@ def test_nothing_to_publish_and_foreign_folders_are_refused(small_store, tmp_pat
 
 def test_rebuild_with_fewer_shards_leaves_no_stale_shard(small_store, tmp_path, cache_dir):
     out = tmp_path / "dataset"
-    build_dataset(small_store, out, shard_size=1)
+    build_dataset(small_store, out, shard_size=1, validation_fraction=0)
     assert len(list((out / "data").iterdir())) == 8
     (out / ".gitattributes").write_text("*.parquet filter=lfs\n")  # a Hub clone's files are kept
     (out / "notes.txt").write_text("mine")  # and so are a user's files in a built folder
-    build_dataset(small_store, out, shard_size=100)
+    build_dataset(small_store, out, shard_size=100, validation_fraction=0)
     assert sorted(p.name for p in (out / "data").iterdir()) == [
         "test-00000-of-00002.parquet",
         "test-00001-of-00002.parquet",
@@ -215,18 +317,32 @@ def test_card_front_matter_and_statistics(small_store, tmp_path):
     }
     small_store.write_bytes("reviews/stats.json", json.dumps(stats).encode())
     out = tmp_path / "dataset"
-    build_dataset(small_store, out, repo_id="my-org/mcc", shard_size=2)
+    build_dataset(small_store, out, repo_id="my-org/mcc", shard_size=2, validation_fraction=0.25)
     text = (out / "README.md").read_text()
     front = yaml.safe_load(text.split("---\n")[1])
     configs = {c["config_name"]: c for c in front["configs"]}
     assert set(configs) == {"default", "two_concepts", "three_concepts"} and configs["default"]["default"]
     infos = {i["config_name"]: i for i in front["dataset_info"]}
-    assert infos["default"]["splits"][0] == {
-        "name": "test",
-        "num_bytes": infos["default"]["dataset_size"],
-        "num_examples": 8,
-    }
-    assert infos["three_concepts"]["splits"][0]["num_examples"] == 3
+    validation, test = infos["default"]["splits"]
+    assert (validation["name"], validation["num_examples"], test["name"], test["num_examples"]) == (
+        "validation", 2, "test", 6,
+    )  # fmt: skip
+    assert validation["num_bytes"] + test["num_bytes"] == infos["default"]["dataset_size"]
+    assert sum(s["num_examples"] for s in infos["three_concepts"]["splits"]) == 3
+    assert [f["split"] for f in configs["default"]["data_files"]] == ["validation", "test"]
+    assert (
+        front["license_link"] == "LICENSE.md"
+        and "| web | CC BY 4.0 | 2 |" in (out / "LICENSE.md").read_text()
+    )
+    assert "| `validation` | 2 |" in text and "| `test` | 6 |" in text and "--allow-test" in text
+    assert 'val = load_dataset("my-org/mcc", split="validation")' in text
+    assert "Requires `datasets>=4`" in text and "## Intended use and limitations" in text
+    assert "## Personal information" in text and "Migrating from format `mcc-dataset/1`" in text
+    assert 'heatmaps = my_method(row["image"], row["concepts"])' in text  # one call with all concepts
+    assert (
+        "people reviewed every one of the 19 masks in Label Studio (17 accepted unchanged, 2 corrected)"
+        in text
+    )
     assert "&id" not in text  # no YAML anchors
     assert 'load_dataset("my-org/mcc", split="test")' in text
     assert "| 2 concepts | 5 | 10 |" in text and "| 3 concepts | 3 | 9 |" in text

@@ -17,7 +17,7 @@ from publish_records import make_record
 
 from manifests import ManifestStore, State
 from manifests.overlay import draw_record
-from manifests.publish import CARD_PATH, FEATURES, build_dataset
+from manifests.publish import CARD_PATH, build_dataset, dataset_features
 from manifests.publish.card import _size_category, _thumbnail, preview_grid
 from manifests.publish.selection import select_publishable
 
@@ -52,32 +52,52 @@ def test_card_body_line_by_line(build):
 
 def test_card_front_matter(build):
     """The Hub metadata: names, licence, tags, size category, one config per subset with its
-    data files, and per config the features and the split's sizes summed over its shards."""
+    data files per split, and per config the features and each split's sizes summed over its shards."""
     summary, meta, _ = build
     shards = {s.path: s for s in summary.shards}
-    two, three = sorted(shards)
+    val_two, val_three = sorted(p for p in shards if p.startswith("data/validation-"))
+    two, three = sorted(p for p in shards if p.startswith("data/test-"))
     assert list(meta) == [
-        "pretty_name", "license", "license_name", "language", "task_categories", "tags",
+        "pretty_name", "license", "license_name", "license_link", "language", "task_categories", "tags",
         "size_categories", "configs", "dataset_info",
     ]  # fmt: skip
     assert meta["pretty_name"] == "Multi-Concept Confusion (MCC)"
-    assert (meta["license"], meta["license_name"]) == ("other", "per-source-terms")
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other",
+        "per-source-terms",
+        "LICENSE.md",
+    )
     assert meta["tags"][-1] == "synthetic" and meta["size_categories"] == ["n<1K"]
     assert meta["configs"] == [
-        {"config_name": "default", "default": True, "data_files": [{"split": "test", "path": [two, three]}]},
-        {"config_name": "two_concepts", "data_files": [{"split": "test", "path": two}]},
-        {"config_name": "three_concepts", "data_files": [{"split": "test", "path": three}]},
-    ]
-    files = {"default": [two, three], "two_concepts": [two], "three_concepts": [three]}
+        {"config_name": "default", "default": True, "data_files": [
+            {"split": "validation", "path": [val_two, val_three]}, {"split": "test", "path": [two, three]}]},
+        {"config_name": "two_concepts", "data_files": [
+            {"split": "validation", "path": val_two}, {"split": "test", "path": two}]},
+        {"config_name": "three_concepts", "data_files": [
+            {"split": "validation", "path": val_three}, {"split": "test", "path": three}]},
+    ]  # fmt: skip
+    files = {
+        "default": {"validation": [val_two, val_three], "test": [two, three]},
+        "two_concepts": {"validation": [val_two], "test": [two]},
+        "three_concepts": {"validation": [val_three], "test": [three]},
+    }
+    names = ["alaskan malamute", "gray wolf", "siberian husky", "lemon", "lime"]  # (group, concept) order
     for info in meta["dataset_info"]:
-        chosen = [shards[f] for f in files[info["config_name"]]]
-        size = sum(s.num_bytes for s in chosen)
+        chosen = files[info["config_name"]]
+        every = [shards[f] for paths in chosen.values() for f in paths]
         assert info == {
             "config_name": info["config_name"],
-            "features": FEATURES._to_yaml_list(),
-            "splits": [{"name": "test", "num_bytes": size, "num_examples": sum(s.rows for s in chosen)}],
-            "download_size": sum(s.file_bytes for s in chosen),
-            "dataset_size": size,
+            "features": dataset_features(names)._to_yaml_list(),
+            "splits": [
+                {
+                    "name": split,
+                    "num_bytes": sum(shards[f].num_bytes for f in paths),
+                    "num_examples": sum(shards[f].rows for f in paths),
+                }
+                for split, paths in chosen.items()
+            ],  # fmt: skip
+            "download_size": sum(s.file_bytes for s in every),
+            "dataset_size": sum(s.num_bytes for s in every),
         }
     assert [i["config_name"] for i in meta["dataset_info"]] == ["default", "two_concepts", "three_concepts"]
 
@@ -102,37 +122,50 @@ def test_preview_grid_spreads_rows_and_pastes_them_in_place(store):
 EXPECTED_BODY = """
 # Multi-Concept Confusion (MCC)
 
-> **Contains unreviewed machine masks** (`review == "machine"`); the benchmark proper holds human-reviewed masks only.
+> **Contains unreviewed machine masks** (`objects.review == "machine"`); the benchmark proper holds human-reviewed masks only.
 
 ![Preview: rows of MCC with one colour per concept mask](preview.png)
 
 MCC is a benchmark for **concept grounding among look-alikes**. Every image holds two or three visually
 confusable concepts of one group (a Siberian husky, a gray wolf and an Alaskan malamute; a lemon and a lime)
-and has **one binary mask per concept**. A grounding method is asked for one concept at a time and scored on
-whether its response stays on that concept and off the similar ones ("concept leakage"): mIoU, mAP and
-accuracy on the annotated foreground, and the non-target activation ratio (NAR). The benchmark was introduced
-with AnchorDiff ([arXiv:2605.26460](https://arxiv.org/abs/2605.26460)).
+and has **one binary mask per concept**. A grounding method is asked for every concept of the image and scored
+on whether each concept's response stays on that concept and off the similar ones ("concept leakage"): mIoU,
+mAP and accuracy on the annotated foreground, and the non-target activation ratio (NAR). The benchmark was
+introduced with AnchorDiff ([arXiv:2605.26460](https://arxiv.org/abs/2605.26460)).
 
 This is version **1.0.0**: **9 images**, **21 image-concept pairs**,
-**2 concept groups**, split `test`.
+**2 concept groups**, splits `validation` (2 images), `test` (7 images).
 
 ## Load
+
+Requires `datasets>=4` (the features use `List`).
 
 ```python
 from datasets import load_dataset
 
-ds = load_dataset("<org>/multi-concept-confusion", split="test")
+ds = load_dataset("<org>/multi-concept-confusion", split="test")    # report here
+val = load_dataset("<org>/multi-concept-confusion", split="validation")   # tune here
 subset = load_dataset("<org>/multi-concept-confusion", "two_concepts", split="test")  # only two-concepts images
 row = ds[0]
-row["image"]      # PIL image
-row["concepts"]   # e.g. ['siberian husky', 'gray wolf']
-row["masks"][0]   # PIL image, mode "1": numpy.array(row["masks"][0]) is an (H, W) bool mask of concepts[0]
-row["boxes"][0]   # boxes of concepts[0], XYXY pixels
+row["image"]                       # PIL image, row["width"] x row["height"]
+row["concepts"]                    # e.g. ['siberian husky', 'gray wolf']: query a method with all of them
+objects = row["objects"]           # one entry per concept, aligned with row["concepts"]
+objects["mask"][0]                 # PIL image, mode "1": numpy.array(...) is an (H, W) bool mask of concepts[0]
+objects["bbox"][0]                 # the mask's tight box, COCO XYWH pixels; objects["area"][0] its pixels
+objects["category_id"][0]          # ClassLabel: ds.features["objects"]["category_id"].feature.int2str(...)
+objects["prompt_boxes"][0]         # the Qwen2.5-VL boxes SAM2 was prompted with, XYXY pixels
+objects["review"][0]               # accepted / edited / machine
 ```
 
 A local copy of this folder loads the same way: `load_dataset("path/to/folder", split="test")`.
-COCO tools: `coco/instances_test.json` holds the same rows as COCO instance annotations (compressed RLE masks,
+COCO tools: `coco/instances_validation.json` (validation), `coco/instances_test.json` (test) hold the same rows as COCO instance annotations (compressed RLE masks, `bbox`,
+`area` and `category_id` equal to the parquet's `objects` fields, category id = ClassLabel index + 1,
 `file_name` = `<image_id>.png`; the images themselves are in the parquet shards).
+
+**Migrating from format `mcc-dataset/1`** (one `test` split, top-level `masks` / `boxes` / `review`):
+`row["masks"][k]` is now `row["objects"]["mask"][k]`, `row["boxes"][k]` is `row["objects"]["prompt_boxes"][k]`,
+`row["review"][k]` is `row["objects"]["review"][k]`; `test` no longer holds every image, so figures on
+`test` are not comparable with figures on an earlier build's `test`.
 
 ## Score a method
 
@@ -143,35 +176,54 @@ mcc score --dataset <org>/multi-concept-confusion --method anchordiff --preset s
 mcc score --dataset <org>/multi-concept-confusion --method my_package.my_module:my_method --out scores/   # your own method
 ```
 
-Or per image-concept pair in your own loop (a method returns one `(h, w)` heatmap per concept):
+Or in your own loop, exactly as `mcc score` does it: the method is called **once per image with all its
+concepts** and returns one heatmap per concept (methods that compare or normalise across concepts give other
+numbers when called one concept at a time):
 
 ```python
 import numpy as np
 from benchmark.metrics import fg_scores
 
 for row in ds:
-    masks = np.stack([np.array(m, dtype=bool) for m in row["masks"]])  # (K, H, W) bool
+    masks = np.stack([np.array(m, dtype=bool) for m in row["objects"]["mask"]])   # (K, H, W) bool
+    heatmaps = my_method(row["image"], row["concepts"])                          # (K, h, w), any resolution
     for k, concept in enumerate(row["concepts"]):
-        heatmap = my_method(row["image"], concept)                    # (h, w) float, any resolution
-        scores = fg_scores(heatmap, masks, k)                         # miou_fg, map_fg, acc_fg, nar
+        scores = fg_scores(heatmaps[k], masks, k)                                # miou_fg, map_fg, acc_fg, nar
 ```
+
+`mcc score` also reports chance rows (a constant and a uniform random map on the same pairs), bootstrap 95%
+confidence intervals over images and the leakage between the concepts of each group.
 
 ## Structure
 
 | config | images | image-concept pairs | parquet files |
 | --- | ---: | ---: | ---: |
-| `default` | 9 | 21 | 2 |
-| `two_concepts` | 6 | 12 | 1 |
-| `three_concepts` | 3 | 9 | 1 |
+| `default` | 9 | 21 | 4 |
+| `two_concepts` | 6 | 12 | 2 |
+| `three_concepts` | 3 | 9 | 2 |
+
+### Splits
+
+| split | images | image-concept pairs | groups |
+| --- | ---: | ---: | ---: |
+| `validation` | 2 | 5 | 2 |
+| `test` | 7 | 16 | 2 |
+
+The splits are disjoint by image. `validation` holds 20% of the images, drawn within every (group, number of concepts) stratum in proportion to its size: images are ranked by the sha256 of their `image_id` and the first ones go to `validation`, so the assignment is reproducible and does not depend on row order. **Tune on `validation` and report on `test`**: `mcc sweep` tunes on `validation` and refuses `test` unless given `--allow-test`.
+
+### Columns
 
 | column | type | meaning |
 | --- | --- | --- |
 | `image_id` | `string` | the record id in the MCC manifest (`gen-...` generated, `web-...` web) |
 | `image` | `Image` | the image (PNG as stored by the pipeline) |
-| `concepts` | `list[string]` | the 2 or 3 confusable concepts present in the image |
-| `masks` | `list[Image]` | one binary mask per concept, aligned with `concepts` (1-bit PNG, image size) |
-| `boxes` | `list[list[float64[4]]]` | per concept, its boxes as XYXY pixel coordinates of the image |
+| `width` | `int32` | image width in pixels |
+| `height` | `int32` | image height in pixels |
+| `concepts` | `list[string]` | the 2 or 3 confusable concepts present in the image, the list a method is queried with |
+| `objects` | `{concept: list[string], category_id: list[ClassLabel(5)], mask: list[Image], bbox: list[float64[4]], area: list[int64], prompt_boxes: list[list[float64[4]]], review: list[string]}` | one entry per concept, aligned with `concepts`: `concept`, `category_id` (ClassLabel over every concept of the build), `mask` (1-bit PNG, image size), `bbox` (the mask's tight box, COCO XYWH pixels), `area` (mask pixels), `prompt_boxes` (the Qwen2.5-VL boxes SAM2 was prompted with, XYXY pixels) and `review` (`accepted` human-checked and unchanged, `edited` human-corrected, `machine` not reviewed) |
 | `group` | `string` | the confusable concept group (e.g. `husky-wolf-malamute`) |
+| `group_concepts` | `list[string]` | every concept of the group, including those not in this image |
+| `domain` | `string` | the group's domain (e.g. `animals`) |
 | `num_concepts` | `int32` | 2 or 3 |
 | `source` | `string` | `generated` or `web` |
 | `generator` | `string` | generated images: the model and revision (`model@revision`) |
@@ -181,19 +233,17 @@ for row in ds:
 | `page_url` | `string` | web images: the page the image was found on |
 | `licence` | `string` | web images: the licence stated by the source |
 | `attribution` | `string` | web images: the attribution the licence requires |
-| `review` | `list[string]` | per concept: `accepted` (human-checked, unchanged), `edited` (human-corrected) or `machine` |
 
-`masks[k]`, `boxes[k]` and `review[k]` belong to `concepts[k]`. Masks may overlap where one concept occludes
-another; a metric that needs disjoint regions must handle that (MCC's `fg_scores` removes the target's pixels
-from the non-target region).
+Masks may overlap where one concept occludes another; a metric that needs disjoint regions must handle that
+(MCC's `fg_scores` removes the target's pixels from the non-target region).
 
 ## How it was built
 
-Concept groups (2-3 look-alike concepts each, `manifests/groups.yaml`) are expanded into scenes; images are generated with
-FLUX.1-dev or found on the web under open licences; Qwen2.5-VL boxes every concept (constrained JSON
-decoding); SAM2 turns each box into a mask; a quality gate rejects implausible masks; people review and correct
-every mask in Label Studio; this build keeps the reviewed records, checks every image against its recorded
-sha256 and size and every mask against its image, and writes masks as 1-bit PNG.
+Concept groups (2-3 look-alike concepts each, `manifests/groups.yaml`) are expanded into scenes; images are
+generated with FLUX.1-dev or found on the web under open licences; Qwen2.5-VL boxes every concept (constrained
+JSON decoding); SAM2 turns each box into a mask; a quality gate rejects implausible masks; people reviewed 19 of the 21 masks in Label Studio (17 accepted unchanged, 2 corrected); **2 are SAM2 machine masks no person has checked**.
+The build checks every image against its recorded sha256 and size and every mask against its image, and writes
+masks as 1-bit PNG.
 
 ### Generated images (7)
 
@@ -214,9 +264,9 @@ Scenes are planned from the concept groups: a scene template (how the concepts s
 
 Example prompts:
 
+- `a photo of a siberian husky and a gray wolf and a alaskan malamute side by side, seed 7`
 - `a photo of a lemon and a lime side by side, seed 0`
 - `a photo of a lemon and a lime side by side, seed 1`
-- `a photo of a lemon and a lime side by side, seed 2`
 
 ### Web images (2)
 
@@ -240,7 +290,7 @@ Code versions that processed these records: CODE_VERSIONS.
 
 ### Review
 
-Every concept mask carries its review status (column `review`): `accepted` (a person checked the machine mask and kept it unchanged), `edited` (a person corrected it in Label Studio) or `machine` (not reviewed by a person).
+Every concept mask carries its review status (`objects.review`): `accepted` (a person checked the machine mask and kept it unchanged), `edited` (a person corrected it in Label Studio) or `machine` (not reviewed by a person).
 
 | review status | concept masks | share |
 | --- | ---: | ---: |
@@ -258,7 +308,7 @@ Every concept mask carries its review status (column `review`): `accepted` (a pe
 - dataset version `1.0.0`; records admitted in states: reviewed, segmented
 - records not admitted (by state): none
 - records excluded by the build's checks: 0
-- `manifest.json` lists every row's record id, image sha256 and review status, the build time and the code version; each record's full history (every stage, its parameters and code version) is in the MCC work dir it was built from.
+- `manifest.json` lists every row's record id, split, image sha256 and review status, the build time and the code version; each record's full history (every stage, its parameters and code version) is in the MCC work dir it was built from.
 
 ## Statistics
 
@@ -284,6 +334,28 @@ Every concept mask carries its review status (column `review`): `accepted` (a pe
 | husky-wolf-malamute | siberian husky, gray wolf, alaskan malamute | 3 | 9 | 2 | 1 |
 | lemon-lime | lemon, lime | 6 | 12 | 5 | 1 |
 
+## Intended use and limitations
+
+- **Intended use**: measuring how well concept-grounding and open-vocabulary segmentation methods keep
+  look-alike concepts apart (leakage), on images where the confusable concepts appear together. It is an
+  evaluation set: tune on `validation`, report on `test`, and do not train on either.
+- **Not a general segmentation benchmark**: the concept vocabulary is the listed groups only, and each image
+  holds 2-3 concepts of one group; results do not transfer to scene parsing or to concepts outside the groups.
+- Generated images are FLUX.1-dev outputs and carry its biases and artefacts (object counts, composition,
+  texture); web images come from openly licensed sources and over-represent what those sources host.
+- Masks are SAM2 outputs from Qwen2.5-VL boxes, then reviewed as stated above; borders are as precise as
+  SAM2 and the reviewer's brush, and thin structures (fur, whiskers, stems) are approximate.
+- Concepts are named in English only; a group's names were chosen by the dataset authors and a concept may
+  have other common names.
+
+## Personal information
+
+Web images may show people (bystanders, owners with their animals) and can carry identifying context in
+their `page_url` and `attribution`. The pipeline strips EXIF, XMP and other metadata (GPS included) from every
+web image, keeps only the attribution the licence requires, and removes credentials from URLs; it does not blur
+faces or detect people. To have an image removed, open a discussion on the dataset's Hub page naming its
+`image_id`; it will be dropped from the next version.
+
 ## Licences
 
 Images keep the terms of their source; this card cannot relicense them. Web images list their licence and the attribution it requires in every row (`licence`, `attribution`, `page_url`): keep them when you redistribute or show an image.
@@ -293,7 +365,12 @@ Images keep the terms of their source; this card cannot relicense them. Web imag
 | generated | output of `black-forest-labs/FLUX.1-dev`: see that model's licence | 7 |
 | web | CC BY 4.0 | 2 |
 
+The same terms are in [`LICENSE.md`](LICENSE.md) (this card's `license_link`).
+
 ## Citation
+
+If you use MCC, cite the paper that introduced it and name the dataset version you scored (**1.0.0**,
+split `test`; `mcc score` writes both into every report):
 
 ```bibtex
 @article{zhang2026anchordiff,
@@ -324,7 +401,7 @@ def test_review_section_with_review_stats_keeps_the_status_table(small_store, tm
     build_dataset(small_store, tmp_path / "dataset", version="1.0.0")
     card = (tmp_path / "dataset" / CARD_PATH).read_text("utf-8")
     review = card.split("### Review\n\n", 1)[1].split("\n\n### This build", 1)[0]
-    assert review.startswith("Every concept mask carries its review status (column `review`)")
+    assert review.startswith("Every concept mask carries its review status (`objects.review`)")
     assert "| review status | concept masks | share |" in review
     assert review.index("| review status |") < review.index(
         "Review statistics recorded by `mcc review stats`"

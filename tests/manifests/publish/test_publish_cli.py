@@ -80,8 +80,8 @@ def test_cli_builds_a_loadable_folder(small_store, tmp_path, cache_dir):
     )
     assert result.exit_code == 0, result.output
     assert "9" in result.output and "excluded: 0" in result.output and "load_dataset" in result.output
-    ds = load_dataset(str(out), split="test", cache_dir=cache_dir)
-    assert ds.num_rows == 9
+    rows = [load_dataset(str(out), split=s, cache_dir=cache_dir).num_rows for s in ("validation", "test")]
+    assert rows == [2, 7] and "split validation" in result.output
     assert json.loads((out / "manifest.json").read_text())["include"] == [
         "in_review",
         "reviewed",

@@ -8,7 +8,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from manifests import State, decode_mask
-from manifests.publish import COCO_PATH, build_dataset
+from manifests.publish import build_dataset, coco_path
 from manifests.publish.coco import export_coco
 
 
@@ -42,9 +42,9 @@ def test_coco_round_trips_every_mask(small_store, tmp_path):
 
 
 def test_dataset_folder_carries_the_same_coco(small_store, tmp_path):
-    build_dataset(small_store, tmp_path / "dataset", version="0.3.0")
+    build_dataset(small_store, tmp_path / "dataset", version="0.3.0", validation_fraction=0)
     path, _ = export_coco(small_store, tmp_path / "coco.json", version="0.3.0")
-    assert (tmp_path / "dataset" / COCO_PATH).read_bytes() == path.read_bytes()
+    assert (tmp_path / "dataset" / coco_path("test")).read_bytes() == path.read_bytes()
     document = json.loads(path.read_text())
     assert document["info"]["version"] == "0.3.0"
     # rows in the dataset's order: two-concept images first, then three-concept ones

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ from manifests.publish import (
     BuildSummary,
     PublishError,
     build_dataset,
+    catalogue_for,
     plan_shards,
     push_dataset,
     row_for,
@@ -103,6 +105,7 @@ def test_build_summary_lists_records_not_admitted_by_state(tmp_path):
         include=("reviewed",),
         rows=3,
         rows_by_subset={"2 concepts": 3},
+        rows_by_split={"validation": 1, "test": 2},
         masks=6,
         shards=[],
         excluded=[],
@@ -112,6 +115,7 @@ def test_build_summary_lists_records_not_admitted_by_state(tmp_path):
     )
     lines = str(summary).splitlines()
     assert "not admitted (by state): planned 1, segmented 2" in lines
+    assert "splits: validation 1, test 2" in lines
     assert lines[-1] == "excluded: 0"
 
 
@@ -141,9 +145,9 @@ def test_card_scalar_statistics_table_header():
 def test_row_image_is_named_after_the_record(small_store):
     """A row's image carries its bytes and the path ``<record id>.png`` (the COCO file_name)."""
     item = select_publishable(small_store).items[0]
-    row = row_for(item, b"png-bytes")
+    row = row_for(item, b"png-bytes", catalogue_for([item]))
     assert row["image"] == {"bytes": b"png-bytes", "path": f"{item.record.id}.png"}
-    assert row["masks"] == [{"bytes": m.png, "path": None} for m in item.masks]
+    assert row["objects"]["mask"] == [{"bytes": m.png, "path": None} for m in item.masks]
 
 
 def test_coco_document_fields_and_ids(small_store, tmp_path):
@@ -179,10 +183,13 @@ def test_write_shard_creates_its_folder_and_gives_a_huge_row_its_own_row_group(
 ):
     """``write_shard`` makes the shard's folders (parents too); a row group never holds more than
     MAX_ROW_GROUP_BYTES of rows, but always at least one row."""
-    (shard,) = plan_shards(select_publishable(small_store).items[:3], shard_size=10)
+    items = select_publishable(small_store).items[:3]
+    (shard,) = plan_shards(items, shard_size=10, splits={it.id: "test" for it in items})
     monkeypatch.setattr(publish_module, "MAX_ROW_GROUP_BYTES", 1)  # every row is "too big"
     with ThreadPoolExecutor(max_workers=1) as pool:
-        written = write_shard(small_store, shard, tmp_path / "new" / "folder", pool=pool)
+        written = write_shard(
+            small_store, shard, tmp_path / "new" / "folder", catalogue_for(items), pool=pool
+        )
     metadata = pq.ParquetFile(tmp_path / "new" / "folder" / shard.path).metadata
     assert written.rows == 3 and metadata.num_rows == 3
     assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [1, 1, 1]
@@ -211,8 +218,11 @@ def test_build_files_folder_bytes_manifest_format_and_preview(small_store, tmp_p
     assert summary.folder_bytes == sum((out / f).stat().st_size for f in summary.files)
     text = (out / MANIFEST_PATH).read_text()
     assert text == json.dumps(json.loads(text), indent=1) + "\n"
+    splits = {r["image_id"]: r["split"] for r in json.loads(text)["records"]}
     items = [
-        item for shard in plan_shards(select_publishable(small_store).items, 200) for item in shard.items
+        item
+        for shard in plan_shards(select_publishable(small_store).items, 200, splits)
+        for item in shard.items
     ]
     expected = io.BytesIO()
     preview_grid(small_store, items, count=3).save(expected, format="PNG", optimize=False)
@@ -226,12 +236,13 @@ def test_manifest_keys_shards_and_not_admitted(small_store, tmp_path):
     summary = build_dataset(small_store, out, shard_size=3)
     manifest = json.loads((out / MANIFEST_PATH).read_text())
     assert list(manifest) == [
-        "format", "dataset_version", "build_time", "code_version", "include", "split", "configs",
-        "shards", "records", "excluded", "not_admitted_by_state",
+        "format", "dataset_version", "build_time", "code_version", "include", "splits", "validation_fraction",
+        "split_rule", "configs", "shards", "records", "excluded", "not_admitted_by_state",
     ]  # fmt: skip
     assert manifest["shards"] == [
         {
             "path": s.path,
+            "split": s.split,
             "num_concepts": s.num_concepts,
             "rows": s.rows,
             "bytes": s.file_bytes,
@@ -239,8 +250,34 @@ def test_manifest_keys_shards_and_not_admitted(small_store, tmp_path):
         }
         for s in summary.shards
     ]
-    assert [s["num_concepts"] for s in manifest["shards"]] == [2, 2, 3]
+    assert [(s["split"], s["num_concepts"]) for s in manifest["shards"]] == [
+        ("validation", 2),
+        ("validation", 3),
+        ("test", 2),
+        ("test", 2),
+        ("test", 3),
+    ]  # fmt: skip  (shard_size 3: the 4 two-concept test rows take two shards)
     assert manifest["not_admitted_by_state"] == {"planned": 1, "rejected": 1, "segmented": 1}
     assert list(manifest["records"][0]) == [
-        "image_id", "shard", "row", "state", "image_sha256", "image_path", "review",
+        "image_id", "split", "shard", "row", "state", "image_sha256", "image_path", "review",
     ]  # fmt: skip
+
+
+def test_catalogue_takes_group_concepts_and_domain_from_the_registry(small_store):
+    """A record holding two of its group's three concepts still lists the whole group; a group the
+    registry does not know lists the concepts its records hold, domain ``unknown``."""
+    items = select_publishable(small_store).items
+    husky = next(it for it in items if it.record.group == "husky-wolf-malamute")
+    partial = replace(husky, record=husky.record.model_copy(update={"concepts": husky.record.concepts[:2]}))
+    catalogue = catalogue_for([partial])
+    assert catalogue.group_concepts["husky-wolf-malamute"] == (
+        "siberian husky",
+        "gray wolf",
+        "alaskan malamute",
+    )
+    assert catalogue.domains["husky-wolf-malamute"] == "animals"
+    assert catalogue.categories == ("gray wolf", "siberian husky")  # only the concepts published, sorted
+    custom = replace(husky, record=husky.record.model_copy(update={"group": "my-dogs"}))
+    other = catalogue_for([custom])
+    assert other.group_concepts["my-dogs"] == tuple(husky.record.concept_names)
+    assert other.domains["my-dogs"] == "unknown"
