@@ -43,7 +43,14 @@ from anchordiff.backbones import (
     check_preset,
     load_pipeline,
 )
-from anchordiff.graph import anchordiff_heatmaps, mean_threshold_masks, minmax, select_anchors
+from anchordiff.graph import anchordiff_heatmaps, build_graph, mean_threshold_masks, minmax, select_anchors
+from anchordiff.multi_anchor import (
+    DEFAULT_ANCHOR_RADIUS,
+    DEFAULT_ANCHOR_THRESHOLD,
+    DEFAULT_MAX_ANCHORS,
+    check_multi_anchor_options,
+    multi_anchor_heatmaps,
+)
 from manifests.dtypes import torch_dtype
 
 MODES = ("invert", "noise")
@@ -83,8 +90,8 @@ def register_map_builder(name: str, needs_graph: bool = False):
     return add
 
 
-def _graph_maps(ad, record, layers, a_ci, steps, gate_quantile, *, use_gate: bool, use_wcos: bool):
-    """The anchor graph over the mean A_II / O_II of the graph layers, propagated from the anchors."""
+def _graph_inputs(ad, record, layers) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean A_II (N, N) and O_II (N, D) of the graph layers (the preset's when None)."""
     layers = ad.graph_layers if layers is None else layers
     missing = [x for x in layers if x not in record.a_ii]
     if missing:
@@ -94,6 +101,12 @@ def _graph_maps(ad, record, layers, a_ci, steps, gate_quantile, *, use_gate: boo
         )
     a_ii = torch.stack([record.a_ii[x].to(ad.device) for x in layers]).mean(dim=0)  # (N, N)
     o_ii = torch.stack([record.o_ii[x].to(ad.device) for x in layers]).mean(dim=0)  # (N, D)
+    return a_ii, o_ii
+
+
+def _graph_maps(ad, record, layers, a_ci, steps, gate_quantile, *, use_gate: bool, use_wcos: bool):
+    """The anchor graph over the mean A_II / O_II of the graph layers, propagated from the anchors."""
+    a_ii, o_ii = _graph_inputs(ad, record, layers)
     token_maps = anchordiff_heatmaps(
         a_ii,
         o_ii,
@@ -116,6 +129,22 @@ for _name, _switches in {
     register_map_builder(_name, needs_graph=True)(functools.partial(_graph_maps, **_switches))
 
 
+@register_map_builder("anchordiff_multi", needs_graph=True)
+def _multi_anchor_maps(ad, record, layers, a_ci, steps, gate_quantile):
+    """AnchorDiff with one anchor per instance (``anchordiff.multi_anchor``) on the same graph;
+    the anchors returned are eq. 7's (the first of each concept), for Table 2's accuracy."""
+    a_ii, o_ii = _graph_inputs(ad, record, layers)
+    w_hat = build_graph(
+        a_ii, o_ii, gate_quantile=float(gate_quantile), clamp_negative=ad.options.clamp_negative,
+        empty_row=ad.options.empty_row,
+    )  # fmt: skip
+    result = multi_anchor_heatmaps(
+        w_hat, a_ci, record.grid, steps=steps, max_anchors=ad.options.max_anchors,
+        threshold=ad.options.anchor_threshold, radius=ad.options.anchor_radius,
+    )  # fmt: skip
+    return result.heatmaps, torch.stack([a[0] for a in result.anchors])
+
+
 @register_map_builder("cross_attention")
 def _cross_attention_maps(ad, record, layers, a_ci, steps, gate_quantile):
     """A_CI itself: averaged over ``layers`` when given, else over the anchor layers."""
@@ -133,7 +162,7 @@ def _concept_attention_maps(ad, record, layers, a_ci, steps, gate_quantile):
 
 
 METHODS = tuple(MAP_BUILDERS)
-"""The built-in methods: anchordiff, no_gate, no_wcos, cross_attention, concept_attention."""
+"""The built-in methods: anchordiff, no_gate, no_wcos, anchordiff_multi, cross_attention, concept_attention."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +191,9 @@ class AnchorDiffOptions:
         head_chunk_mb: memory budget of one head chunk of the float32 A_II computation.
         clamp_negative: [decision] negative cosines of W are set to 0 before row normalisation (eq. 11).
         empty_row: [decision] a row of W that sums to 0 becomes a "self_loop" (default) or stays "zero".
+        max_anchors, anchor_threshold, anchor_radius: ``anchordiff_multi`` only (beyond the paper,
+            ``anchordiff.multi_anchor``): at most this many anchors per concept, candidates at least this
+            fraction of the A_CI maximum, suppression radius as a fraction of the longer grid side.
     """
 
     prompt_template: str = "a photo of {concepts}"
@@ -178,6 +210,9 @@ class AnchorDiffOptions:
     head_chunk_mb: int = DEFAULT_HEAD_CHUNK_BYTES // 2**20
     clamp_negative: bool = True
     empty_row: str = "self_loop"
+    max_anchors: int = DEFAULT_MAX_ANCHORS
+    anchor_threshold: float = DEFAULT_ANCHOR_THRESHOLD
+    anchor_radius: float = DEFAULT_ANCHOR_RADIUS
 
     def __post_init__(self) -> None:
         if "{concepts}" not in self.prompt_template:
@@ -206,6 +241,7 @@ class AnchorDiffOptions:
             raise ValueError(f"max_sequence_length must be >= 2, got {self.max_sequence_length}")
         if self.head_chunk_mb < 1:
             raise ValueError(f"head_chunk_mb must be >= 1, got {self.head_chunk_mb}")
+        check_multi_anchor_options(self.max_anchors, self.anchor_threshold, self.anchor_radius)
 
     @property
     def recorded_step(self) -> int:

@@ -49,10 +49,12 @@ class SyntheticScene:
         o_ii: ``(N, D)`` float32 self-attention outputs ``a_ii @ V``.
         a_ci: ``(K, N)`` float32 concept-to-image attention, rows sum to 1; concept k
             is object k.
-        labels: ``(N,)`` int64, 0 background, ``k + 1`` object k.
-        masks: ``(K, gh, gw)`` bool, ``masks[k]`` = object k.
-        centers: ``(K, 2)`` float32 object centres (row, col) in token units.
+        labels: ``(N,)`` int64, 0 background, ``k + 1`` concept k.
+        masks: ``(K, gh, gw)`` bool, ``masks[k]`` = every instance of concept k.
+        centers: ``(M, 2)`` float32 centres (row, col) in token units of the M discs (M = K
+            with one instance per concept).
         grid: ``(gh, gw)``.
+        instance_concepts: ``(M,)`` int64 concept of each disc; instance_masks: ``(M, gh, gw)``.
     """
 
     a_ii: torch.Tensor
@@ -62,6 +64,8 @@ class SyntheticScene:
     masks: torch.Tensor
     centers: torch.Tensor
     grid: tuple[int, int]
+    instance_concepts: torch.Tensor | None = None
+    instance_masks: torch.Tensor | None = None
 
 
 def _place_discs(
@@ -105,6 +109,7 @@ def synthetic_scene(
     concept_leak: float = 1.6,
     concept_peak: float = 1.0,
     concept_noise: float = 0.3,
+    instances: tuple[int, ...] | None = None,
 ) -> SyntheticScene:
     """Generate one confusable scene (see the module docstring for what is planted).
 
@@ -125,6 +130,9 @@ def synthetic_scene(
         concept_leak: A_CI logit plateau on the other (look-alike) objects.
         concept_peak: A_CI extra logit at the queried object's centre (Gaussian bump).
         concept_noise: std of the noise on the A_CI logits.
+        instances: discs per concept, e.g. ``(2, 1)``: concept 0 appears twice, far apart
+            (separate objects for the attention, one concept for A_CI and the masks); None =
+            one each (``num_objects`` is then ``len(instances)``).
 
     Returns:
         A :class:`SyntheticScene` on CPU, float32.
@@ -132,8 +140,15 @@ def synthetic_scene(
     gh, gw = (int(x) for x in grid)
     if gh < 4 or gw < 4:
         raise ValueError(f"grid must be at least 4x4, got {grid}")
+    if instances is not None:
+        if not instances or any(int(m) < 1 for m in instances):
+            raise ValueError(f"instances must give each concept at least one disc, got {instances}")
+        num_objects = len(instances)
     if num_objects < 1:
         raise ValueError(f"num_objects must be >= 1, got {num_objects}")
+    counts = [1] * num_objects if instances is None else [int(m) for m in instances]
+    disc_concept = torch.tensor([k for k, m in enumerate(counts) for _ in range(m)], dtype=torch.int64)
+    num_discs = len(disc_concept)
     g = torch.Generator().manual_seed(seed)
     n = gh * gw
     if radius is None:
@@ -141,20 +156,23 @@ def synthetic_scene(
         radius = (0.12 * side, 0.18 * side)
 
     # Objects and labels on the grid.
-    centers, radii = _place_discs(gh, gw, num_objects, radius, gap, g)
+    centers, radii = _place_discs(gh, gw, num_discs, radius, gap, g)
     yy, xx = torch.meshgrid(
         torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij"
     )
     coords = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)  # (N, 2) row, col
-    dist_to_center = torch.cdist(coords, centers)  # (N, K)
-    masks_flat = dist_to_center <= radii[None, :]  # (N, K), disjoint by construction
-    labels = torch.zeros(n, dtype=torch.int64)
-    for k in range(num_objects):
-        labels[masks_flat[:, k]] = k + 1
+    dist_to_center = torch.cdist(coords, centers)  # (N, M)
+    disc_flat = dist_to_center <= radii[None, :]  # (N, M), disjoint by construction
+    labels = torch.zeros(n, dtype=torch.int64)  # concept + 1
+    instance = torch.zeros(n, dtype=torch.int64)  # disc + 1: what attention groups
+    for d in range(num_discs):
+        labels[disc_flat[:, d]] = int(disc_concept[d]) + 1
+        instance[disc_flat[:, d]] = d + 1
+    masks_flat = torch.stack([disc_flat[:, disc_concept == k].any(dim=1) for k in range(num_objects)], dim=1)
 
     # A_II: local kernel + same-label affinity + noise, softmax over image keys.
     d2 = torch.cdist(coords, coords).pow(2)  # (N, N)
-    same = (labels[:, None] == labels[None, :]).float()
+    same = (instance[:, None] == instance[None, :]).float()
     # The distance term is floored at -_LOGIT_FLOOR, like real attention whose logits span a
     # bounded range: far tokens keep a small weight (about e^-20 of a neighbour's) instead of
     # underflowing to float32 denormals, which make CPU matrix products very slow.
@@ -173,7 +191,8 @@ def synthetic_scene(
     # A_CI: plateau on the target, slightly lower plateau on the look-alikes, peak at the centre.
     in_object = masks_flat.float().T  # (K, N)
     any_object = in_object.sum(dim=0, keepdim=True)  # (1, N)
-    peak = torch.exp(-dist_to_center.T.pow(2) / (2 * (0.35 * radii[:, None]) ** 2))  # (K, N)
+    disc_peak = torch.exp(-dist_to_center.T.pow(2) / (2 * (0.35 * radii[:, None]) ** 2))  # (M, N)
+    peak = torch.stack([disc_peak[disc_concept == k].amax(dim=0) for k in range(num_objects)])  # (K, N)
     ci_logits = concept_target * in_object + concept_leak * (any_object - in_object) + concept_peak * peak
     ci_logits = ci_logits + concept_noise * torch.randn(num_objects, n, generator=g)
     a_ci = torch.softmax(ci_logits, dim=1)
@@ -186,4 +205,6 @@ def synthetic_scene(
         masks=masks_flat.T.reshape(num_objects, gh, gw).contiguous(),
         centers=centers,
         grid=(gh, gw),
+        instance_concepts=disc_concept,
+        instance_masks=disc_flat.T.reshape(num_discs, gh, gw).contiguous(),
     )

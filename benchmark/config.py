@@ -45,7 +45,8 @@ class ScoreConfig(_Backbone):
 
     methods: list[str] = Field(
         default_factory=lambda: ["anchordiff", "cross_attention", "concept_attention"],
-        description="anchordiff, cross_attention, concept_attention, no_gate, no_wcos, or module:function.",
+        description="anchordiff, anchordiff_multi, cross_attention, concept_attention, no_gate, no_wcos, or "
+        "module:function.",
     )
     benchmark: Benchmark = Field("auto", description="auto (from the dataset), mcc, imagenet-seg or voc.")
     layers: list[int] | None = Field(None, description="Graph layers, e.g. [9, 18] (default: the preset's).")

@@ -124,7 +124,9 @@ def method_configuration(method: GroundingMethod) -> dict[str, Any]:
     return dict(config) if isinstance(config, Mapping) else {}
 
 
-ANCHOR_METHODS = ("anchordiff", "cross_attention", "no_gate", "no_wcos")
+ANCHOR_METHODS = ("anchordiff", "anchordiff_multi", "cross_attention", "no_gate", "no_wcos")
+GRAPH_METHODS = ("anchordiff", "anchordiff_multi", "no_gate", "no_wcos")
+"""Methods whose ``layers`` are graph layers (the others average A_CI or concept maps over blocks)."""
 """AnchorDiff methods whose anchors are the A_CI argmax of Table 2."""
 
 
@@ -135,7 +137,8 @@ class AnchorDiffMethod:
     Each call returns a ``MethodResult`` with the token-grid heatmaps (K, g, g) (the metrics
     resize them to the masks like any method's) and, for anchor-based methods, the anchors.
 
-    method: ``anchordiff``, ``cross_attention``, ``concept_attention``, ``no_gate``, ``no_wcos``.
+    method: ``anchordiff``, ``anchordiff_multi``, ``cross_attention``, ``concept_attention``,
+        ``no_gate``, ``no_wcos``.
     prompt_template: None = AnchorDiff's default prompt (``"a photo of " + " and ".join(concepts)``);
         otherwise a ``str.format`` template with ``{concepts}`` (joined with " and ").
     """
@@ -221,7 +224,7 @@ class AnchorDiffMethod:
             "dtype": pipeline_config.get("dtype"),
             "device": pipeline_config.get("device"),
             "mode": self.mode,
-            "layers": layers if self.method in ("anchordiff", "no_gate", "no_wcos") else "all blocks",
+            "layers": layers if self.method in GRAPH_METHODS else "all blocks",
             "steps": self.steps,
             "gate_quantile": self.gate_quantile,
             "seed": self.seed,

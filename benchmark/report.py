@@ -82,7 +82,7 @@ def method_decisions(configuration: Mapping[str, Any], method: str) -> dict[str,
         return describe.get(value, str(value)) if describe else str(value)
 
     mode = configuration.get("mode")
-    return {
+    decisions = {
         "existing_image_extraction (mode)": {
             "invert": "invert (default, paper: Euler flow-matching inversion to the midpoint timestep)",
             "noise": "noise (fast: scale_noise with seeded noise, one pass at the midpoint)",
@@ -105,6 +105,13 @@ def method_decisions(configuration: Mapping[str, Any], method: str) -> dict[str,
         "zero-sum rows": reported("empty_row", {"self_loop": "self_loop (default)"}),
         "graph layers": str(configuration.get("layers")),
     }
+    if configuration.get("method") == "anchordiff_multi":
+        decisions["multi-anchor (beyond the paper)"] = (
+            f"at most {reported('max_anchors')} anchors per concept, candidates >= {reported('anchor_threshold')} "
+            f"x max A_CI, suppression radius {reported('anchor_radius')} x grid side, region owned by the concept, "
+            "per-anchor peak-scaled scores combined by max, then min-max"
+        )
+    return decisions
 
 
 def _mean(values: Iterable[float]) -> float:

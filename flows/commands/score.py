@@ -171,7 +171,8 @@ def score(
     method: Annotated[
         str | None,
         typer.Option(
-            help="anchordiff (default), cross_attention, concept_attention, no_gate, no_wcos, or module:function."
+            help="anchordiff (default), anchordiff_multi, cross_attention, concept_attention, no_gate, no_wcos, "
+            "or module:function."
         ),
     ] = None,
     preset: PresetOption = None,

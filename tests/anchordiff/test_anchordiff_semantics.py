@@ -481,6 +481,10 @@ def test_every_default_is_the_paper_faithful_one():
         "head_chunk_mb": 512,
         "clamp_negative": True,
         "empty_row": "self_loop",
+        # anchordiff_multi only (beyond the paper, issue 16); the paper's method never reads them
+        "max_anchors": 3,
+        "anchor_threshold": 0.5,
+        "anchor_radius": 0.1,
     }
     for n in (1, 2, 4, 5, 7, 28, 50):
         assert AnchorDiffOptions(num_inference_steps=n).recorded_step == n // 2
