@@ -34,4 +34,6 @@ demo: setup
 	$(PY) -m flows.demo
 
 clean:
+	# stop the demo's Label Studio first: removing its folder under a running server leaves an orphan
+	if [ -x $(VENV)/bin/mcc ] && [ -d demo-workdir ]; then $(VENV)/bin/mcc labelstudio stop --workdir demo-workdir; fi
 	rm -rf demo-workdir mutants

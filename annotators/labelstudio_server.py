@@ -158,9 +158,15 @@ def start(
     """
     root = local_workdir(workdir)
     data_dir = root / SERVER_DIR
-    running = _running(data_dir)
+    running = _running(data_dir, check_health=False)
     if running is not None:
-        log(f"Label Studio for {root} is already running (pid {running['pid']})")
+        if not _healthy(running["url"]):
+            raise LabelStudioServerError(
+                f"a Label Studio server for {root} is already running (pid {running['pid']}, {running['url']}) "
+                "but does not answer /health (still booting, or hung): wait for it, or stop it with "
+                f"`mcc labelstudio stop --workdir {workdir}`; a second server on the same database is never started"
+            )
+        log(f"Label Studio for {root} is already running (pid {running['pid']}, {running['url']})")
         return _info(data_dir, running)
 
     if not 1 <= port <= 65535:
@@ -218,8 +224,9 @@ def start(
 def stop(workdir: str | os.PathLike, *, timeout: float = 20.0) -> int | None:
     """Stop the server this project started for the work dir; returns its pid, or None if none ran.
 
-    Only the process recorded in ``server.json`` is signalled, and only if it still runs
-    ``label-studio`` on this work dir's data dir, so a recycled pid is never killed.
+    Only a process that runs ``label-studio`` on this work dir's data dir is signalled (the
+    one in ``server.json``, or found among the running processes when that file is gone), so
+    a recycled pid is never killed.
     """
     data_dir = server_dir(workdir)
     running = _running(data_dir, check_health=False)
@@ -331,20 +338,53 @@ def _info(data_dir: Path, state: dict) -> ServerInfo:
 
 
 def _running(data_dir: Path, check_health: bool = True) -> dict | None:
-    """The recorded server if its process is alive and still the same program, else None."""
-    path = data_dir / "server.json"
-    if not path.exists():
-        return None
-    try:
-        state = json.loads(path.read_text())
-        pid = int(state["pid"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not _alive(pid) or not _is_our_server(pid, data_dir):
-        return None
+    """The work dir's server if its process is alive and still the same program, else None.
+
+    Read from ``server.json``; when that file is missing or stale, the running processes are
+    searched for ``label-studio`` on this data dir (a deleted pid file must not lead to a
+    second server on the same database), and a found one is recorded again.
+    """
+    state = _recorded(data_dir)
+    if state is None or not (_alive(state["pid"]) and _is_our_server(state["pid"], data_dir)):
+        state = _find_server(data_dir)
+        if state is None:
+            return None
+        _write_json(data_dir / "server.json", state)
     if check_health and not _healthy(state["url"]):
         return None
     return state
+
+
+def _recorded(data_dir: Path) -> dict | None:
+    try:
+        state = json.loads((data_dir / "server.json").read_text())
+        state["pid"] = int(state["pid"])
+        return state
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _find_server(data_dir: Path) -> dict | None:
+    """A live ``label-studio start`` process on ``data_dir`` (pid, port and URL from its
+    command line), from ``/proc``; None when there is none."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == os.getpid() or not _is_our_server(pid, data_dir) or not _alive(pid):
+            continue
+        argv = _argv(pid)
+        port = int(argv[argv.index("--port") + 1]) if "--port" in argv[:-1] else DEFAULT_PORT
+        url = f"http://127.0.0.1:{port}"
+        return {"pid": pid, "port": port, "url": url, "started": None, "data_dir": str(data_dir)}
+    return None
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 def _alive(pid: int) -> bool:
@@ -364,10 +404,7 @@ def _alive(pid: int) -> bool:
 
 def _is_our_server(pid: int, data_dir: Path) -> bool:
     """True if ``pid`` runs ``label-studio start`` on this data dir (not a process that got the pid later)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return False
+    argv = _argv(pid)
     return any(a.endswith("label-studio") for a in argv) and str(data_dir) in argv
 
 

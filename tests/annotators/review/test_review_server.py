@@ -128,3 +128,40 @@ def test_the_first_boot_hint_is_given_only_before_the_database_exists(workdir, f
             server.start(workdir, port=server.free_port(), log=lines.append, timeout=1)
         (starting,) = [line for line in lines if line.startswith("starting Label Studio")]
         assert ("first boot" in starting) is not database_exists
+
+
+@pytest.mark.timeout(60)
+def test_a_server_whose_pid_file_is_gone_is_found_refused_and_stopped(workdir, fake_venv, tmp_path):
+    """A stand-in `label-studio start` on this work dir's data dir, with no server.json: status finds
+    it, start refuses to boot a second one (naming its pid and URL), stop ends it; a server of
+    another work dir is never touched."""
+    fake_venv("raise SystemExit('a second server must not start')\n")
+    program = tmp_path / "bin" / "label-studio"
+    program.parent.mkdir()
+    program.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    program.chmod(0o755)
+    data_dir = (workdir / "labelstudio").resolve()
+    data_dir.mkdir()
+    other_dir = (tmp_path / "other-work" / "labelstudio").resolve()
+    other_dir.mkdir(parents=True)
+    ours = subprocess.Popen([str(program), "start", "--data-dir", str(data_dir), "--port", "18431"])
+    theirs = subprocess.Popen([str(program), "start", "--data-dir", str(other_dir), "--port", "18432"])
+    try:
+        state = server.status(workdir)
+        assert (state["running"], state["pid"], state["url"]) == (True, ours.pid, "http://127.0.0.1:18431")
+        assert json.loads((data_dir / "server.json").read_text())["pid"] == ours.pid  # recorded again
+        (data_dir / "server.json").unlink()
+        with pytest.raises(
+            server.LabelStudioServerError,
+            match=f"already running \\(pid {ours.pid}, http://127.0.0.1:18431\\)",
+        ):
+            server.start(workdir, port=server.free_port(), log=lambda m: None)
+        (data_dir / "server.json").unlink()
+        assert server.stop(workdir) == ours.pid
+        assert ours.wait(timeout=10) is not None
+        assert theirs.poll() is None  # another work dir's server keeps running
+        assert server.status(workdir)["running"] is False and server.stop(workdir) is None
+    finally:
+        for process in (ours, theirs):
+            process.kill()
+            process.wait()
