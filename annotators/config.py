@@ -97,3 +97,8 @@ class ReviewConfig(BaseModel):
         "auto", description="auto | local (the server reads the work dir) | upload."
     )
     limit: int | None = Field(None, ge=1, description="Push at most this many records per run.")
+    order: Literal["uncertainty", "id"] = Field(
+        "uncertainty",
+        description="Push order: 'uncertainty' (lowest task score first, so the least certain masks are "
+        "reviewed first) or 'id'.",
+    )

@@ -42,7 +42,7 @@ from annotators.review_stats import STATS_PATH, compute_stats, stats_bytes, writ
 from manifests.masks import decode_mask, encode_mask
 from manifests.reasons import ReviewReason
 from manifests.record import SAM_SCORE, Record, State
-from manifests.stage import Output, Progress, run_stage
+from manifests.stage import Output, Progress, run_stage, select
 from manifests.store import ManifestStore
 
 logger = logging.getLogger(__name__)
@@ -251,6 +251,7 @@ class ReviewPush:
                 maximum_annotations=1,
             ).id
             self._labels = concepts
+            self.client.views.create(project=self.report.project_id, data=UNCERTAIN_FIRST_VIEW)
             logger.info("created Label Studio project %r (id %d)", self.project, self.report.project_id)
             return self.report.project_id
         if self._labels is None:
@@ -266,6 +267,26 @@ class ReviewPush:
         return self.report.project_id
 
 
+PUSH_ORDERS = ("uncertainty", "id")
+
+UNCERTAIN_FIRST_VIEW = {"title": "Lowest score first", "ordering": ["tasks:predictions_score"]}
+"""The Data Manager tab a new project opens on: tasks by ascending prediction score (``task_score``)."""
+
+
+def push_order(records: Iterable[Record], order: str) -> list[Record]:
+    """``uncertainty``: lowest ``task_score`` first (records without one last), ties by id; ``id``: by id."""
+    if order not in PUSH_ORDERS:
+        raise ValueError(f"order must be one of {', '.join(PUSH_ORDERS)}, got {order!r}")
+    if order == "id":
+        return sorted(records, key=lambda r: r.id)
+
+    def key(record: Record) -> tuple[bool, float, str]:
+        score = task_score(record)
+        return (score is None, score if score is not None else 0.0, record.id)
+
+    return sorted(records, key=key)
+
+
 def push(
     store: ManifestStore,
     *,
@@ -275,15 +296,19 @@ def push(
     batch_size: int = 100,
     images: Images = "auto",
     limit: int | None = None,
+    order: str = "uncertainty",
     progress: Progress | None = None,
 ) -> PushReport:
     """Push every ``segmented`` record without a task (at most ``limit``) through ``ReviewPush``.
 
-    No empty project is created when there is nothing to push. A record the manifest holds
-    inconsistently (segmented without an image or a mask) is rejected with reason ``error``.
+    ``order``: which records become tasks first (``push_order``), so that ``limit`` and task ids
+    follow it; a new project also opens on a tab sorted by ascending score. No empty project is
+    created when there is nothing to push. A record the manifest holds inconsistently
+    (segmented without an image or a mask) is rejected with reason ``error``.
     """
     stage = ReviewPush(connect(url, token), url, token, project, batch_size=batch_size, images=images)
-    run_stage(stage, store, limit=limit, progress=progress)
+    records = push_order(select(store, tuple(State(s) for s in stage.accepts)), order)
+    run_stage(stage, store, records, limit=limit, progress=progress)
     return stage.report
 
 
@@ -450,9 +475,10 @@ def task_score(record: Record) -> float | None:
 
 def _task(record: Record, store: ManifestStore, image_url: str) -> dict:
     width, height = record.image.width, record.image.height
-    results = []
+    results, mask_share = [], {}
     for i, concept in enumerate(record.concepts):
         mask = decode_mask(concept.mask)
+        mask_share[concept.name] = round(float(mask.mean()), 4)  # the image share the quality gate checks
         if mask.shape != (height, width):
             raise ValueError(
                 f"record {record.id}: mask of {concept.name} is {mask.shape[::-1]}, the image is "
@@ -467,6 +493,9 @@ def _task(record: Record, store: ManifestStore, image_url: str) -> dict:
             "record_id": record.id,
             "group": record.group,
             "concepts": ", ".join(record.concept_names),
+            "score": task_score(record),  # a Data Manager column to sort and filter by
+            "scores": {c.name: c.scores.get(SAM_SCORE) for c in record.concepts},
+            "mask_share": mask_share,
         },
         "predictions": [
             {

@@ -122,6 +122,7 @@ REVIEW_FLAGS: dict[str, Flag] = {
     "batch_size": "review.batch_size",
     "images": "review.images",
     "limit": "review.limit",
+    "order": "review.order",
 }
 PULL_FLAGS: dict[str, Flag] = {"workdir": "workdir", "url": "review.url", "project": "review.project"}
 SECRET_FLAGS = {"token": "a secret: from --token or LABEL_STUDIO_API_KEY, never a profile"}
@@ -148,6 +149,12 @@ def review_push(
         str | None, typer.Option(help="auto (default) | local (server reads the work dir) | upload.")
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Push at most this many records.")] = None,
+    order: Annotated[
+        str | None,
+        typer.Option(
+            help="uncertainty (default: lowest SAM score first) | id: which records become tasks first."
+        ),
+    ] = None,
 ) -> None:
     """Create one Label Studio task per segmented record (machine masks as pre-annotations)."""
     from annotators.review import LabelStudioUnavailable, push
@@ -166,6 +173,7 @@ def review_push(
                 batch_size=c.batch_size,
                 images=c.images,
                 limit=c.limit,
+                order=c.order,
                 progress=progress,
             )
     except (LabelStudioUnavailable, ValueError) as error:

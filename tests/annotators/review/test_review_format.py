@@ -139,3 +139,30 @@ def test_soft_brush_edges_count_as_inside_only_from_alpha_128():
     rgba[..., 3] = alphas
     result = {"original_height": 2, "original_width": 4, "value": {"rle": encode_rle(rgba.ravel())}}
     assert fmt.decode_brush(result, 2, 4).tolist() == [[False] * 4, [True] * 4]
+
+
+def test_push_order_puts_the_least_certain_records_first():
+    from annotators.review import push_order
+    from manifests.record import SAM_SCORE, Concept, GeneratedSource, Record
+
+    def record(record_id, *scores):
+        concepts = [
+            Concept(name=f"c{i}", scores={} if s is None else {SAM_SCORE: s}) for i, s in enumerate(scores)
+        ]
+        return Record(
+            id=record_id,
+            group="g",
+            concepts=concepts,
+            source=GeneratedSource(template="t", setting="s", seed=0),
+        )
+
+    records = [record("a", 0.9, 0.2), record("b", 0.5, 0.6), record("c", None, 0.1), record("d", 0.2, 0.7)]
+    assert [r.id for r in push_order(records, "uncertainty")] == [
+        "a",
+        "d",
+        "b",
+        "c",
+    ]  # min score; none last; tie by id
+    assert [r.id for r in push_order(reversed(records), "id")] == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="uncertainty, id"):
+        push_order(records, "random")

@@ -393,3 +393,44 @@ def test_labelstudio_start_prints_an_export_line_to_paste(labelstudio):
     result = CliRunner().invoke(app, ["labelstudio", "start", "--workdir", str(root)], terminal_width=300)
     assert result.exit_code == 0, result.output
     assert f"export LABEL_STUDIO_URL={info.url} LABEL_STUDIO_API_KEY={info.token}\n" in result.output
+
+
+def test_push_orders_tasks_lowest_score_first_and_the_project_opens_on_that_view(labelstudio, review_store):
+    """--order uncertainty (default): task ids follow ascending task score, whatever the record ids;
+    each task's data holds its score, per-concept SAM scores and mask shares; the project's first
+    tab sorts by prediction score; --order id pushes in id order."""
+    from annotators.review import UNCERTAIN_FIRST_VIEW
+    from manifests.record import SAM_SCORE
+
+    info, _ = labelstudio
+    store, project = review_store
+    weakest = {"gen-a": 0.8, "gen-b": 0.3, "gen-c": 0.55}
+    for i, (record_id, score) in enumerate(weakest.items()):
+        record = make_segmented(store, record_id, seed=i)
+        record.concepts[1].scores[SAM_SCORE] = score
+        store.put(record)
+    report = push(store, url=info.url, token=info.token, project=project, batch_size=1)
+    by_task = sorted(report.task_ids, key=report.task_ids.get)
+    assert by_task == ["gen-b", "gen-c", "gen-a"]
+    task = _client(info).tasks.get(str(report.task_ids["gen-b"])).model_dump()
+    assert task["data"]["score"] == pytest.approx(0.3)
+    assert task["data"]["scores"] == {"husky": pytest.approx(0.9), "wolf": pytest.approx(0.3)}
+    record = store.get("gen-b")
+    assert task["data"]["mask_share"]["husky"] == pytest.approx(
+        decode_mask(record.concepts[0].mask).mean(), abs=1e-4
+    )
+    (view,) = _client(info).views.list(project=report.project_id)
+    assert view.data["title"] == UNCERTAIN_FIRST_VIEW["title"]
+    listed = _client(info).tasks.list(project=report.project_id, view=view.id, fields="all")
+    assert [t.data["record_id"] for t in listed] == ["gen-b", "gen-c", "gen-a"]
+
+    by_id_store = type(store)(store.workdir + "-by-id")  # a sibling below the server's document root
+    for i, (record_id, score) in enumerate(weakest.items()):
+        record = make_segmented(by_id_store, record_id, seed=i)
+        record.concepts[1].scores[SAM_SCORE] = score
+        by_id_store.put(record)
+    by_id = push(by_id_store, url=info.url, token=info.token, project=project[:40] + "-id", order="id")
+    assert sorted(by_id.task_ids, key=by_id.task_ids.get) == ["gen-a", "gen-b", "gen-c"]
+    (view,) = _client(info).views.list(project=by_id.project_id)  # task ids now differ from score order
+    listed = _client(info).tasks.list(project=by_id.project_id, view=view.id, fields="all")
+    assert [t.data["record_id"] for t in listed] == ["gen-b", "gen-c", "gen-a"]
