@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PACKAGES := manifests generators annotators anchordiff benchmark flows
 
-.PHONY: setup test test-fast lint demo clean mutants
+.PHONY: setup test test-fast lint demo clean mutants deploy
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ mutants: setup
 
 demo: setup
 	$(PY) -m flows.demo
+
+# pools, the gpu limit and the deployments of prefect.yaml against $$PREFECT_API_URL (idempotent)
+deploy: setup
+	$(VENV)/bin/mcc deploy
 
 clean:
 	# stop the demo's Label Studio first: removing its folder under a running server leaves an orphan

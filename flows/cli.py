@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from flows.commands import annotate as annotation
-from flows.commands import dataset, publish, rebuild
+from flows.commands import dataset, deploy, publish, rebuild
 from flows.commands import generate as generation
 from flows.commands import review as reviewing
 from flows.commands import score as scoring
@@ -27,6 +27,7 @@ app.command()(publish.publish)
 app.command()(scoring.score)
 app.command()(scoring.sweep)
 app.command()(rebuild.rebuild)
+app.command()(deploy.deploy)
 app.add_typer(reviewing.labelstudio_app, name="labelstudio")
 app.add_typer(reviewing.review_app, name="review")
 

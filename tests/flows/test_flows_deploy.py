@@ -79,14 +79,32 @@ def server(tmp_path_factory):
                     f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}"
                 )
             time.sleep(1)
-        for pool in ("cpu", "gpu"):
-            run_cli(env, "work-pool", "create", pool, "--type", "process")
-        deployed = run_cli(env, "--no-prompt", "deploy", "--all")
-        assert "rebuild-dataset/smoke" in deployed
+        first = mcc_deploy(env)
+        assert (
+            "work pool 'gpu': created" in first and "concurrency limit 'gpu': created with 2 slot(s)" in first
+        )
+        assert "deployed 6 deployment(s)" in first and "CUDA_VISIBLE_DEVICES=0" in first
         yield env
     finally:
         kill_tree(process.pid)
         log.close()
+
+
+def mcc_deploy(env) -> str:
+    """`mcc deploy --gpu-slots 2` against the test server; its output."""
+    mcc = str(Path(sys.executable).parent / "mcc")
+    result = subprocess.run(
+        [mcc, "deploy", "--gpu-slots", "2"], env={**env, "COLUMNS": "200"}, cwd=REPO, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, f"mcc deploy failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def api_filter(env, path: str) -> list[dict]:
+    response = httpx.post(f"{env['PREFECT_API_URL']}/{path}/filter", json={}, timeout=10)
+    response.raise_for_status()
+    return response.json()
 
 
 def run_cli(env, *args) -> str:
@@ -205,6 +223,22 @@ def manifest_outcome(workdir: Path) -> dict:
     }
 
 
+def test_mcc_deploy_twice_changes_nothing(server):
+    """The second `mcc deploy` finds everything in place: still 6 deployments, 2 pools, 1 limit of 2
+    slots, the review sync's schedule paused."""
+    before = {d["name"]: d["id"] for d in api_filter(server, "deployments")}
+    again = mcc_deploy(server)
+    assert "created" not in again and "resized" not in again, again
+    assert "work pool 'cpu': exists" in again and "concurrency limit 'gpu': exists with 2 slot(s)" in again
+    deployments = api_filter(server, "deployments")
+    assert {d["name"]: d["id"] for d in deployments} == before and len(deployments) == 6
+    assert sorted(p["name"] for p in api_filter(server, "work_pools")) == ["cpu", "gpu"]
+    limits = api_filter(server, "v2/concurrency_limits")
+    assert [(limit["name"], limit["limit"]) for limit in limits] == [("gpu", 2)]
+    (sync,) = [d for d in deployments if d["name"] == "every-30-min"]
+    assert [s["active"] for s in sync["schedules"]] == [False]
+
+
 def test_all_deployments_exist(server):
     listed = run_cli(server, "deployment", "ls")
     for name in DEPLOYMENTS:
@@ -242,3 +276,20 @@ def test_fan_out_processes_every_shard_once_then_survives_a_killed_worker(server
         rerun = wait_final(server, start_run(server, smoke_params(interrupted)))
         assert rerun["state"]["type"] == "COMPLETED", rerun["state"]
     assert manifest_outcome(interrupted) == manifest_outcome(reference)
+
+
+def test_mcc_deploy_without_a_server_names_the_fix_and_can_start_one(tmp_path):
+    from flows.commands.deploy import start_local_server
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({"PREFECT_HOME": str(tmp_path / "home"), "COLUMNS": "200"})
+    mcc = str(Path(sys.executable).parent / "mcc")
+    result = subprocess.run([mcc, "deploy"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    message = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "set PREFECT_API_URL" in message and "--start-server" in message
+    api_url, pid, log = start_local_server(tmp_path / "local")
+    try:
+        assert httpx.get(f"{api_url}/health", timeout=5).status_code == 200
+        assert log.is_file() and psutil.pid_exists(pid)
+    finally:
+        kill_tree(pid)

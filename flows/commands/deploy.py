@@ -1,0 +1,210 @@
+"""`mcc deploy`: set up Prefect for the MCC flows in one idempotent command.
+
+Against ``PREFECT_API_URL`` (or a local server it starts with ``--start-server``), it creates
+what ``prefect.yaml`` needs and then deploys it:
+
+1. the ``gpu`` and ``cpu`` process work pools, when missing;
+2. the ``gpu`` global concurrency limit (one slot per model task at a time), with ``--gpu-slots``
+   slots (default: the CUDA devices of this machine, at least 1); an existing limit with another
+   size is resized and the change is printed;
+3. ``prefect --no-prompt deploy --all`` from the repository root (the 6 deployments of
+   ``prefect.yaml``; the review-sync schedule is created paused).
+
+Then it prints the worker commands to start, one ``gpu`` worker per GPU. Running it again
+changes nothing (and says so).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.commands.common import console, fail
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+POOLS = ("gpu", "cpu")
+GPU_LIMIT = "gpu"
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:  # no torch build with CUDA: no GPU to count
+        return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(api_url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_local_server(home: Path, port: int | None = None, timeout: float = 180.0) -> tuple[str, int, Path]:
+    """Start ``prefect server start`` on 127.0.0.1 in its own session (it outlives this command);
+    returns (API URL, pid, log path). Raises RuntimeError with the log's end if it does not come up."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    log_path = home / "prefect-server.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        )
+    deadline = time.monotonic() + timeout
+    while not _healthy(api_url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(
+                f"the Prefect server did not start; end of {log_path}:\n{log_path.read_text()[-2000:]}"
+            )
+        time.sleep(1)
+    return api_url, process.pid, log_path
+
+
+def ensure_pools_and_limit(api_url: str, gpu_slots: int) -> list[str]:
+    """Create the pools and the ``gpu`` limit if missing, resize the limit if it differs; returns
+    one line per thing, saying what was done (``created`` / ``exists`` / ``resized``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+        WorkPoolCreate,
+    )
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    lines = []
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        for pool in POOLS:
+            try:
+                client.read_work_pool(pool)
+                lines.append(f"work pool {pool!r}: exists")
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+                lines.append(f"work pool {pool!r}: created (type process)")
+        try:
+            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=gpu_slots)
+            )
+            lines.append(f"concurrency limit {GPU_LIMIT!r}: created with {gpu_slots} slot(s)")
+        else:
+            if limit.limit == gpu_slots:
+                lines.append(f"concurrency limit {GPU_LIMIT!r}: exists with {gpu_slots} slot(s)")
+            else:
+                client.update_global_concurrency_limit(
+                    GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=gpu_slots)
+                )
+                lines.append(
+                    f"concurrency limit {GPU_LIMIT!r}: resized from {limit.limit} to {gpu_slots} slot(s)"
+                )
+    return lines
+
+
+def deploy_all(api_url: str) -> str:
+    """``prefect --no-prompt deploy --all`` from the repository root; its output. Raises RuntimeError."""
+    result = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"],
+        cwd=REPOSITORY,
+        env={**os.environ, "PREFECT_API_URL": api_url, "PREFECT_CLI_PROMPT": "false"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"prefect deploy --all failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def worker_commands(gpus: int) -> list[str]:
+    """One ``gpu`` worker per GPU (pinned with CUDA_VISIBLE_DEVICES) and one ``cpu`` worker."""
+    host = socket.gethostname().split(".")[0]
+    lines = [
+        f"CUDA_VISIBLE_DEVICES={i} {PREFECT} worker start --pool gpu --type process --name {host}-gpu{i}"
+        for i in range(max(1, gpus))
+    ]
+    return [*lines, f"{PREFECT} worker start --pool cpu --type process --name {host}-cpu"]
+
+
+def deploy(
+    gpu_slots: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Slots of the gpu concurrency limit (default: this machine's GPUs, at least 1)."
+        ),
+    ] = None,
+    start_server: Annotated[
+        bool,
+        typer.Option(
+            "--start-server", help="With no PREFECT_API_URL: start a local Prefect server and use it."
+        ),
+    ] = False,
+) -> None:
+    """Create the work pools and the gpu limit, deploy prefect.yaml, print the worker commands (idempotent)."""
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not api_url:
+        if not start_server:
+            raise fail(
+                "no Prefect server: set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api "
+                "after `prefect server start`), or pass --start-server to start a local one"
+            )
+        try:
+            api_url, pid, log = start_local_server(REPOSITORY / ".prefect-server")
+        except RuntimeError as error:
+            raise fail(str(error)) from None
+        console.print(
+            f"started a local Prefect server at {api_url} (pid {pid}, log {log}); stop it with `kill {pid}`"
+        )
+        console.print(f"export PREFECT_API_URL={api_url}", highlight=False, soft_wrap=True)
+    elif not _healthy(api_url):
+        raise fail(
+            f"the Prefect server at {api_url} does not answer /health; start it or fix PREFECT_API_URL"
+        )
+    gpus = _gpu_count()
+    slots = gpu_slots or max(1, gpus)
+    try:
+        for line in ensure_pools_and_limit(api_url, slots):
+            console.print(line)
+        output = deploy_all(api_url)
+    except RuntimeError as error:
+        raise fail(str(error)) from None
+    deployed = sorted({line.split("'")[1] for line in output.splitlines() if "Deployment '" in line})
+    console.print(
+        f"deployed {len(deployed)} deployment(s) to {api_url}: {', '.join(deployed) or 'see above'}"
+    )
+    console.print(
+        "the review sync (sync-reviews/every-30-min) is scheduled but paused: resume it once "
+        "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set for the cpu worker "
+        "(`prefect deployment schedule ls sync-reviews/every-30-min`, then `... schedule resume`)",
+        soft_wrap=True,
+    )
+    console.print(f"start the workers ({'no GPU found: one gpu worker' if not gpus else f'{gpus} GPU(s)'}):")
+    for command in worker_commands(gpus):
+        print(command)
