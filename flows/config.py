@@ -83,6 +83,12 @@ class PipelineConfig(Section):
         16, ge=1, description="Records per shard (one Prefect task per shard, never per image)."
     )
     fan_out: int = Field(1, ge=1, description="Child flow runs to spread the shards over (run_deployment).")
+    fan_out_timeout: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="Seconds the parent waits for its child runs; then it fails naming the unfinished ones "
+        "(a child whose worker died stays Running for good).",
+    )
     deployment: str | None = Field(
         None,
         description="Deployment the child runs use when fan_out > 1 (default: this run's own deployment).",

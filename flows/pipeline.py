@@ -280,19 +280,47 @@ def fan_out(config: PipelineConfig, shards: list[list[str]]) -> None:
     logger.info("submitted %d child runs to %s", len(children), deployment)
     progress = create_progress_artifact(0.0, description=f"child runs finished of {len(children)}")
     with get_client(sync_client=True) as client:
-        while True:
-            runs = [client.read_flow_run(child.id) for child in children]
-            finished = [run for run in runs if run.state is not None and run.state.is_final()]
-            update_progress_artifact(progress, 100.0 * len(finished) / len(runs))
-            if len(finished) == len(runs):
-                break
-            time.sleep(2)
+        runs = wait_for_children(
+            lambda: [client.read_flow_run(child.id) for child in children],
+            timeout=config.fan_out_timeout,
+            on_progress=lambda share: update_progress_artifact(progress, 100.0 * share),
+        )
+    logger.info("all %d child runs completed", len(runs))
+
+
+def wait_for_children(read_runs, *, timeout: float, on_progress=None, poll: float = 2.0) -> list:
+    """Poll ``read_runs()`` (-> flow runs with ``.name`` and ``.state``) until every run is final,
+    at most ``timeout`` seconds; returns the runs when all completed.
+
+    Raises RuntimeError naming each run that ended otherwise (failed, crashed, cancelled), or,
+    after ``timeout``, each run still unfinished with its state and what to do about it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = read_runs()
+        finished = [run for run in runs if run.state is not None and run.state.is_final()]
+        if on_progress is not None:
+            on_progress(len(finished) / max(1, len(runs)))
+        if len(finished) == len(runs):
+            break
+        if time.monotonic() >= deadline:
+            waiting = [
+                f"{run.name} ({run.state.name if run.state else 'no state'})"
+                for run in runs
+                if run not in finished
+            ]
+            raise RuntimeError(
+                f"child runs not finished after {timeout:.0f} s: {', '.join(waiting)}. A child whose worker "
+                "died stays Running: cancel it (`prefect flow-run cancel <id>`) and run this flow again, "
+                "which redoes only the unfinished shards; or raise config.fan_out_timeout"
+            )
+        time.sleep(poll)
     failed = [f"{run.name} ({run.state.name})" for run in runs if not run.state.is_completed()]
     if failed:
         raise RuntimeError(
             f"child runs did not complete: {', '.join(failed)}; re-run the flow to finish them"
         )
-    logger.info("all %d child runs completed", len(runs))
+    return runs
 
 
 @flow(name="sync-reviews", log_prints=True)

@@ -52,3 +52,28 @@ def test_the_rebuild_flow_selects_records_by_the_profiles_groups_and_limits(tmp_
         "smoke", workdir=str(tmp_path / "work"), shard_size=2, generate={"limit": 5}, localize={"limit": 3}
     )
     assert [len(shard) for shard in pending_shards(capped)] == [2, 1]
+
+
+def test_the_fan_out_parent_waits_with_a_deadline_and_names_what_did_not_finish():
+    """A child stuck in Running (its worker died) fails the parent after fan_out_timeout, naming it;
+    a crashed child fails it at once; all completed returns the runs."""
+    from types import SimpleNamespace
+
+    from flows.pipeline import wait_for_children
+
+    def run(name, state_name, final, completed):
+        state = SimpleNamespace(name=state_name, is_final=lambda: final, is_completed=lambda: completed)
+        return SimpleNamespace(name=name, state=state)
+
+    done, stuck = run("p-shards-0", "Completed", True, True), run("p-shards-1", "Running", False, False)
+    seen = []
+    with pytest.raises(
+        RuntimeError, match=r"not finished after 0 s: p-shards-1 \(Running\).*prefect flow-run cancel"
+    ):
+        wait_for_children(lambda: [done, stuck], timeout=0.05, on_progress=seen.append, poll=0.01)
+    assert seen and seen[-1] == 0.5
+    crashed = run("p-shards-2", "Crashed", True, False)
+    with pytest.raises(RuntimeError, match=r"did not complete: p-shards-2 \(Crashed\)"):
+        wait_for_children(lambda: [done, crashed], timeout=60)
+    assert wait_for_children(lambda: [done], timeout=60) == [done]
+    assert PipelineConfig().fan_out_timeout == 6 * 3600.0
