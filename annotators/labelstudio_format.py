@@ -29,8 +29,30 @@ MASK = "mask"
 BOX = "box"
 VERDICT = "verdict"
 COMMENT = "comment"
+REJECT_REASON = "reject_reason"
 ACCEPT = "accept"
 REJECT = "reject"
+REJECT_REASONS = {
+    "wrong concept": "wrong_concept",
+    "concept missing": "concept_missing",
+    "duplicate image": "duplicate_image",
+    "unusable image": "unusable_image",
+    "other": "other",
+}
+"""The reasons a reviewer chooses from when rejecting (shown text -> ``ReviewReason`` code)."""
+
+INSTRUCTIONS = """<h3>MCC mask review</h3>
+<p>Each image holds 2-3 look-alike concepts (named above the image); each has a coloured machine mask and its box.</p>
+<ol>
+<li><b>Check every concept's mask</b>: it covers that concept, all of it, and nothing else (not the look-alike).</li>
+<li><b>Fix it</b>: select the concept's label, paint with the <b>brush</b> to add, the <b>eraser</b> to remove.
+All strokes of one label merge into that concept's mask; half-erased (faint) pixels count as removed.</li>
+<li><b>Accept</b> when every mask is right after your corrections, then Submit.</li>
+<li><b>Reject</b> when the image cannot be fixed: choose the reason (wrong concept: an object is not what it is
+labelled; concept missing: a named concept is not in the image; duplicate image; unusable image: blurry,
+watermarked, a collage, not a photo; other) and add a comment if it helps.</li>
+</ol>"""
+"""The project's instruction page (``expert_instruction``), shown before the first task."""
 
 
 def label_colour(index: int) -> str:
@@ -45,7 +67,8 @@ def label_config(concepts: list[str]) -> str:
     """The labeling config for these concept names (order kept: it fixes each label's colour).
 
     One brush label and one rectangle label per concept, a required verdict
-    (``accept`` / ``reject``) and a free-text comment.
+    (``accept`` / ``reject``), a required reason shown once ``reject`` is chosen
+    (``REJECT_REASONS``) and an optional free-text comment.
     """
     if not concepts:
         raise ValueError("a labeling config needs at least one concept name")
@@ -53,6 +76,7 @@ def label_config(concepts: list[str]) -> str:
         f"    <Label value={quoteattr(name)} background={quoteattr(label_colour(i))}/>"
         for i, name in enumerate(concepts)
     )
+    reasons = "\n".join(f"    <Choice value={quoteattr(text)}/>" for text in REJECT_REASONS)
     return f"""<View>
   <Header value="Concepts: $concepts"/>
   <Image name="{IMAGE}" value="$image" zoom="true" zoomControl="true" brightnessControl="true"/>
@@ -67,8 +91,12 @@ def label_config(concepts: list[str]) -> str:
     <Choice value="{ACCEPT}"/>
     <Choice value="{REJECT}"/>
   </Choices>
+  <Choices name="{REJECT_REASON}" toName="{IMAGE}" choice="single" required="true" showInline="true"
+           visibleWhen="choice-selected" whenTagName="{VERDICT}" whenChoiceValue="{REJECT}">
+{reasons}
+  </Choices>
   <TextArea name="{COMMENT}" toName="{IMAGE}" rows="2" maxSubmissions="1" editable="true"
-            placeholder="Why reject? (e.g. wrong concept, concept missing, duplicate) or a note"/>
+            placeholder="Optional comment (what is wrong, or a note)"/>
 </View>"""
 
 
@@ -170,13 +198,14 @@ class Annotation:
 
     verdict: str | None
     comment: str
+    reject_reason: str | None  # a ReviewReason code (REJECT_REASONS), None when none was chosen
     brushes: dict[str, list[dict]]  # concept -> brush results (several strokes possible)
     rectangles: dict[str, list[dict]]  # concept -> rectangle results
 
 
 def read_annotation(results: list[dict]) -> Annotation:
     """Group an annotation's results by control and label."""
-    verdict, comments = None, []
+    verdict, reason, comments = None, None, []
     brushes: dict[str, list[dict]] = {}
     rectangles: dict[str, list[dict]] = {}
     for result in results:
@@ -185,6 +214,9 @@ def read_annotation(results: list[dict]) -> Annotation:
         if kind == "choices" and result.get("from_name") == VERDICT:
             choices = value.get("choices") or []
             verdict = choices[0] if choices else None
+        elif kind == "choices" and result.get("from_name") == REJECT_REASON:
+            choices = value.get("choices") or []
+            reason = REJECT_REASONS.get(choices[0]) if choices else None
         elif kind == "textarea" and result.get("from_name") == COMMENT:
             comments.extend(t for t in value.get("text") or [] if t and t.strip())
         elif kind == "brushlabels":
@@ -196,6 +228,7 @@ def read_annotation(results: list[dict]) -> Annotation:
     return Annotation(
         verdict=verdict,
         comment="\n".join(c.strip() for c in comments),
+        reject_reason=reason,
         brushes=brushes,
         rectangles=rectangles,
     )

@@ -4,7 +4,7 @@
 task whose prediction holds the machine masks (one brush result per concept) and boxes
 (one rectangle per box), and moves the record to ``in_review`` with ``record.review_task``
 set. ``pull(store, url=..., token=...)`` reads the submitted annotations: verdict
-``reject`` -> ``rejected`` (stage ``review``, reason ``rejected_by_reviewer``, the comment in the detail); otherwise every
+``reject`` -> ``rejected`` (stage ``review``, the chosen reason's code, e.g. ``wrong_concept``, the comment in the detail); otherwise every
 concept's reviewed mask replaces the machine mask, with review status ``accepted`` (IoU
 with the machine mask >= 0.98) or ``edited``, and the record becomes ``reviewed``.
 
@@ -245,6 +245,8 @@ class ReviewPush:
                 title=self.project,
                 label_config=fmt.label_config(concepts),
                 description="MCC benchmark: check every concept mask; accept or reject the image.",
+                expert_instruction=fmt.INSTRUCTIONS,
+                show_instruction=True,
                 model_version=MODEL_VERSION,
                 show_collab_predictions=True,
                 show_skip_button=True,
@@ -636,11 +638,12 @@ def _apply(
         or datetime.now(UTC).isoformat(),
     }
     if read.verdict == fmt.REJECT:
+        reason = ReviewReason(read.reject_reason) if read.reject_reason else ReviewReason.rejected_by_reviewer
         record.reject(
             STAGE,
-            ReviewReason.rejected_by_reviewer,
+            reason,
             detail=f"rejected by {reviewer}: {read.comment or '(no comment)'}",
-            params={**params, "verdict": fmt.REJECT, "comment": read.comment},
+            params={**params, "verdict": fmt.REJECT, "reject_reason": reason.value, "comment": read.comment},
         )
         report.rejected += 1
         return

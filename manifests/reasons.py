@@ -94,7 +94,14 @@ class QualityReason(StrEnum):
 class ReviewReason(StrEnum):
     """Stage ``review``: a reviewer's verdict, or a submitted annotation that cannot be used."""
 
-    rejected_by_reviewer = "rejected_by_reviewer"  # the reviewer's comment is the detail
+    wrong_concept = "wrong_concept"  # the reviewer's reasons (annotators.labelstudio_format.REJECT_REASONS)
+    concept_missing = "concept_missing"
+    duplicate_image = "duplicate_image"
+    unusable_image = "unusable_image"
+    other = "other"
+    rejected_by_reviewer = (
+        "rejected_by_reviewer"  # a reject without a chosen reason (a project made before them)
+    )
     mask_missing = "mask_missing"  # a concept without a mask in the submitted annotation
     mask_size_mismatch = "mask_size_mismatch"
     mask_undecodable = "mask_undecodable"

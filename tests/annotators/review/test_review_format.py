@@ -166,3 +166,26 @@ def test_push_order_puts_the_least_certain_records_first():
     assert [r.id for r in push_order(reversed(records), "id")] == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match="uncertainty, id"):
         push_order(records, "random")
+
+
+def test_a_reject_needs_a_reason_from_fixed_choices_shown_only_on_reject():
+    import xml.etree.ElementTree as ET
+
+    config = ET.fromstring(fmt.label_config(["husky", "wolf"]))
+    (reasons,) = [c for c in config.iter("Choices") if c.get("name") == fmt.REJECT_REASON]
+    assert [c.get("value") for c in reasons.iter("Choice")] == list(fmt.REJECT_REASONS)
+    assert (reasons.get("visibleWhen"), reasons.get("whenTagName"), reasons.get("whenChoiceValue")) == (
+        "choice-selected", fmt.VERDICT, fmt.REJECT,
+    )  # fmt: skip
+    assert reasons.get("required") == "true"
+    from manifests.reasons import ReviewReason
+
+    assert set(fmt.REJECT_REASONS.values()) <= {r.value for r in ReviewReason}
+    read = fmt.read_annotation([
+        {"from_name": fmt.VERDICT, "type": "choices", "value": {"choices": [fmt.REJECT]}},
+        {"from_name": fmt.REJECT_REASON, "type": "choices", "value": {"choices": ["concept missing"]}},
+        {"from_name": fmt.COMMENT, "type": "textarea", "value": {"text": ["no wolf here"]}},
+    ])  # fmt: skip
+    assert (read.verdict, read.reject_reason, read.comment) == (fmt.REJECT, "concept_missing", "no wolf here")
+    assert fmt.read_annotation([]).reject_reason is None
+    assert "eraser" in fmt.INSTRUCTIONS and "Reject" in fmt.INSTRUCTIONS

@@ -187,8 +187,10 @@ def test_pull_applies_accept_edit_reject_and_leaves_untouched_tasks_in_review(la
             _verdict("accept"),
         ],
     )
-    # reject with a comment
-    _annotate(info, task["gen-reject"], [_verdict("reject"), _comment("the wolf is a husky")])
+    # reject with a reason chosen from the fixed list, and a comment
+    reason = {"from_name": fmt.REJECT_REASON, "to_name": "image", "type": "choices",
+              "value": {"choices": ["wrong concept"]}}  # fmt: skip
+    _annotate(info, task["gen-reject"], [_verdict("reject"), reason, _comment("the wolf is a husky")])
 
     machine_husky = decode_mask(store.get("gen-edit").concept("husky").mask)
     pulled = pull(store, url=info.url, token=info.token, project=project)
@@ -211,10 +213,13 @@ def test_pull_applies_accept_edit_reject_and_leaves_untouched_tasks_in_review(la
 
     rejected = store.get("gen-reject")
     assert rejected.state == State.rejected
-    assert (rejected.rejection.stage, rejected.rejection.reason) == ("review", "rejected_by_reviewer")
+    assert (rejected.rejection.stage, rejected.rejection.reason) == ("review", "wrong_concept")
     assert rejected.rejection.detail.endswith(
         ": the wolf is a husky"
     )  # the comment is the detail, not the code
+    assert rejected.history[-1].params["reject_reason"] == "wrong_concept"
+    created = _client(info).projects.get(report.project_id)  # the instruction page annotators see first
+    assert created.show_instruction and created.expert_instruction == fmt.INSTRUCTIONS
     assert store.get("gen-untouched").state == State.in_review
 
     stats = read_stats(store)
@@ -224,7 +229,7 @@ def test_pull_applies_accept_edit_reject_and_leaves_untouched_tasks_in_review(la
         "edited": 1,
         "fraction_accepted_unedited": 0.75,
     }
-    assert stats["rejection_reasons"] == {"rejected_by_reviewer": 1}
+    assert stats["rejection_reasons"] == {"wrong_concept": 1}
     assert stats["records"]["in_review"] == 1
 
     # pulling again changes nothing
