@@ -86,6 +86,7 @@ class PullReport:
     rejected: int = 0
     pending: int = 0  # still in review: no submitted annotation yet
     returned: int = 0  # task deleted in Label Studio: back to segmented
+    revised: int = 0  # decided earlier, applied again because the annotation was updated since
     warnings: list[str] = field(default_factory=list)
 
 
@@ -514,12 +515,15 @@ class ReviewPull:
     """The pull stage (``manifests.stage``): ``in_review`` records of one project -> reviewed or rejected.
 
     A record whose task has no submitted annotation yet stays ``in_review`` (not written);
-    one whose task was deleted goes back to ``segmented`` for the next push. The review
+    one whose task was deleted goes back to ``segmented`` for the next push. A record an
+    earlier pull decided is applied again when its task's latest annotation is not the one
+    that pull applied (another id or a later ``updated_at``: the reviewer revised it), from
+    the machine masks of the task's prediction, with a history event of its own. The review
     statistics (``reviews/stats.json``) are rewritten at the end of every run.
     """
 
     name = STAGE
-    accepts = (State.in_review,)
+    accepts = (State.in_review, State.reviewed, State.rejected)
     batch_size = 1_000_000  # the project's tasks are listed once per batch: one batch
 
     def __init__(
@@ -536,7 +540,9 @@ class ReviewPull:
         self._users: dict[int, str] = {}
 
     def takes(self, record: Record) -> bool:
-        return _pushed_project(record) == self.report.project_id
+        if _pushed_project(record) != self.report.project_id:
+            return False
+        return record.state == State.in_review or _applied(record) is not None
 
     def run(self, batch: list[Record], store: ManifestStore) -> list[Output]:
         project_id = self.report.project_id
@@ -546,6 +552,9 @@ class ReviewPull:
             task = tasks.get(record.review_task) if record.review_task is not None else None
             if task is not None and (task.get("data") or {}).get("record_id") != record.id:
                 task = None  # the id was reused by a task created after this record's task was deleted
+            if record.state != State.in_review:
+                outputs.append(self._revise(record, task))
+                continue
             if task is None:
                 old = record.review_task
                 record.review_task = None
@@ -568,6 +577,22 @@ class ReviewPull:
             _apply(record, annotation, reviewer, project_id, self.accept_iou, self.report)
             outputs.append(Output(record))
         return outputs
+
+    def _revise(self, record: Record, task: dict | None) -> Output:
+        """A decided record: unchanged unless its task's latest annotation is a newer one."""
+        annotation = _submitted(task) if task is not None else None
+        if annotation is None or _annotation_key(annotation) == _applied(record):
+            return Output(record, unchanged=True)
+        machine = _prediction_masks(task, record)
+        for concept in record.concepts:  # the revision is judged against the machine masks, as the first one
+            if concept.name in machine:
+                concept.mask = encode_mask(machine[concept.name])
+        reviewer = _reviewer(self.client, annotation, self._users)
+        _apply(
+            record, annotation, reviewer, self.report.project_id, self.accept_iou, self.report, revised=True
+        )
+        self.report.revised += 1
+        return Output(record)
 
     def finish(self, store: ManifestStore) -> dict[str, bytes]:
         """The review statistics over the whole store, ``reviews/stats.json``."""
@@ -600,6 +625,35 @@ def _pushed_project(record: Record) -> int | None:
     return None
 
 
+def _annotation_key(annotation: dict) -> tuple[int | None, str]:
+    """What identifies the version of an annotation that a pull applied: its id and timestamp
+    (recorded as the pull event's ``annotation`` and ``reviewed_at``)."""
+    return (annotation.get("id"), str(annotation.get("updated_at") or annotation.get("created_at") or ""))
+
+
+def _applied(record: Record) -> tuple[int | None, str] | None:
+    """The annotation version the last pull applied to the record, or None when no pull decided it."""
+    for event in reversed(record.history):
+        if event.stage == STAGE and event.params.get("action") == "pull" and "annotation" in event.params:
+            return (event.params.get("annotation"), str(event.params.get("reviewed_at") or ""))
+        if event.stage == STAGE and event.params.get("action") == "push":
+            return None
+    return None
+
+
+def _prediction_masks(task: dict, record: Record) -> dict[str, np.ndarray]:
+    """The machine masks of the task's prediction (what push sent), by concept."""
+    height, width = record.image.height, record.image.width
+    masks: dict[str, np.ndarray] = {}
+    for prediction in task.get("predictions") or []:
+        for name, strokes in fmt.read_annotation(prediction.get("result") or []).brushes.items():
+            for stroke in strokes:
+                masks[name] = masks.get(name, np.zeros((height, width), bool)) | fmt.decode_brush(
+                    stroke, height, width
+                )
+    return masks
+
+
 def _submitted(task: dict) -> dict | None:
     """The latest submitted (not skipped) annotation of a task, or None."""
     done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
@@ -623,9 +677,17 @@ def _reviewer(client: LabelStudio, annotation: dict, cache: dict[int, str]) -> s
 
 
 def _apply(
-    record: Record, annotation: dict, reviewer: str, project_id: int, accept_iou: float, report: PullReport
+    record: Record,
+    annotation: dict,
+    reviewer: str,
+    project_id: int,
+    accept_iou: float,
+    report: PullReport,
+    *,
+    revised: bool = False,
 ) -> None:
-    """Apply one submitted annotation to its record (in memory)."""
+    """Apply one submitted annotation to its record (in memory); ``revised``: it replaces the
+    decision of an earlier pull (the reviewer updated the annotation since)."""
     read = fmt.read_annotation(annotation.get("result") or [])
     params = {
         "action": "pull",
@@ -636,6 +698,7 @@ def _apply(
         "reviewed_at": annotation.get("updated_at")
         or annotation.get("created_at")
         or datetime.now(UTC).isoformat(),
+        "revised": revised,
     }
     if read.verdict == fmt.REJECT:
         reason = ReviewReason(read.reject_reason) if read.reject_reason else ReviewReason.rejected_by_reviewer
@@ -700,7 +763,9 @@ def _apply(
         State.reviewed,
         STAGE,
         params=params,
-        note=f"reviewed by {reviewer}" + (f"; ignored labels {unknown}" if unknown else ""),
+        note=("revised review" if revised else "reviewed")
+        + f" by {reviewer}"
+        + (f"; ignored labels {unknown}" if unknown else ""),
     )
     report.reviewed += 1
 

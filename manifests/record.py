@@ -51,8 +51,10 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.localized: frozenset({State.segmented}),
     State.segmented: frozenset({State.segmented, State.in_review}),  # a re-check by the quality gate stays
     State.in_review: frozenset({State.reviewed, State.segmented}),  # segmented: the task was deleted
-    State.reviewed: frozenset(),
-    State.rejected: frozenset({State.planned}),  # a scrape retried after a transient failure
+    State.reviewed: frozenset({State.reviewed}),  # a reviewer revised the annotation after a pull
+    State.rejected: frozenset(
+        {State.planned, State.reviewed}
+    ),  # a scrape retried; a reject revised to accept
 }
 """The states ``Record.advance`` may move a record to from each state. Any state may be rejected
 (``Record.reject``). Which records a dataset version holds is its ``manifest.json``: publishing

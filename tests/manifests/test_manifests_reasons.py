@@ -56,11 +56,12 @@ def test_the_pipeline_order_is_the_only_way_forward():
         (State.segmented, "review"),  # the task was deleted
         (State.in_review, "review"),
         (State.reviewed, "review"),
+        (State.reviewed, "review"),  # a revised annotation applied again
     ]:
         r.advance(state, stage)
         assert r.state == state and r.history[-1].stage == stage
     with pytest.raises(
-        ValueError, match=r"cannot move a 'reviewed' record to 'in_review' \(from 'reviewed': none\)"
+        ValueError, match=r"cannot move a 'reviewed' record to 'in_review' \(from 'reviewed': \['reviewed'\]\)"
     ):
         r.advance(State.in_review, "review")
 
@@ -74,9 +75,10 @@ def test_skipping_a_stage_is_refused_and_the_record_is_unchanged():
     assert r.state == State.planned and r.history == []
 
 
-def test_a_rejected_record_can_only_be_planned_again():
+def test_a_rejected_record_can_only_be_planned_again_or_reviewed():
+    """Planned again (a scrape retried) or reviewed (a reviewer revised a reject to an accept)."""
     r = record().reject("scrape", "timeout", "slow")
-    assert TRANSITIONS[State.rejected] == frozenset({State.planned})
+    assert TRANSITIONS[State.rejected] == frozenset({State.planned, State.reviewed})
     with pytest.raises(ValueError):
         r.advance(State.generated, "scrape")
     r.advance(State.planned, "scrape", note="retry after timeout")

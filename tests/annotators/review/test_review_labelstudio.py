@@ -439,3 +439,62 @@ def test_push_orders_tasks_lowest_score_first_and_the_project_opens_on_that_view
     (view,) = _client(info).views.list(project=by_id.project_id)  # task ids now differ from score order
     listed = _client(info).tasks.list(project=by_id.project_id, view=view.id, fields="all")
     assert [t.data["record_id"] for t in listed] == ["gen-b", "gen-c", "gen-a"]
+
+
+def test_an_annotation_updated_after_a_pull_is_applied_by_the_next_pull(labelstudio, review_store):
+    """accept -> pull -> the reviewer repaints the wolf and updates -> pull applies the edit (against the
+    machine mask) -> update to reject -> rejected -> update back to accepting the prediction -> reviewed
+    with the machine masks again; an unchanged annotation is never applied twice."""
+    info, _ = labelstudio
+    store, project = review_store
+    record = make_segmented(store, "gen-rev", seed=3)
+    machine = {c.name: decode_mask(c.mask) for c in record.concepts}
+    report = push(store, url=info.url, token=info.token, project=project)
+    task_id = report.task_ids["gen-rev"]
+    prediction = _prediction(info, task_id)
+    client = _client(info)
+    annotation = client.annotations.create(
+        id=task_id, result=prediction + [_verdict("accept")], was_cancelled=False
+    )
+    first = pull(store, url=info.url, token=info.token, project=project)
+    assert (first.reviewed, first.revised) == (1, 0)
+    assert [c.review for c in store.get("gen-rev").concepts] == ["accepted", "accepted"]
+
+    edited = np.zeros((64, 96), bool)
+    edited[10:40, 50:80] = True
+    kept = [
+        r for r in prediction if not (r["type"] == "brushlabels" and r["value"]["brushlabels"] == ["wolf"])
+    ]
+    client.annotations.update(
+        annotation.id, result=kept + [fmt.brush_result("wolf", edited, "w"), _verdict("accept")]
+    )
+    second = pull(store, url=info.url, token=info.token, project=project)
+    assert (second.reviewed, second.revised) == (1, 1)
+    revised = store.get("gen-rev")
+    assert revised.state == State.reviewed and revised.concept("wolf").review == "edited"
+    assert np.array_equal(decode_mask(revised.concept("wolf").mask), edited)
+    assert (
+        revised.history[-1].params["revised"] is True
+        and revised.history[-1].params["annotation"] == annotation.id
+    )
+
+    before = _files(store)
+    unchanged = pull(store, url=info.url, token=info.token, project=project)
+    assert (unchanged.reviewed, unchanged.rejected, unchanged.revised) == (0, 0, 0) and _files(
+        store
+    ) == before
+
+    reason = {"from_name": fmt.REJECT_REASON, "to_name": "image", "type": "choices",
+              "value": {"choices": ["unusable image"]}}  # fmt: skip
+    client.annotations.update(annotation.id, result=[_verdict("reject"), reason])
+    third = pull(store, url=info.url, token=info.token, project=project)
+    assert (third.rejected, third.revised) == (1, 1)
+    assert store.get("gen-rev").rejection.reason == "unusable_image"
+
+    client.annotations.update(annotation.id, result=prediction + [_verdict("accept")])
+    fourth = pull(store, url=info.url, token=info.token, project=project)
+    assert (fourth.reviewed, fourth.revised) == (1, 1)
+    back = store.get("gen-rev")
+    assert back.state == State.reviewed and [c.review for c in back.concepts] == ["accepted", "accepted"]
+    for concept in back.concepts:  # judged against the machine masks of the task, not the earlier edit
+        assert np.array_equal(decode_mask(concept.mask), machine[concept.name])
