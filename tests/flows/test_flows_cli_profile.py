@@ -36,6 +36,7 @@ NOT_PROFILE_COMMANDS = {
     "labelstudio start": "runs a local server for a work dir",
     "labelstudio stop": "stops that server",
     "labelstudio status": "asks that server",
+    "deploy": "sets up a Prefect server for prefect.yaml's deployments",
 }
 NOT_CONFIG = {
     "profile",
