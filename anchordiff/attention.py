@@ -13,6 +13,10 @@ What is recorded (``method.md``, eqs. 3-6), for ONE batch row (the conditional s
   output-space quantities (concept-stream attention outputs averaged over each concept's tokens, and their
   dot products, after L2-normalising the concept vectors, with the image stream's joint-attention outputs),
   both before the output projections. Every layer.
+- ``i2t_joint[layer]`` and ``i2t_clip[layer]`` (K, N): Seg4Diff's image-to-text attention, the probability
+  that image query i gives to each concept's tokens *in the prompt* (:class:`PromptTokens`), averaged over
+  heads and the concept's tokens; the softmax over all joint keys [image; prompt] (``i2t_joint``) or over the
+  prompt's CLIP keys alone (``i2t_clip``). Every layer, when the prompt's concept positions are given.
 
 Queries and keys are taken after the block's qk-norm (SD3.5: RMS norm), exactly as ``JointAttnProcessor2_0``
 uses them. Token index ``i`` of an N-token image is row-major on the ``(gh, gw)`` patch grid.
@@ -76,6 +80,21 @@ class ConceptTokens:
         return torch.bincount(self.concept_index.cpu(), minlength=self.num_concepts)
 
 
+@dataclass(frozen=True)
+class PromptTokens:
+    """Where each concept's tokens sit in the prompt's context sequence (for Seg4Diff's attention).
+
+    Attributes:
+        positions: K tuples of indices into the prompt's T context tokens (the CLIP positions 0..clip_length-1
+            come first in SD3's context, then T5's): concept k's CLIP sub-word tokens in the prompt. An empty
+            tuple: the concept is not in the prompt (its rows are recorded as NaN).
+        clip_length: the number of CLIP positions at the start of the context (77 for SD3 / SD3.5).
+    """
+
+    positions: tuple[tuple[int, ...], ...]
+    clip_length: int
+
+
 @dataclass
 class _BlockConceptInputs:
     """What a block's pre-hook prepared for its processor and forward hook (one block at a time)."""
@@ -111,9 +130,14 @@ class RecordingState:
     a_ci: dict[int, Tensor] = field(default_factory=dict)
     concept_outputs: dict[int, Tensor] = field(default_factory=dict)
     concept_maps: dict[int, Tensor] = field(default_factory=dict)
+    prompt_tokens: PromptTokens | None = None
+    i2t_joint: dict[int, Tensor] = field(default_factory=dict)
+    i2t_clip: dict[int, Tensor] = field(default_factory=dict)
 
     def clear_results(self) -> None:
-        for store in (self.a_ii, self.o_ii, self.a_ci, self.concept_outputs, self.concept_maps):
+        stores = (self.a_ii, self.o_ii, self.a_ci, self.concept_outputs, self.concept_maps, self.i2t_joint,
+                  self.i2t_clip)  # fmt: skip
+        for store in stores:
             store.clear()
 
 
@@ -171,6 +195,48 @@ def image_only_softmax(query: Tensor, key: Tensor) -> Tensor:
     scale = 1.0 / math.sqrt(query.shape[-1])
     logits = torch.bmm(query.float(), key.float().transpose(1, 2)) * scale  # (heads, M, N)
     return logits.softmax(dim=-1).mean(dim=0)
+
+
+def image_to_prompt_attention(
+    query: Tensor, image_key: Tensor, prompt_key: Tensor, tokens: PromptTokens
+) -> tuple[Tensor, Tensor]:
+    """Seg4Diff's image-to-text attention of each concept's prompt tokens, two ways.
+
+    Args:
+        query: (heads, N, d_h) image queries; image_key: (heads, N, d_h) image keys; prompt_key: (heads, T, d_h)
+            the prompt's context keys (CLIP positions first); all after the block's qk-norm.
+        tokens: each concept's positions among the T prompt tokens.
+
+    Returns:
+        joint, clip: (K, N) float32. ``joint[k, i]`` = mean over heads h and concept k's positions j of
+        ``softmax_j'(q_i^h . key_j'^h / sqrt(d_h))`` over all N + T joint keys (the probability the block's own
+        joint attention gives; Seg4Diff's ``attn_scores.softmax(dim=-1)``); ``clip[k, i]`` the same with the
+        softmax over the ``clip_length`` CLIP keys alone (Seg4Diff's ``SOFTMAX_I2T_ONLY``). NaN rows for a
+        concept without positions.
+
+    The joint probabilities are never materialised: attention with one-hot values (column k = 1 / |P_k| on
+    concept k's key positions) returns exactly their mean over P_k, in float32, memory-efficiently.
+    """
+    heads, n, d = query.shape
+    k = len(tokens.positions)
+    keys = torch.cat([image_key, prompt_key], dim=1).float()  # (H, N + T, d)
+    weights = torch.zeros(keys.shape[1], max(k, d), dtype=torch.float32, device=query.device)
+    for concept, positions in enumerate(tokens.positions):
+        if positions:
+            weights[[n + j for j in positions], concept] = 1.0 / len(positions)
+    joint = F.scaled_dot_product_attention(
+        query.float()[None], keys[None], weights.expand(heads, -1, -1)[None], dropout_p=0.0, is_causal=False
+    )[0, :, :, :k]  # (H, N, K)
+    joint = joint.mean(dim=0).T.contiguous()  # (K, N)
+    clip_keys = prompt_key[:, : tokens.clip_length].float()  # (H, C, d)
+    clip_probs = (torch.bmm(query.float(), clip_keys.transpose(1, 2)) / math.sqrt(d)).softmax(dim=-1)
+    clip_probs = clip_probs.mean(dim=0)  # (N, C)
+    clip = torch.full((k, n), float("nan"), dtype=torch.float32, device=query.device)
+    for concept, positions in enumerate(tokens.positions):
+        if positions:
+            clip[concept] = clip_probs[:, list(positions)].mean(dim=1)
+    joint[clip.isnan().all(dim=1)] = float("nan")  # a concept not in the prompt has no attention to read
+    return joint, clip
 
 
 def _mean_by_concept(values: Tensor, concept_index: Tensor, num_concepts: int) -> Tensor:
@@ -245,6 +311,10 @@ class RecordingJointAttnProcessor:
             )
             state.a_ii[self.layer] = a_ii
             state.o_ii[self.layer] = o_ii
+        if state.prompt_tokens is not None:
+            joint_i2t, clip_i2t = image_to_prompt_attention(q_img, k_img, ctx_k[s], state.prompt_tokens)
+            state.i2t_joint[self.layer] = joint_i2t
+            state.i2t_clip[self.layer] = clip_i2t
         block = state.block
         if state.concepts is not None and block is not None and block.layer == self.layer:
             self._concept_attention(attn, block, q_img, k_img, v_img, image_out[s], heads, head_dim)
@@ -328,6 +398,8 @@ class AttentionRecorder:
         transformer: the diffusers ``SD3Transformer2DModel`` (any dtype/device).
         graph_layers: block indices where A_II and O_II are recorded.
         concepts: the concept stream's tokens, or None (then no A_CI and processors only on graph layers).
+        prompt_tokens: each concept's positions in the prompt: record Seg4Diff's image-to-text attention at
+            every block (None: not recorded).
         cfg: the transformer's batch is [unconditional; conditional] (classifier-free guidance): record the
             first conditional row (index B // 2). Otherwise row 0 is recorded.
         armed: record the next forward as soon as the context is entered (False: call :meth:`arm` later,
@@ -345,6 +417,7 @@ class AttentionRecorder:
         *,
         graph_layers: tuple[int, ...] | list[int] = (),
         concepts: ConceptTokens | None = None,
+        prompt_tokens: PromptTokens | None = None,
         cfg: bool = False,
         armed: bool = True,
         once: bool = True,
@@ -369,6 +442,7 @@ class AttentionRecorder:
         self.state = RecordingState(
             graph_layers=frozenset(int(layer) for layer in graph_layers),
             concepts=concepts,
+            prompt_tokens=prompt_tokens,
             cfg=cfg,
             o_ii_mode=o_ii_mode,
             head_chunk_bytes=int(head_chunk_bytes),
@@ -380,8 +454,8 @@ class AttentionRecorder:
 
     @property
     def recorded_layers(self) -> list[int]:
-        """Blocks that get a recording processor: all with concepts, else the graph layers."""
-        if self.state.concepts is not None:
+        """Blocks that get a recording processor: all with concepts or prompt tokens, else the graph layers."""
+        if self.state.concepts is not None or self.state.prompt_tokens is not None:
             return list(range(len(self.blocks)))
         return sorted(self.state.graph_layers)
 

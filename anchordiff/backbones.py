@@ -29,13 +29,15 @@ RANDOM_PREFIX = "random-"
 
 @dataclass(frozen=True)
 class Preset:
-    """A backbone of the paper. ``graph_layers``: the blocks whose A_II / O_II build the graph."""
+    """A backbone of the paper. ``graph_layers``: the blocks whose A_II / O_II build the graph;
+    ``seg4diff_layers``: the "semantic grounding expert" blocks the Seg4Diff baseline reads."""
 
     name: str
     repo: str
     num_layers: int
     graph_layers: tuple[int, ...]
     transformer_config: dict
+    seg4diff_layers: tuple[int, ...]
 
 
 SD3_MEDIUM_TRANSFORMER: dict = {
@@ -65,11 +67,17 @@ SD3_VAE_SCALING_FACTOR = 1.5305
 SD3_VAE_SHIFT_FACTOR = 0.0609
 SD3_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}
 
+# Seg4Diff's expert blocks (docs/seg4diff.md): SD3-medium block 9 (``configs/eval_ovss.yaml``,
+# ``ATTENTION_LAYERS: [9]``). Its code names no block for SD3.5 (``eval_sd35.sh`` passes an unset
+# ``$layer``) and loads only SD3.5-medium: for SD3.5-large [decision] block 14, SD3's relative depth
+# 9 / 24 on 38 blocks (9 * 38 / 24 = 14.25); `mcc sweep --method seg4diff` measures the others.
 PRESETS: dict[str, Preset] = {
     "sd3": Preset(
-        "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 24, (9, 18), SD3_MEDIUM_TRANSFORMER
+        "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 24, (9, 18), SD3_MEDIUM_TRANSFORMER, (9,)
     ),
-    "sd35": Preset("sd35", "stabilityai/stable-diffusion-3.5-large", 38, (23, 31), SD35_LARGE_TRANSFORMER),
+    "sd35": Preset(
+        "sd35", "stabilityai/stable-diffusion-3.5-large", 38, (23, 31), SD35_LARGE_TRANSFORMER, (14,)
+    ),
 }
 
 # The miniatures: 4 blocks, 2 heads x 16, a 16 x 16 token grid at the native 128 px.
@@ -90,6 +98,8 @@ TINY_SD35_EXTRA: dict = {"dual_attention_layers": (0, 1), "qk_norm": "rms_norm"}
 # Graph layers of the 4-block miniatures: blocks 1 and 2 (both inside, neither the first nor the
 # context_pre_only last block), the relative depths of SD3's {9, 18} of 24 rounded to 4 blocks.
 TINY_GRAPH_LAYERS: tuple[int, ...] = (1, 2)
+# Seg4Diff's block of the miniatures: SD3's 9 of 24 on 4 blocks (1.5), the inner block 1.
+TINY_SEG4DIFF_LAYERS: tuple[int, ...] = (1,)
 TINY_MAX_SEQUENCE_LENGTH = 32
 
 

@@ -33,13 +33,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from anchordiff.attention import DEFAULT_HEAD_CHUNK_BYTES, O_II_MODES, AttentionRecorder, ConceptTokens
+from anchordiff.attention import (
+    DEFAULT_HEAD_CHUNK_BYTES,
+    O_II_MODES,
+    AttentionRecorder,
+    ConceptTokens,
+    PromptTokens,
+)
 from anchordiff.backbones import (
     PRESETS,
     RANDOM_PREFIX,
     TINY,
     TINY_GRAPH_LAYERS,
     TINY_MAX_SEQUENCE_LENGTH,
+    TINY_SEG4DIFF_LAYERS,
     check_preset,
     load_pipeline,
 )
@@ -57,6 +64,7 @@ MODES = ("invert", "noise")
 CONCEPT_PASSES = ("joint", "separate")
 VAE_LATENTS = ("mode", "sample")
 EMPTY_ROWS = ("self_loop", "zero")
+SEG4DIFF_SOFTMAXES = ("joint", "clip")
 DEFAULT_STEPS = 160
 DEFAULT_GATE_QUANTILE = 0.98
 DEFAULT_MAX_SEQUENCE_LENGTH = 256
@@ -161,8 +169,29 @@ def _concept_attention_maps(ad, record, layers, a_ci, steps, gate_quantile):
     return token_maps, token_maps.argmax(dim=1)
 
 
+@register_map_builder("seg4diff")
+def _seg4diff_maps(ad, record, layers, a_ci, steps, gate_quantile):
+    """Seg4Diff, training-free (docs/seg4diff.md): the image-to-text attention probability of each concept's
+    CLIP tokens in the prompt, mean over heads and tokens (recorded), then the mean over ``layers`` (None =
+    the preset's expert blocks); no normalisation before the common min-max. Anchors: each map's argmax."""
+    absent = [
+        c for c, positions in zip(record.concepts, record.prompt_positions, strict=True) if not positions
+    ]
+    if absent:
+        raise ValueError(
+            f"seg4diff reads the attention to each concept's tokens in the prompt, and {absent} are not among "
+            f"the CLIP tokens of {record.prompt!r}; use a prompt that names every concept (the default "
+            "template does)"
+        )
+    chosen = list(ad.seg4diff_layers if layers is None else layers)
+    source = record.i2t_joint if ad.options.seg4diff_softmax == "joint" else record.i2t_clip
+    token_maps = source[chosen].to(ad.device).mean(dim=0)  # (K, N)
+    return token_maps, token_maps.argmax(dim=1)
+
+
 METHODS = tuple(MAP_BUILDERS)
-"""The built-in methods: anchordiff, no_gate, no_wcos, anchordiff_multi, cross_attention, concept_attention."""
+"""The built-in methods: anchordiff, no_gate, no_wcos, anchordiff_multi, cross_attention, concept_attention,
+seg4diff."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +223,10 @@ class AnchorDiffOptions:
         max_anchors, anchor_threshold, anchor_radius: ``anchordiff_multi`` only (beyond the paper,
             ``anchordiff.multi_anchor``): at most this many anchors per concept, candidates at least this
             fraction of the A_CI maximum, suppression radius as a fraction of the longer grid side.
+        seg4diff_layers: ``seg4diff`` only: the blocks whose image-to-text attention is averaged; None = the
+            preset's expert blocks ((9,) for sd3 as Seg4Diff's config, (14,) for sd35 [decision], (1,) tiny).
+        seg4diff_softmax: ``seg4diff`` only: "joint" (default, Seg4Diff's) = the softmax over all joint keys
+            [image; prompt]; "clip" = over the prompt's CLIP keys alone (Seg4Diff's ``SOFTMAX_I2T_ONLY``).
     """
 
     prompt_template: str = "a photo of {concepts}"
@@ -213,6 +246,8 @@ class AnchorDiffOptions:
     max_anchors: int = DEFAULT_MAX_ANCHORS
     anchor_threshold: float = DEFAULT_ANCHOR_THRESHOLD
     anchor_radius: float = DEFAULT_ANCHOR_RADIUS
+    seg4diff_layers: tuple[int, ...] | str | None = None
+    seg4diff_softmax: str = "joint"
 
     def __post_init__(self) -> None:
         if "{concepts}" not in self.prompt_template:
@@ -232,6 +267,7 @@ class AnchorDiffOptions:
             ("o_ii_heads", self.o_ii_heads, O_II_MODES),
             ("vae_latent", self.vae_latent, VAE_LATENTS),
             ("empty_row", self.empty_row, EMPTY_ROWS),
+            ("seg4diff_softmax", self.seg4diff_softmax, SEG4DIFF_SOFTMAXES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -270,6 +306,10 @@ class AttentionRecord:
         concepts: the K concept names.
         timestep: the recorded timestep (scheduler units, 0..1000).
         concept_token_counts: content tokens per concept (CLIP + T5).
+        i2t_joint, i2t_clip: (L, K, N) Seg4Diff's image-to-text attention per block: the probability image
+            token i gives concept k's tokens in the prompt (mean over heads and those tokens), softmax over
+            all joint keys / over the prompt's CLIP keys alone (NaN rows for a concept not in the prompt).
+        prompt_positions: concept k's CLIP token positions in the prompt (empty: not in the prompt).
     """
 
     a_ii: dict[int, Tensor]
@@ -284,6 +324,9 @@ class AttentionRecord:
     concepts: list[str]
     timestep: float
     concept_token_counts: list[int]
+    i2t_joint: Tensor
+    i2t_clip: Tensor
+    prompt_positions: list[list[int]]
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -300,6 +343,8 @@ class AttentionRecord:
             a_ci=self.a_ci.to(device),
             concept_outputs=self.concept_outputs.to(device),
             concept_maps=self.concept_maps.to(device),
+            i2t_joint=self.i2t_joint.to(device),
+            i2t_clip=self.i2t_clip.to(device),
         )
 
 
@@ -368,6 +413,13 @@ class AnchorDiff:
             self.options.graph_layers or (TINY_GRAPH_LAYERS if tiny else PRESETS[preset].graph_layers),
             what="graph layers" if self.options.graph_layers else f"the graph layers of preset {preset!r}",
         )
+        self.seg4diff_layers = self._check_layers(
+            self.options.seg4diff_layers
+            or (TINY_SEG4DIFF_LAYERS if tiny else PRESETS[preset].seg4diff_layers),
+            what="seg4diff_layers"
+            if self.options.seg4diff_layers
+            else f"the Seg4Diff layers of preset {preset!r}",
+        )
         self.max_sequence_length = self.options.max_sequence_length or (
             TINY_MAX_SEQUENCE_LENGTH if tiny else DEFAULT_MAX_SEQUENCE_LENGTH
         )
@@ -435,9 +487,10 @@ class AnchorDiff:
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {unknown}: the options are {sorted(known)}")
-        layers = options.get("graph_layers")
-        if layers is not None and not isinstance(layers, str) and isinstance(layers, Iterable):
-            options["graph_layers"] = tuple(layers)
+        for name in ("graph_layers", "seg4diff_layers"):
+            layers = options.get(name)
+            if layers is not None and not isinstance(layers, str) and isinstance(layers, Iterable):
+                options[name] = tuple(layers)
         opts = AnchorDiffOptions(**options)
         pipe = load_pipeline(model, preset or "sd3", device, dtype, revision, local_files_only)
         pipe.set_progress_bar_config(disable=True)
@@ -460,6 +513,7 @@ class AnchorDiff:
             "resolution": self.resolution,
             "grid": (self.resolution // self.token_factor,) * 2,
             "graph_layers": list(self.graph_layers),
+            "seg4diff_layers": list(self.seg4diff_layers),
             "anchor_layers": "all",
             "recorded_step": self.options.recorded_step,
             "max_sequence_length": self.max_sequence_length,
@@ -566,10 +620,11 @@ class AnchorDiff:
             concepts: K distinct concept names, e.g. ``["husky", "wolf", "malamute"]``.
             mode: "invert" (default: Euler inversion to the midpoint) or "noise" (seeded noise, one pass).
             prompt: the prompt of the recorded pass; None = the options' template over the concepts.
-            method: "anchordiff" (default), "cross_attention" (A_CI alone), "concept_attention"
-                (ConceptAttention's output-space maps), "no_gate" (W = W_cos), "no_wcos" (W = W_attn * G).
+            method: "anchordiff" (default), "anchordiff_multi" (one anchor per instance), "cross_attention"
+                (A_CI alone), "concept_attention" (ConceptAttention's output-space maps), "seg4diff" (Seg4Diff's
+                image-to-text attention), "no_gate" (W = W_cos), "no_wcos" (W = W_attn * G).
             layers: for the graph methods the graph layers (None = ``ad.graph_layers``); for the baselines
-                the blocks averaged (None = all). A tuple of block indices or "all".
+                the blocks averaged (None = all; for seg4diff ``ad.seg4diff_layers``). Block indices or "all".
             steps: propagation steps N_diff. gate_quantile: quantile of the A_II gate tau_W.
             seed: seed of the noise (``mode="noise"``) and of a sampled VAE latent.
             return_record: keep the :class:`AttentionRecord` in ``output.record``.
@@ -630,6 +685,7 @@ class AnchorDiff:
         # 1. Text: the prompt (conditional only) and each concept on its own.
         prompt_embeds, pooled = self._encode_prompt(prompt)
         tokens = self.encode_concepts(concepts)
+        prompt_tokens = self.prompt_tokens(prompt, concepts)
         clock("encode_text")
 
         # 2. Image -> clean latent at the native size.
@@ -648,11 +704,14 @@ class AnchorDiff:
         clock(mode)
 
         # 4. One recorded forward at the midpoint timestep.
-        state = self._recorded_forward(noisy, timesteps[index], prompt_embeds, pooled, tokens, graph_layers)
+        state = self._recorded_forward(
+            noisy, timesteps[index], prompt_embeds, pooled, tokens, prompt_tokens, graph_layers
+        )
         clock("forward")
         return self._assemble_record(
             state,
             tokens,
+            prompt_tokens,
             grid=tuple(s // self.patch_size for s in latents.shape[-2:]),
             image_size=image.size,
             prompt=prompt,
@@ -675,7 +734,7 @@ class AnchorDiff:
         """Maps of ``method`` from a recording (sweeps over methods, layers and steps record once per image).
 
         ``layers``: graph layers for the graph methods (None = ``ad.graph_layers``; must have been recorded),
-        averaged blocks for the baselines (None = all). ``anchor_layers``: blocks whose A_CI is averaged for
+        averaged blocks for the baselines (None = all; seg4diff: ``ad.seg4diff_layers``). ``anchor_layers``: blocks whose A_CI is averaged for
         the anchors and ``cross_attention`` (None = all, as the paper).
         """
         started = time.perf_counter()
@@ -732,11 +791,13 @@ class AnchorDiff:
             layers = self._check_layers(layers)
         graph_layers = (layers or self.graph_layers) if MAP_BUILDERS[method].needs_graph else ()
         tokens = self.encode_concepts(concepts)
+        prompt_tokens = self.prompt_tokens(prompt, concepts)
         step = num_inference_steps // 2
         recorder = AttentionRecorder(
             self.transformer,
             graph_layers=graph_layers,
             concepts=tokens,
+            prompt_tokens=prompt_tokens,
             cfg=guidance_scale > 1.0,
             armed=step == 0,
             o_ii_mode=self.options.o_ii_heads,
@@ -767,6 +828,7 @@ class AnchorDiff:
         record = self._assemble_record(
             recorder.state,
             tokens,
+            prompt_tokens,
             grid=(height // self.token_factor, width // self.token_factor),
             image_size=image.size,
             prompt=prompt,
@@ -857,6 +919,35 @@ class AnchorDiff:
         hidden = self.transformer.context_embedder(torch.cat(rows).to(self.dtype))[None]  # (1, M, D)
         return ConceptTokens(hidden, torch.tensor(index, device=self.device), len(concepts))
 
+    def prompt_tokens(self, prompt: str, concepts: list[str]) -> PromptTokens:
+        """Each concept's CLIP sub-word tokens in the prompt, as positions of the prompt's context (Seg4Diff).
+
+        The prompt is tokenized as ``encode_prompt`` tokenizes it for CLIP (``pipe.tokenizer``, BOS at position
+        0, ``tokenizer_max_length`` positions, truncated). Concept k's positions are the first run of its own
+        token ids (no BOS / EOS) after concept k-1's, else the first anywhere; empty when the prompt does not
+        hold it (a custom prompt without the concept, or truncated away).
+        """
+        tokenizer = self.pipe.tokenizer
+        length = self.pipe.tokenizer_max_length
+        ids = tokenizer(prompt, max_length=length, truncation=True).input_ids[:-1]  # BOS + content, no EOS
+
+        def find(piece: list[int], start: int) -> int | None:
+            for i in range(max(start, 1), len(ids) - len(piece) + 1):
+                if ids[i : i + len(piece)] == piece:
+                    return i
+            return None
+
+        positions, cursor = [], 1
+        for concept in concepts:
+            piece = tokenizer(concept, add_special_tokens=False).input_ids
+            at = (find(piece, cursor) if piece else None) or (find(piece, 1) if piece else None)
+            if at is None:
+                positions.append(())
+                continue
+            positions.append(tuple(range(at, at + len(piece))))
+            cursor = at + len(piece)
+        return PromptTokens(tuple(positions), clip_length=length)
+
     def _encode_image(self, image: Image.Image, seed: int) -> Tensor:
         """(1, C, res/f, res/f) float32 clean latent ``(z - shift) * scale`` of the image stretched to res x res."""
         pipe = self.pipe
@@ -928,6 +1019,7 @@ class AnchorDiff:
         prompt_embeds: Tensor,
         pooled: Tensor,
         tokens: ConceptTokens,
+        prompt_tokens: PromptTokens,
         graph_layers: tuple[int, ...],
     ):
         """One transformer forward under the recorder (two with ``concept_pass="separate"``); its state."""
@@ -944,21 +1036,26 @@ class AnchorDiff:
         }
         if self.options.concept_pass == "joint":
             with AttentionRecorder(
-                self.transformer, graph_layers=graph_layers, concepts=tokens, **kwargs
-            ) as rec:
+                self.transformer, graph_layers=graph_layers, concepts=tokens, prompt_tokens=prompt_tokens,
+                **kwargs,
+            ) as rec:  # fmt: skip
                 self.transformer(**inputs)
             return rec.state
         with AttentionRecorder(
             self.transformer, graph_layers=graph_layers, concepts=None, **kwargs
         ) as graph_rec:
             self.transformer(**inputs)
-        with AttentionRecorder(self.transformer, graph_layers=(), concepts=tokens, **kwargs) as rec:
+        with AttentionRecorder(
+            self.transformer, graph_layers=(), concepts=tokens, prompt_tokens=prompt_tokens, **kwargs
+        ) as rec:
             self.transformer(**inputs)
         rec.state.a_ii.update(graph_rec.state.a_ii)
         rec.state.o_ii.update(graph_rec.state.o_ii)
         return rec.state
 
-    def _assemble_record(self, state: Any, tokens: ConceptTokens, **record_fields: Any) -> AttentionRecord:
+    def _assemble_record(
+        self, state: Any, tokens: ConceptTokens, prompt_tokens: PromptTokens, **record_fields: Any
+    ) -> AttentionRecord:
         layers = range(self.num_layers)
         missing = [x for x in layers if x not in state.a_ci]
         if missing:
@@ -970,6 +1067,9 @@ class AnchorDiff:
             concept_outputs=torch.stack([state.concept_outputs[x] for x in layers]),
             concept_maps=torch.stack([state.concept_maps[x] for x in layers]),
             concept_token_counts=tokens.token_counts().tolist(),
+            i2t_joint=torch.stack([state.i2t_joint[x] for x in layers]),
+            i2t_clip=torch.stack([state.i2t_clip[x] for x in layers]),
+            prompt_positions=[list(p) for p in prompt_tokens.positions],
             **record_fields,
         )
 

@@ -58,6 +58,9 @@ def _record(k: int = 2, n: int = 16) -> AttentionRecord:
         concept_outputs=torch.rand(3, k, 8),
         concept_maps=torch.rand(3, k, n),
         concept_token_counts=[1] * k,
+        i2t_joint=torch.rand(3, k, n),
+        i2t_clip=torch.rand(3, k, n),
+        prompt_positions=[[4], [6]][:k],
         grid=(4, 4),
         image_size=(32, 32),
         prompt="a photo of a and b",
@@ -72,7 +75,7 @@ def test_attention_record_to_copies_every_tensor():
     record = _record()
     moved = record.to("cpu")
     assert moved is not record
-    for name in ("a_ci", "concept_outputs", "concept_maps"):
+    for name in ("a_ci", "concept_outputs", "concept_maps", "i2t_joint", "i2t_clip"):
         assert torch.equal(getattr(moved, name), getattr(record, name)), name
     assert torch.equal(moved.a_ii[1], record.a_ii[1]) and torch.equal(moved.o_ii[1], record.o_ii[1])
     assert (moved.grid, moved.prompt, moved.concepts, moved.timestep) == (

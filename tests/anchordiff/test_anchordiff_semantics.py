@@ -55,12 +55,12 @@ class Capture:
     """Hooks of the test's own: the transformer's inputs and, per block, the joint attention's projections.
 
     ``calls[j]`` is the j-th transformer forward: ``inputs`` (its tensor keyword arguments) and
-    ``layers[block][name]``, the list of outputs of ``attn.<name>`` (``to_k``, ``to_v``, ``add_q_proj``,
+    ``layers[block][name]``, the list of outputs of ``attn.<name>`` (``to_q``, ``to_k``, ``to_v``, ``add_q_proj``,
     ``add_k_proj``, ``add_v_proj``) and, under ``"image_out"``, the inputs of ``attn.to_out[0]`` (the image
     stream's attention output before the output projection), in call order.
     """
 
-    PROJECTIONS = ("to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
+    PROJECTIONS = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
 
     def __init__(self, transformer: torch.nn.Module, velocity: torch.Tensor | None = None):
         self.transformer = transformer
@@ -442,7 +442,111 @@ def test_generate_records_the_conditional_row_of_the_midpoint_step(ad, generated
     torch.testing.assert_close(record.a_ci, naive["a_ci"], atol=ATOL, rtol=RTOL)
 
 
-# -- 8. Defaults ------------------------------------------------------------------------------------------
+# -- 8. Seg4Diff's image-to-text attention ---------------------------------------------------------------
+def _prompt_positions_by_hand(ad: AnchorDiff, prompt: str, concepts: list[str]) -> list[list[int]]:
+    """Concept k's CLIP positions in the prompt from a word-by-word tokenization (BOS at 0): the words of
+    each concept are found in the prompt's word list, their pieces counted from the words before."""
+    tokenizer = ad.pipe.tokenizer
+    words = prompt.split()
+    starts = [1]
+    for word in words:
+        starts.append(starts[-1] + len(tokenizer(word, add_special_tokens=False).input_ids))
+    found = []
+    for concept in concepts:
+        parts = concept.split()
+        hits = [i for i in range(len(words)) if words[i : i + len(parts)] == parts]
+        found.append(list(range(starts[hits[0]], starts[hits[0] + len(parts)])) if hits else [])
+    return found
+
+
+def _naive_i2t(
+    attn: torch.nn.Module, captured: dict, row: int, prompt_length: int, positions: list[list[int]]
+):
+    """(K, N) joint and CLIP-only image-to-text attention of each concept's prompt positions, from the
+    captured projections of one block: image queries / keys from ``to_q`` / ``to_k``, prompt keys from the
+    ``add_k_proj`` call on the prompt (its (B, 77 + T5, D) output), after the block's qk-norms."""
+    heads = attn.heads
+    (q_out,), (k_out,) = captured["to_q"], captured["to_k"]
+    (prompt_k,) = [o for o in captured["add_k_proj"] if o.shape[1] == prompt_length]
+    q, k_img, k_txt = _heads(q_out[row], heads), _heads(k_out[row], heads), _heads(prompt_k[row], heads)
+    with torch.no_grad():
+        if attn.norm_q is not None:
+            q, k_img = attn.norm_q(q), attn.norm_k(k_img)
+        if attn.norm_added_k is not None:
+            k_txt = attn.norm_added_k(k_txt)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    n = q.shape[1]
+    joint = torch.softmax(q @ torch.cat([k_img, k_txt], dim=1).transpose(1, 2) * scale, dim=-1)  # (H, N, N+T)
+    clip = torch.softmax(q @ k_txt[:, :77].transpose(1, 2) * scale, dim=-1)  # (H, N, 77)
+    nan = torch.full((n,), float("nan"))
+    return (
+        torch.stack([joint[:, :, [n + j for j in p]].mean(dim=(0, 2)) if p else nan for p in positions]),
+        torch.stack([clip[:, :, p].mean(dim=(0, 2)) if p else nan for p in positions]),
+    )
+
+
+def test_seg4diff_maps_are_image_to_prompt_attention_of_each_concepts_tokens(ad, image):
+    """Pins Seg4Diff's recording and maps (docs/seg4diff.md 1-5): per block, the head mean of
+    softmax(Q_img [K_img; K_prompt]^T / sqrt(d_h)) over ALL joint keys, at each concept's CLIP positions in
+    the prompt (found here by a word-by-word tokenization), averaged over those positions ("alaskan malamute"
+    is two: neither alone); ``i2t_clip`` with the softmax over the 77 CLIP keys alone; ``seg4diff`` = the
+    mean over ``ad.seg4diff_layers`` (or ``layers``), min-max, without any normalisation before; the
+    ``seg4diff_softmax="clip"`` option reads ``i2t_clip``."""
+    concepts = ["husky", "wolf", "alaskan malamute"]
+    with Capture(ad.transformer) as capture:
+        record = ad.record(image, concepts, mode="noise", seed=2)
+    (call,) = capture.calls
+    positions = _prompt_positions_by_hand(ad, record.prompt, concepts)
+    assert record.prompt == "a photo of husky and wolf and alaskan malamute"
+    assert record.prompt_positions == positions and [len(p) for p in positions] == [1, 1, 2]
+    prompt_length = 77 + ad.max_sequence_length
+    for layer, block in enumerate(ad.transformer.transformer_blocks):
+        joint, clip = _naive_i2t(block.attn, call["layers"][layer], 0, prompt_length, positions)
+        torch.testing.assert_close(record.i2t_joint[layer], joint, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(record.i2t_clip[layer], clip, atol=1e-7, rtol=1e-5)
+        assert not torch.allclose(joint, clip, rtol=0.05)  # the two softmaxes differ
+        _, clip_first_piece = _naive_i2t(
+            block.attn, call["layers"][layer], 0, prompt_length, [positions[2][:1]]
+        )
+        assert not torch.allclose(record.i2t_clip[layer, 2], clip_first_piece[0], rtol=1e-3)
+
+    layers = ad.seg4diff_layers
+    assert layers == (1,)
+    out = ad.heatmaps_from_record(record, method="seg4diff")
+    expected = _minmax_rows(record.i2t_joint[list(layers)].mean(dim=0))
+    torch.testing.assert_close(out.token_heatmaps.reshape(3, -1), expected, atol=1e-6, rtol=0)
+    both = ad.heatmaps_from_record(record, method="seg4diff", layers=(1, 2))
+    expected = _minmax_rows(record.i2t_joint[[1, 2]].mean(dim=0))
+    torch.testing.assert_close(both.token_heatmaps.reshape(3, -1), expected, atol=1e-6, rtol=0)
+    clip_ad = AnchorDiff(ad.pipe, model="tiny", preset=ad.preset, options=dataclasses.replace(
+        ad.options, seg4diff_softmax="clip", seg4diff_layers=(2,)))  # fmt: skip
+    clip_out = clip_ad.heatmaps_from_record(record, method="seg4diff")
+    torch.testing.assert_close(
+        clip_out.token_heatmaps.reshape(3, -1), _minmax_rows(record.i2t_clip[2]), atol=1e-6, rtol=0
+    )
+
+
+def test_seg4diff_reads_the_conditional_row_and_refuses_concepts_not_in_the_prompt(ad, generated):
+    """Under CFG the recorded image-to-text attention is the conditional row's (row 1), pinned against the
+    test's own hooks; "alaskan malamute" is not in PROMPT, so its rows are NaN and ``seg4diff`` raises a
+    ValueError naming it (the other methods still work on the same record)."""
+    record = generated.record
+    positions = _prompt_positions_by_hand(ad, PROMPT, CONCEPTS)
+    assert record.prompt_positions == positions and positions[2] == []
+    call = generated.calls[STEPS // 2]
+    prompt_length = 77 + ad.max_sequence_length
+    for layer, block in enumerate(ad.transformer.transformer_blocks):
+        cond, _ = _naive_i2t(block.attn, call["layers"][layer], 1, prompt_length, positions[:2])
+        uncond, _ = _naive_i2t(block.attn, call["layers"][layer], 0, prompt_length, positions[:2])
+        torch.testing.assert_close(record.i2t_joint[layer, :2], cond, atol=1e-7, rtol=1e-5)
+        assert not torch.allclose(record.i2t_joint[layer, :2], uncond, rtol=1e-3)
+    assert torch.isnan(record.i2t_joint[:, 2]).all() and torch.isnan(record.i2t_clip[:, 2]).all()
+    with pytest.raises(ValueError, match="alaskan malamute"):
+        ad.heatmaps_from_record(record, method="seg4diff")
+    assert ad.heatmaps_from_record(record, method="cross_attention").token_heatmaps.isfinite().all()
+
+
+# -- 9. Defaults ------------------------------------------------------------------------------------------
 def _defaults(function) -> dict:
     return {
         name: p.default
@@ -485,6 +589,9 @@ def test_every_default_is_the_paper_faithful_one():
         "max_anchors": 3,
         "anchor_threshold": 0.5,
         "anchor_radius": 0.1,
+        # seg4diff only (issue 16): the preset's expert blocks, Seg4Diff's softmax over all joint keys
+        "seg4diff_layers": None,
+        "seg4diff_softmax": "joint",
     }
     for n in (1, 2, 4, 5, 7, 28, 50):
         assert AnchorDiffOptions(num_inference_steps=n).recorded_step == n // 2
@@ -534,9 +641,10 @@ def test_every_default_is_the_paper_faithful_one():
     assert _defaults(AttentionRecorder.__init__)["o_ii_mode"] == "concat"
 
     # The presets' graph layers, resolution and T5 length, as resolved for real SD3 / SD3.5 pipelines.
-    for preset, blocks, layers in (("sd3", 24, (9, 18)), ("sd35", 38, (23, 31))):
+    for preset, blocks, layers, seg4diff in (("sd3", 24, (9, 18), (9,)), ("sd35", 38, (23, 31), (14,))):
         ad = AnchorDiff(_stub_pipe(blocks), model="custom", preset=preset)
         assert ad.graph_layers == layers and ad.resolution == 1024 and ad.max_sequence_length == 256
+        assert ad.seg4diff_layers == seg4diff and ad.config["seg4diff_layers"] == list(seg4diff)
         assert ad.config["graph_layers"] == list(layers) and ad.config["recorded_step"] == 14
         assert ad.config["default_mode"] == "invert" and ad.config["default_steps"] == 160
         assert ad.config["default_gate_quantile"] == 0.98
