@@ -44,9 +44,9 @@ class ScoreConfig(_Backbone):
     """``mcc score`` and the score-benchmark flow: one report per method."""
 
     methods: list[str] = Field(
-        default_factory=lambda: ["anchordiff", "cross_attention", "concept_attention"],
-        description="anchordiff, anchordiff_multi, cross_attention, concept_attention, no_gate, no_wcos, or "
-        "module:function.",
+        default_factory=lambda: ["anchordiff"],
+        description="anchordiff, anchordiff_multi, cross_attention, concept_attention, seg4diff, no_gate, "
+        "no_wcos, or module:function; several are scored together, one attention recording per image.",
     )
     benchmark: Benchmark = Field("auto", description="auto (from the dataset), mcc, imagenet-seg or voc.")
     layers: list[int] | None = Field(None, description="Graph layers, e.g. [9, 18] (default: the preset's).")

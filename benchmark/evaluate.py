@@ -24,6 +24,7 @@ recorded as ``invalid``, not charged to the method.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -125,9 +126,46 @@ def method_configuration(method: GroundingMethod) -> dict[str, Any]:
 
 
 ANCHOR_METHODS = ("anchordiff", "anchordiff_multi", "cross_attention", "no_gate", "no_wcos")
-GRAPH_METHODS = ("anchordiff", "anchordiff_multi", "no_gate", "no_wcos")
-"""Methods whose ``layers`` are graph layers (the others average A_CI or concept maps over blocks)."""
 """AnchorDiff methods whose anchors are the A_CI argmax of Table 2."""
+GRAPH_METHODS = ("anchordiff", "anchordiff_multi", "no_gate", "no_wcos")
+"""Methods whose ``layers`` are graph layers (the others average A_CI, concept maps or Seg4Diff's
+attention over blocks)."""
+
+
+class SharedRecording:
+    """One AnchorDiff recording per image for several AnchorDiff methods scored together.
+
+    Every :class:`AnchorDiffMethod` built with the same ``SharedRecording`` asks it for an image's
+    recording: the first ask records (``AnchorDiff.record``, with the union of the graph layers the
+    methods need), the next ones reuse it while they ask about the same image object with the same
+    concepts, mode, prompt and seed. Only the last recording is kept, which is all
+    :func:`evaluate_together` needs (it gives each image to every method before the next image).
+    ``recordings`` counts the forward passes made (for reports and tests).
+    """
+
+    def __init__(self, pipeline: Any):
+        self.pipeline = pipeline
+        self.graph_layers: set[int] = set()
+        self.recordings = 0
+        self._last: tuple[Any, tuple, Any] | None = None
+
+    def need_graph_layers(self, layers: Iterable[int]) -> None:
+        """Record A_II / O_II at ``layers`` too (called by each method before the first recording)."""
+        self.graph_layers.update(int(x) for x in layers)
+
+    def get(self, image: Image.Image, concepts: Sequence[str], *, mode: str, prompt: str | None, seed: int):
+        """The ``AttentionRecord`` of ``image`` (recorded now, or the last one when it is the same ask)."""
+        layers = tuple(sorted(self.graph_layers))
+        key = (tuple(concepts), mode, prompt, seed, layers)
+        if self._last is not None and self._last[0] is image and self._last[1] == key:
+            return self._last[2]
+        self._last = None  # free the previous recording before making the next
+        record = self.pipeline.record(
+            image, list(concepts), mode=mode, prompt=prompt, graph_layers=layers, seed=seed
+        )
+        self.recordings += 1
+        self._last = (image, key, record)
+        return record
 
 
 class AnchorDiffMethod:
@@ -138,9 +176,13 @@ class AnchorDiffMethod:
     resize them to the masks like any method's) and, for anchor-based methods, the anchors.
 
     method: ``anchordiff``, ``anchordiff_multi``, ``cross_attention``, ``concept_attention``,
-        ``no_gate``, ``no_wcos``.
+        ``seg4diff``, ``no_gate``, ``no_wcos``.
     prompt_template: None = AnchorDiff's default prompt (``"a photo of " + " and ".join(concepts)``);
         otherwise a ``str.format`` template with ``{concepts}`` (joined with " and ").
+    recording: a :class:`SharedRecording` of the same pipeline, shared with the other methods scored
+        together (``evaluate_together``): each image is recorded once for all of them. Then the
+        ``method_seconds`` of the first method to see an image include the recording, the others'
+        only their maps (``timings`` of every method hold the recording's stages).
     """
 
     def __init__(
@@ -159,6 +201,7 @@ class AnchorDiffMethod:
         dtype: str | None = None,
         revision: str | None = None,
         pipeline: Any = None,
+        recording: SharedRecording | None = None,
     ):
         from anchordiff.pipeline import MAP_BUILDERS  # the registered methods (anchordiff.pipeline)
 
@@ -166,6 +209,12 @@ class AnchorDiffMethod:
             raise ValueError(f"unknown AnchorDiff method {method!r}; choose one of {', '.join(MAP_BUILDERS)}")
         if mode not in ("invert", "noise"):
             raise ValueError(f"mode must be 'invert' or 'noise', got {mode!r}")
+        if recording is not None:
+            if pipeline is not None and pipeline is not recording.pipeline:
+                raise ValueError(
+                    "a SharedRecording serves the methods of its own pipeline; pass one or the other"
+                )
+            pipeline = recording.pipeline
         if pipeline is None:
             from anchordiff import AnchorDiff  # heavy (diffusers); only when AnchorDiff is scored
 
@@ -180,6 +229,9 @@ class AnchorDiffMethod:
         self.gate_quantile = float(gate_quantile)
         self.seed = int(seed)
         self.prompt_template = prompt_template
+        self.recording = recording
+        if recording is not None and MAP_BUILDERS[method].needs_graph:
+            recording.need_graph_layers(self.layers or pipeline.graph_layers)
         self._requested = {"model": model, "preset": preset, "revision": revision}
 
     @property
@@ -192,7 +244,22 @@ class AnchorDiffMethod:
         return self.prompt_template.format(concepts=" and ".join(concepts))
 
     def __call__(self, image: Image.Image, concepts: list[str]) -> MethodResult:
-        out = self.pipeline(
+        if self.recording is not None:
+            record = self.recording.get(
+                image, concepts, mode=self.mode, prompt=self.prompt(concepts), seed=self.seed
+            )
+            out = self.pipeline.heatmaps_from_record(
+                record, method=self.method, layers=self.layers, steps=self.steps,
+                gate_quantile=self.gate_quantile,
+            )  # fmt: skip
+            out.timings = {**record.timings, "heatmaps": out.timings["heatmaps"]}
+        else:
+            out = self._record_and_map(image, concepts)
+        anchors = out.anchors if self.method in ANCHOR_METHODS else None
+        return MethodResult(heatmaps=out.token_heatmaps, anchors=anchors, timings=dict(out.timings or {}))
+
+    def _record_and_map(self, image: Image.Image, concepts: list[str]) -> Any:
+        return self.pipeline(
             image,
             list(concepts),
             mode=self.mode,
@@ -203,19 +270,19 @@ class AnchorDiffMethod:
             gate_quantile=self.gate_quantile,
             seed=self.seed,
         )
-        anchors = out.anchors if self.method in ANCHOR_METHODS else None
-        return MethodResult(heatmaps=out.token_heatmaps, anchors=anchors, timings=dict(out.timings or {}))
 
     def config(self) -> dict[str, Any]:
         """Method, model, preset, every option of this scorer and the pipeline's own configuration."""
         pipeline_config = json.loads(
             json.dumps(dict(getattr(self.pipeline, "config", {}) or {}), default=str)
         )
-        layers = (
-            list(self.layers)
-            if self.layers is not None
-            else pipeline_config.get("graph_layers", "preset default")
-        )
+        if self.method in GRAPH_METHODS:
+            default_layers = pipeline_config.get("graph_layers", "preset default")
+        elif self.method == "seg4diff":
+            default_layers = pipeline_config.get("seg4diff_layers", "preset default")
+        else:
+            default_layers = "all blocks"
+        layers = list(self.layers) if self.layers is not None else default_layers
         return {
             "method": self.method,
             "model": pipeline_config.get("model", self._requested["model"]),
@@ -224,7 +291,7 @@ class AnchorDiffMethod:
             "dtype": pipeline_config.get("dtype"),
             "device": pipeline_config.get("device"),
             "mode": self.mode,
-            "layers": layers if self.method in GRAPH_METHODS else "all blocks",
+            "layers": layers,
             "steps": self.steps,
             "gate_quantile": self.gate_quantile,
             "seed": self.seed,
@@ -569,10 +636,60 @@ def evaluate(
     Returns the ``Report`` (also written as ``report.json`` and ``report.md``). Raises
     RunMismatchError when ``out_dir`` holds results of a different method or dataset.
     """
-    spec = method if isinstance(method, str) else None
-    method = resolve_method(method)
-    name = name or method_name(method, spec)
-    config = dict(configuration) if configuration is not None else method_configuration(method)
+    (report,) = evaluate_together(
+        [method], dataset, out_dirs=[out_dir], limit=limit, names=[name], configurations=[configuration],
+        progress=progress, qualitative=qualitative, ap_channels=ap_channels,
+        conceptattention_compat=conceptattention_compat, protocol_resolution=protocol_resolution,
+        retry_failed=retry_failed, figures=figures,
+    )  # fmt: skip
+    return report
+
+
+@dataclass
+class _Run:
+    """One method's run inside :func:`evaluate_together`: what it is, where it writes, what it did."""
+
+    method: GroundingMethod
+    name: str
+    config: dict[str, Any]
+    out: Path
+    log: PairLog
+    done: set[tuple[str, int]]
+    state: RunState = field(default_factory=RunState)
+
+
+def evaluate_together(
+    methods: Sequence[GroundingMethod | str],
+    dataset: BenchmarkDataset,
+    *,
+    out_dirs: Sequence[str | os.PathLike],
+    limit: int | None = None,
+    names: Sequence[str | None] | None = None,
+    configurations: Sequence[Mapping[str, Any] | None] | None = None,
+    progress: bool = True,
+    qualitative: int = 6,
+    ap_channels: APChannels = "both",
+    conceptattention_compat: bool = False,
+    protocol_resolution: int | None = None,
+    retry_failed: bool = False,
+    figures: bool = True,
+) -> list[Report]:
+    """:func:`evaluate` for several methods in one pass over the images, one ``out_dirs`` folder each.
+
+    Each selected image is decoded once and handed to every method in turn before the next image, so
+    AnchorDiff methods that share a :class:`SharedRecording` record each image once for all of them.
+    Every folder gets exactly what ``evaluate`` would write for its method alone (and resumes the same
+    way); ``names`` / ``configurations`` as ``evaluate``'s ``name`` / ``configuration``, per method.
+    Returns the reports in the order of ``methods``.
+    """
+    count = len(methods)
+    names = list(names) if names is not None else [None] * count
+    configurations = list(configurations) if configurations is not None else [None] * count
+    if not count or not (len(out_dirs) == len(names) == len(configurations) == count):
+        raise ValueError("give one out_dir (and one name / configuration when given) per method")
+    folders = [Path(folder).resolve() for folder in out_dirs]
+    if len(set(folders)) != count:
+        raise ValueError(f"each method needs its own output folder, got {[str(f) for f in out_dirs]}")
     protocol = dataset.protocol
     dataset_info = dataset.describe()
     if conceptattention_compat and not str(dataset_info.get("name", "")).startswith("imagenet"):
@@ -582,67 +699,83 @@ def evaluate(
         )
     if protocol_resolution is not None and protocol_resolution < 1:
         raise ValueError(f"protocol_resolution must be a positive size in pixels, got {protocol_resolution}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    identity = {
-        "method": name,
-        "configuration": _without_device(config),
-        "dataset": {k: v for k, v in dataset_info.items() if k not in ("samples", "pairs")},
-        "protocol": protocol,
-        "ap_channels": ap_channels if protocol == "binary" else None,
-        "protocol_resolution": protocol_resolution,
-    }
-    check_run_file(out, identity)
 
     keys = dataset.sample_keys()
     selected = limited_selection(keys, limit)
-    total_pairs = sum(key.num_concepts for _, key in selected)
-    state = RunState()
-    if retry_failed:
-        _drop_failed(out / PAIRS_FILE)
-    with PairLog(out / PAIRS_FILE) as log:
-        done = {(r["sample_id"], int(r["target"])) for r in log.rows}
-        wanted = {(key.sample_id, t) for _, key in selected for t in range(key.num_concepts)}
-        already = len(done & wanted)
-        bar = ProgressBar(total_pairs, already, f"{name} on {dataset.name}", progress)
-        heatmap_dir = out / HEATMAPS_DIR
+    wanted = {(key.sample_id, t) for _, key in selected for t in range(key.num_concepts)}
+    runs: list[_Run] = []
+    with contextlib.ExitStack() as stack:
+        for spec, out_dir, name, configuration in zip(methods, out_dirs, names, configurations, strict=True):
+            method = resolve_method(spec)
+            name = name or method_name(method, spec if isinstance(spec, str) else None)
+            config = dict(configuration) if configuration is not None else method_configuration(method)
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            identity = {
+                "method": name,
+                "configuration": _without_device(config),
+                "dataset": {k: v for k, v in dataset_info.items() if k not in ("samples", "pairs")},
+                "protocol": protocol,
+                "ap_channels": ap_channels if protocol == "binary" else None,
+                "protocol_resolution": protocol_resolution,
+            }
+            check_run_file(out, identity)
+            if retry_failed:
+                _drop_failed(out / PAIRS_FILE)
+            log = stack.enter_context(PairLog(out / PAIRS_FILE))
+            done = {(r["sample_id"], int(r["target"])) for r in log.rows}
+            runs.append(_Run(method, name, config, out, log, done))
+
+        total_pairs = count * len(wanted)
+        already = sum(len(run.done & wanted) for run in runs)
+        title = runs[0].name if count == 1 else f"{count} methods"
+        bar = ProgressBar(total_pairs, already, f"{title} on {dataset.name}", progress)
         try:
             for index, key in selected:
-                pending = _pending_targets(key, done)
-                if not pending:
-                    state.skipped += key.num_concepts
-                    continue
-                _run_sample(
-                    method, dataset, index, key, pending, log, state,
-                    protocol=protocol, ap_channels=ap_channels, protocol_resolution=protocol_resolution,
-                    heatmap_path=heatmap_dir / f"{safe_name(key.sample_id)}.npz" if index < qualitative else None,
-                )  # fmt: skip
-                bar.advance(len(pending), state.failed)
+                pending = [_pending_targets(key, run.done) for run in runs]
+                sample = _load_sample(dataset, index, protocol_resolution) if any(pending) else None
+                for run, targets in zip(runs, pending, strict=True):
+                    if not targets:
+                        run.state.skipped += key.num_concepts
+                        continue
+                    heatmap_dir = run.out / HEATMAPS_DIR
+                    _run_sample(
+                        run.method, sample, key, targets, run.log, run.state,
+                        protocol=protocol, ap_channels=ap_channels,
+                        heatmap_path=heatmap_dir / f"{safe_name(key.sample_id)}.npz" if index < qualitative else None,
+                    )  # fmt: skip
+                bar.advance(sum(map(len, pending)), sum(run.state.failed for run in runs))
         finally:
             bar.close()
-        rows = [r for r in log.rows if (r["sample_id"], int(r["target"])) in wanted]
+        rows_by_run = [
+            [r for r in run.log.rows if (r["sample_id"], int(r["target"])) in wanted] for run in runs
+        ]
 
-    report = Report.from_rows(
-        rows,
-        protocol=protocol,
-        method=name,
-        configuration=config,
-        dataset=dataset_info,
-        limit=limit,
-        conceptattention_compat=conceptattention_compat,
-        ap_channels=ap_channels,
-        protocol_resolution=protocol_resolution,
-    )
-    report.write(out)
-    if figures:
-        from benchmark.figures import leakage_figures, qualitative_grid
-
-        qualitative_grid(
-            dataset, [(name, heatmap_dir)], out / "figures" / "qualitative.png", max_images=qualitative
+    reports = []
+    for run, rows in zip(runs, rows_by_run, strict=True):
+        report = Report.from_rows(
+            rows,
+            protocol=protocol,
+            method=run.name,
+            configuration=run.config,
+            dataset=dataset_info,
+            limit=limit,
+            conceptattention_compat=conceptattention_compat,
+            ap_channels=ap_channels,
+            protocol_resolution=protocol_resolution,
         )
-        if report.leakage:
-            leakage_figures(report.leakage, out / "figures")
-    return report
+        report.write(run.out)
+        if figures:
+            from benchmark.figures import leakage_figures, qualitative_grid
+
+            qualitative_grid(
+                dataset, [(run.name, run.out / HEATMAPS_DIR)], run.out / "figures" / "qualitative.png",
+                max_images=qualitative,
+            )  # fmt: skip
+            if report.leakage:
+                leakage_figures(report.leakage, run.out / "figures")
+        reports.append(report)
+    return reports
 
 
 def _without_device(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -666,10 +799,19 @@ def _drop_failed(path: Path) -> None:
         temporary.replace(path)
 
 
+def _load_sample(
+    dataset: BenchmarkDataset, index: int, protocol_resolution: int | None
+) -> Sample | InvalidSample:
+    """The decoded sample at the protocol resolution, or the reason it cannot be decoded."""
+    try:
+        return at_protocol_resolution(dataset[index], protocol_resolution)
+    except InvalidSample as error:
+        return error
+
+
 def _run_sample(
     method: GroundingMethod,
-    dataset: BenchmarkDataset,
-    index: int,
+    sample: Sample | InvalidSample,
     key: SampleKey,
     pending: list[int],
     log: PairLog,
@@ -677,14 +819,12 @@ def _run_sample(
     *,
     protocol: str,
     ap_channels: APChannels,
-    protocol_resolution: int | None,
     heatmap_path: Path | None,
 ) -> None:
-    """Decode one sample, call the method once for all its concepts, score the pending pairs
-    (and the chance maps on the same pairs; for MCC, the target's mass on each concept)."""
-    try:
-        sample = at_protocol_resolution(dataset[index], protocol_resolution)
-    except InvalidSample as error:
+    """Call the method once for all the sample's concepts, score the pending pairs (and the chance
+    maps on the same pairs; for MCC, the target's mass on each concept)."""
+    if isinstance(sample, InvalidSample):
+        error = sample
         for target in pending:
             log.append(
                 {"sample_id": key.sample_id, "target": target, "status": "invalid", "error": str(error)}

@@ -378,10 +378,11 @@ def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
 
 @flow(name="score-benchmark", log_prints=True)
 def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
-    """Score each method of the profile on the dataset; one report folder per method."""
+    """Score every method of the profile on the dataset in one pass (one attention recording per
+    image serves them all); one report folder per method."""
     from anchordiff.backbones import check_preset
     from benchmark.datasets import open_dataset
-    from benchmark.evaluate import AnchorDiffMethod, evaluate
+    from benchmark.evaluate import AnchorDiffMethod, SharedRecording, evaluate_together
     from benchmark.report import TABLE4_COLUMNS
 
     logger = get_run_logger()
@@ -390,31 +391,45 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
         c.dataset or config.dataset_dir, kind=c.benchmark, config=c.subset, class_names=c.class_names,
         split=c.split,
     )  # fmt: skip
-    reports: dict[str, Any] = {}
-    pipeline = None
-    rows = []
-    for method_name in c.methods:
-        method = AnchorDiffMethod(
-            c.model or check_preset(c.preset).repo, preset=c.preset, method=method_name, mode=c.mode,
-            layers=c.layers, steps=c.steps, gate_quantile=c.gate_quantile, seed=c.seed,
-            prompt_template=c.prompt_template, device=c.device, dtype=c.dtype, revision=c.revision,
-            pipeline=pipeline,
+    from anchordiff import AnchorDiff
+
+    model = c.model or check_preset(c.preset).repo
+    pipeline = AnchorDiff.from_pretrained(
+        model, preset=c.preset, device=c.device, dtype=c.dtype, revision=c.revision
+    )  # loaded once for every method
+    recording = SharedRecording(pipeline)
+    methods = [
+        AnchorDiffMethod(
+            model,
+            preset=c.preset,
+            method=name,
+            mode=c.mode,
+            layers=c.layers,
+            steps=c.steps,
+            gate_quantile=c.gate_quantile,
+            seed=c.seed,
+            prompt_template=c.prompt_template,
+            revision=c.revision,
+            recording=recording,
         )  # fmt: skip
-        pipeline = method.pipeline  # the diffusion model loads once for all methods
-        out = Path(config.reports_dir) / f"{c.preset}-{c.mode}-{method_name}"
-        with concurrency(GPU_LIMIT, occupy=1):
-            report = evaluate(
-                method, dataset, out_dir=out, limit=c.limit, progress=False, qualitative=c.qualitative,
-                conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,
-                protocol_resolution=c.protocol_resolution,
-            )  # fmt: skip
-        reports[method_name] = str(out)
+        for name in c.methods
+    ]
+    folders = [Path(config.reports_dir) / f"{c.preset}-{c.mode}-{name}" for name in c.methods]
+    with concurrency(GPU_LIMIT, occupy=1):
+        reports = evaluate_together(
+            methods, dataset, out_dirs=folders, limit=c.limit, progress=False, qualitative=c.qualitative,
+            conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,
+            protocol_resolution=c.protocol_resolution,
+        )  # fmt: skip
+    rows = []
+    for method_name, report, out in zip(c.methods, reports, folders, strict=True):
         overall = report.overall or {}
         headline = {k: overall.get(k) for k in TABLE4_COLUMNS if k in overall}
         rows.append({"method": method_name, **headline, "report": str(out / "report.md")})
         logger.info("%s: %s", method_name, rows[-1])
+    logger.info("%d attention recordings served %d methods", recording.recordings, len(methods))
     create_table_artifact(rows, key="score-benchmark", description=f"MCC scores ({c.preset}, {c.mode})")
-    return reports
+    return {name: str(out) for name, out in zip(c.methods, folders, strict=True)}
 
 
 # -- helpers ----------------------------------------------------------------------------------

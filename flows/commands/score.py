@@ -138,7 +138,7 @@ def _pct(value: float | None) -> str:
 SCORE_FLAGS: dict[str, Flag] = {
     "dataset": "score.dataset",
     "out": ("score.out", str),
-    "method": ("score.methods", lambda m: [m]),
+    "method": ("score.methods", lambda text: [m.strip() for m in text.split(",") if m.strip()]),
     "preset": "score.preset",
     "model": "score.model",
     "mode": "score.mode",
@@ -171,8 +171,9 @@ def score(
     method: Annotated[
         str | None,
         typer.Option(
-            help="anchordiff (default), anchordiff_multi, cross_attention, concept_attention, no_gate, no_wcos, "
-            "or module:function."
+            help="anchordiff (default), anchordiff_multi, cross_attention, concept_attention, seg4diff, no_gate, "
+            "no_wcos, or module:function; several, comma-separated, are scored together (one recording per "
+            "image for the built-in ones), each into --out/<method>."
         ),
     ] = None,
     preset: PresetOption = None,
@@ -227,58 +228,99 @@ def score(
     ] = None,
     progress: ProgressOption = True,
 ) -> None:
-    """Score a grounding method: writes pairs.jsonl, report.json, report.md and figures/ into --out."""
+    """Score grounding methods: writes pairs.jsonl, report.json, report.md and figures/ into --out
+    (one method), or into --out/<method> for each of several methods scored together."""
     from anchordiff.pipeline import METHODS
-    from benchmark.evaluate import AnchorDiffMethod, RunMismatchError, evaluate, resolve_method
+    from benchmark.datasets import safe_name
+    from benchmark.evaluate import (
+        AnchorDiffMethod,
+        RunMismatchError,
+        SharedRecording,
+        evaluate_together,
+        resolve_method,
+    )
     from benchmark.figures import qualitative_grid
 
     c = load_config(profile, SCORE_FLAGS, locals(), set_).score
     if not c.methods:
         raise fail("no method: give --method (or score.methods in the profile)")
-    if len(c.methods) > 1:
-        console.print(
-            f"scoring {c.methods[0]} (`mcc score` scores one method; pick another with --method, "
-            "or run the score-benchmark flow for all of them)",
-            style="dim",
-        )
+    if len(set(c.methods)) != len(c.methods):
+        raise fail(f"--method names a method twice: {','.join(c.methods)}")
     if c.out is None:
         raise fail("no output folder: give --out (or score.out in the profile)")
-    method, out = c.methods[0], Path(c.out)
+    out = Path(c.out)
     torch_dtype = _dtype(c.dtype)
     data = _open(c.dataset, c.benchmark, c.subset, c.class_names, c.split)
-    if method in METHODS:
-        model = _model(c.model, c.preset)
-        pipeline = _anchordiff(model, c.preset, c.device, torch_dtype, c.revision)
-        runner = AnchorDiffMethod(
-            model, preset=c.preset, method=method, mode=c.mode, layers=c.layers, steps=c.steps,
-            gate_quantile=c.gate_quantile, seed=c.seed, prompt_template=c.prompt_template, revision=c.revision,
-            pipeline=pipeline,
-        )  # fmt: skip
-    else:
+    recording, runners = None, []
+    for method in c.methods:
+        if method in METHODS:
+            if recording is None:
+                model = _model(c.model, c.preset)
+                recording = SharedRecording(_anchordiff(model, c.preset, c.device, torch_dtype, c.revision))
+            runners.append(
+                AnchorDiffMethod(
+                    model,
+                    preset=c.preset,
+                    method=method,
+                    mode=c.mode,
+                    layers=c.layers,
+                    steps=c.steps,
+                    gate_quantile=c.gate_quantile,
+                    seed=c.seed,
+                    prompt_template=c.prompt_template,
+                    revision=c.revision,
+                    recording=recording,
+                )  # fmt: skip
+            )
+            continue
         try:
-            runner = resolve_method(method)
+            runners.append(resolve_method(method))
         except ValueError as error:
             raise fail(f"{error}; --method is one of {', '.join(METHODS)} or module:function") from None
+    several = len(runners) > 1
+    folders = [out / safe_name(method) if several else out for method in c.methods]
     try:
-        report = evaluate(
-            runner, data, out_dir=out, limit=c.limit, progress=progress, qualitative=c.qualitative,
+        reports = evaluate_together(
+            runners, data, out_dirs=folders, limit=c.limit, progress=progress, qualitative=c.qualitative,
             conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,
-            protocol_resolution=c.protocol_resolution, name=method if method not in METHODS else None,
+            protocol_resolution=c.protocol_resolution,
+            names=[method if method not in METHODS else None for method in c.methods],
         )  # fmt: skip
     except (RunMismatchError, ValueError) as error:
         raise fail(str(error)) from None
-    if c.compare:
-        runs = [(report.method, out / "heatmaps")]
-        for folder in map(Path, c.compare):
-            run_file = folder / "run.json"
-            if not run_file.exists():
-                raise fail(f"{folder} is not an `mcc score` output folder (no run.json)")
-            runs.append((json.loads(run_file.read_text())["method"], folder / "heatmaps"))
-        qualitative_grid(data, runs, out / "figures" / "qualitative.png", max_images=c.qualitative)
+    runs = [(report.method, folder / "heatmaps") for report, folder in zip(reports, folders, strict=True)]
+    for compared in map(Path, c.compare or []):
+        run_file = compared / "run.json"
+        if not run_file.exists():
+            raise fail(f"{compared} is not an `mcc score` output folder (no run.json)")
+        runs.append((json.loads(run_file.read_text())["method"], compared / "heatmaps"))
+    if len(runs) > 1:
+        figure = out / "figures" / "qualitative.png"
+        qualitative_grid(data, runs, figure, max_images=c.qualitative)
 
+    for report, folder in zip(reports, folders, strict=True):
+        _print_report(report, data.name, folder)
+    if recording is not None and several:
+        console.print(
+            f"{recording.recordings} attention recordings served "
+            f"{sum(m in METHODS for m in c.methods)} AnchorDiff methods (one per image)"
+        )
+    for report, folder in zip(reports, folders, strict=True):
+        counts = report.counts["overall"]
+        if counts["pairs"] and not counts["scored"]:
+            raise fail(
+                f"{report.method}: none of the {counts['pairs']} pairs could be scored (failed "
+                f"{counts['failed']}, degenerate {counts['degenerate']}, invalid {counts['invalid']}); the "
+                f"errors are in {folder / 'pairs.jsonl'}",
+                code=1,
+            )
+
+
+def _print_report(report, dataset_name: str, folder: Path) -> None:
+    """The run's headline table, pair counts and warnings, and where its files are."""
     from rich.table import Table
 
-    table = Table(title=f"{report.method} on {data.name} ({report.counts['overall']['scored']} scored)")
+    table = Table(title=f"{report.method} on {dataset_name} ({report.counts['overall']['scored']} scored)")
     metrics = (
         ("miou_fg", "map_fg", "nar", "acc_fg", "iou_target")
         if report.protocol == "fg"
@@ -297,13 +339,7 @@ def score(
     )
     for warning in report.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}")
-    console.print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'figures'}")
-    if counts["pairs"] and not counts["scored"]:
-        raise fail(
-            f"none of the {counts['pairs']} pairs could be scored (failed {counts['failed']}, degenerate "
-            f"{counts['degenerate']}, invalid {counts['invalid']}); the errors are in {out / 'pairs.jsonl'}",
-            code=1,
-        )
+    console.print(f"wrote {folder / 'report.md'}, {folder / 'report.json'}, {folder / 'figures'}")
 
 
 SWEEP_FLAGS: dict[str, Flag] = {

@@ -172,3 +172,64 @@ def test_compare_puts_several_methods_in_one_grid(mcc_folder, tmp_path, user_met
         app, [*common, "--method", user_method, "--out", str(second), "--compare", str(tmp_path)]
     )
     assert missing.exit_code == 2 and "no run.json" in missing.output
+
+
+def _scores(folder) -> dict:
+    """(sample_id, target) -> what a pair scored (status, scores, leakage, anchor verdict), without timings."""
+    rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    kept = ("status", "scores", "leakage", "anchor_in_mask", "chance", "error")
+    return {(r["sample_id"], r["target"]): {k: r.get(k) for k in kept} for r in rows}
+
+
+@pytest.mark.slow
+def test_several_methods_scored_together_share_one_recording_per_image(mcc_folder, tmp_path, monkeypatch):
+    """`mcc score --method anchordiff,seg4diff,anchordiff_multi,cross_attention` records each image once for
+    all four (counted on AnchorDiff.record) and writes --out/<method> folders whose pairs equal, score for
+    score, a run of that method alone (which records on its own)."""
+    from anchordiff import AnchorDiff
+
+    calls = []
+    original = AnchorDiff.record
+
+    def counting_record(self, *args, **kwargs):
+        calls.append(kwargs.get("graph_layers"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AnchorDiff, "record", counting_record)
+    methods = ["anchordiff", "seg4diff", "anchordiff_multi", "cross_attention"]
+    out = tmp_path / "together"
+    common = [
+        "--dataset",
+        str(mcc_folder),
+        "--model",
+        "tiny",
+        "--mode",
+        "noise",
+        "--limit",
+        "3",
+        "--no-progress",
+    ]
+    result = runner.invoke(app, ["score", *common, "--method", ",".join(methods), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 3 and all(tuple(layers) == (1, 2) for layers in calls)  # the graph methods' layers
+    assert "3 attention recordings served 4 AnchorDiff methods" in " ".join(result.output.split())
+    assert (out / "figures" / "qualitative.png").exists()
+    for method in methods:
+        report = json.loads((out / method / "report.json").read_text())
+        assert report["method"] == method and report["counts"]["overall"]["failed"] == 0
+    assert json.loads((out / "seg4diff" / "report.json").read_text())["configuration"]["layers"] == [1]
+
+    for method in ("seg4diff", "anchordiff_multi"):
+        calls.clear()
+        alone = tmp_path / f"alone-{method}"
+        result = runner.invoke(app, ["score", *common, "--method", method, "--out", str(alone)])
+        assert result.exit_code == 0, result.output
+        assert len(calls) == 3 and (alone / "report.json").exists()
+        assert _scores(alone) == _scores(out / method)
+        assert len(_scores(alone)) == 7 and all(v["status"] == "ok" for v in _scores(alone).values())
+    assert _scores(out / "seg4diff") != _scores(out / "cross_attention")
+
+    result = runner.invoke(
+        app, ["score", *common, "--method", "seg4diff,seg4diff", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and "names a method twice" in result.output
