@@ -174,6 +174,23 @@ TABLE7_PAIRS = {
 """Table 7: two-layer graph configurations -> (mIoU_fg, mAP_fg, NAR, Acc_fg)."""
 
 
+COUNTERPARTS = {
+    "anchordiff": "Ours",
+    "cross_attention": "Cross Attention",
+    "concept_attention": "ConceptAttention",
+    "seg4diff": "Seg4Diff",
+}
+"""This project's methods whose published rows (Tables 3 and 4) are the same method: the row name
+before the backbone suffix."""
+
+
+def counterpart(method: str, preset: str | None) -> str | None:
+    """The published row name of ``method`` on ``preset`` (``seg4diff``, ``sd35`` -> ``Seg4Diff SD3.5``)."""
+    if method not in COUNTERPARTS or preset not in ("sd3", "sd35"):
+        return None
+    return f"{COUNTERPARTS[method]} {backbone_label(preset)}"
+
+
 def backbone_label(preset: str | None) -> str:
     """``sd3`` -> ``SD3``, ``sd35`` -> ``SD3.5`` (the paper's row suffixes)."""
     return {"sd3": "SD3", "sd35": "SD3.5"}.get(preset or "", preset or "")

@@ -588,6 +588,10 @@ class Report:
             f"| {self._ours(self.row_label)} | {ours} | {run}, {self.counts['overall'].get('scored', 0)} pairs |"
         )
         lines += ["", self.interval_line((*TABLE4_COLUMNS, "iou_target"))]
+        lines += self._counterpart_lines(
+            {row.method: (row.miou_fg, row.map_fg, row.nar, row.acc_fg) for row in published.TABLE4_MCC},
+            TABLE4_COLUMNS, "Table 4",
+        )  # fmt: skip
         lines += [
             "",
             "## By subset (this run; percent)",
@@ -603,6 +607,25 @@ class Report:
             lines.append(f"| {label} | {counts.get('scored', 0)} | {cells} | {counts.get('degenerate', 0)} |")
         lines += self._leakage_lines()
         return lines
+
+    def _counterpart_lines(
+        self, rows: Mapping[str, Sequence[float]], metrics: Sequence[str], table: str
+    ) -> list[str]:
+        """This run minus the published row of the same method on the same backbone, if the paper has one."""
+        name = published.counterpart(self.method, self.configuration.get("preset"))
+        if name not in rows:
+            return []
+        cells = []
+        for metric, reference in zip(metrics, rows[name], strict=True):
+            value = self.overall.get(metric)
+            delta = "–" if value is None or not math.isfinite(value) else f"{100 * value - reference:+.2f}"
+            cells.append(f"{METRIC_LABELS[metric].split()[0]} {delta}")
+        caveat = " (a smoke run: not comparable)" if self.smoke else ""
+        return [
+            "",
+            f"This run minus its published counterpart **{name}** (paper {table}), in points{caveat}: "
+            + ", ".join(cells) + ".",
+        ]  # fmt: skip
 
     def _chance_rows(
         self, metrics: Sequence[str], unit: str, blank: int = 0, before: bool = False
@@ -665,6 +688,12 @@ class Report:
             f"| {self._ours(self.row_label)} | {cells} | {run}, {self.counts['overall'].get('scored', 0)} images |"
         )
         compat, proper = compat_rows()
+        voc = name.startswith("voc")
+        if imagenet or voc:
+            lines += self._counterpart_lines(
+                {row.method: row.imagenet if imagenet else row.voc for row in published.TABLE3_STANDARD},
+                ("acc", "miou", "map"), "Table 3",
+            )  # fmt: skip
         lines += [
             "",
             self.interval_line(("acc", "miou", "map")),

@@ -144,6 +144,9 @@ EXPECTED_FG_MARKDOWN = [
     "95% confidence intervals (percentile bootstrap over images, 1000 resamples, seed 0): mIoU_fg "
     "[37.50, 37.50], mAP_fg [50.00, 50.00], NAR [12.50, 12.50], Acc_fg [50.00, 50.00], IoU_target [37.50, 37.50].",
     "",
+    "This run minus its published counterpart **Ours SD3.5** (paper Table 4), in points: mIoU_fg -31.35, "
+    "mAP_fg -39.38, NAR +0.29, Acc_fg -39.97.",
+    "",
     "## By subset (this run; percent)",
     "",
     "| subset | pairs scored | mIoU_fg ↑ | mAP_fg ↑ | NAR ↓ | Acc_fg ↑ | IoU_target ↑ | degenerate |",
@@ -355,3 +358,28 @@ def test_binary_markdown_keeps_title_and_warning_above_table3():
         "> **2 failed and 0 invalid pairs** of 9: the means below cover the 7 scored pairs.",
     ]
     assert lines[6] == "## Results (layout of the paper's Table 3; percent)"
+
+
+def test_a_method_with_a_published_row_is_compared_with_it_on_its_backbone():
+    """seg4diff on sd3 is compared with "Seg4Diff SD3" of Table 4 (this run minus published, in points);
+    on VOC with Table 3's VOC columns; a method without a published row (anchordiff_multi) or a run
+    without a preset gets no such line."""
+    rows = fg_rows()
+    report = Report.from_rows(rows, protocol="fg", method="seg4diff", configuration={"preset": "sd3"},
+                              dataset={"name": "mcc"})  # fmt: skip
+    (line,) = [x for x in report.to_markdown().splitlines() if "published counterpart" in x]
+    assert line == (
+        "This run minus its published counterpart **Seg4Diff SD3** (paper Table 4), in points: mIoU_fg -7.06, "
+        "mAP_fg -32.06, NAR -9.97, Acc_fg -15.88."
+    )
+    for method, configuration in (("anchordiff_multi", {"preset": "sd3"}), ("seg4diff", {})):
+        other = Report.from_rows(rows, protocol="fg", method=method, configuration=configuration,
+                                 dataset={"name": "mcc"})  # fmt: skip
+        assert "published counterpart" not in other.to_markdown()
+    voc = dataclasses.replace(binary_report("voc2012-single-class"), method="seg4diff",
+                              configuration={"preset": "sd35"})  # fmt: skip
+    (line,) = [x for x in voc.to_markdown().splitlines() if "published counterpart" in x]
+    assert line == (
+        "This run minus its published counterpart **Seg4Diff SD3.5** (paper Table 3), in points: Acc -32.97, "
+        "mIoU -42.88, mAP -12.36."
+    )
