@@ -499,6 +499,13 @@ class AnchorDiff:
             preset = "sd35" if num_layers == PRESETS["sd35"].num_layers and model != TINY else "sd3"
         return cls(pipe, model=model, preset=preset, revision=revision, options=opts)
 
+    def with_options(self, **changes: Any) -> AnchorDiff:
+        """The same loaded pipeline with some options changed (e.g. ``anchor_threshold=0.7`` in a sweep)."""
+        options = replace(self.options, **changes)
+        return AnchorDiff(
+            self.pipe, model=self.model, preset=self.preset, revision=self.revision, options=options
+        )
+
     @property
     def config(self) -> dict[str, Any]:
         """Model reference, preset, dtype, device and every option (with defaults resolved), for reports."""

@@ -83,7 +83,20 @@ class ScoreConfig(_Backbone):
 class SweepConfig(_Backbone):
     """``mcc sweep``: layers, layer pairs and step counts from one recording per image."""
 
-    method: Literal["anchordiff", "no_gate", "no_wcos"] = "anchordiff"
+    method: Literal[
+        "anchordiff",
+        "anchordiff_multi",
+        "no_gate",
+        "no_wcos",
+        "seg4diff",
+        "concept_attention",
+        "cross_attention",
+    ] = Field(
+        "anchordiff", description="Graph methods sweep graph layers, pairs and steps; baselines their blocks."
+    )
+    thresholds: list[float] | None = Field(
+        None, description="anchordiff_multi's anchor thresholds (default 0.3, 0.4, ..., 0.9)."
+    )
     split: str = Field("validation", description="MCC split the sweep tunes on (default validation).")
     allow_test: bool = Field(
         False, description="Allow sweeping on the test split (tuning on test inflates every reported figure)."

@@ -1,8 +1,11 @@
-"""Sweeps of AnchorDiff's graph layers and propagation steps (the paper's Figs. 8-9, Tables 7-9).
+"""Sweeps of AnchorDiff's graph layers and propagation steps (the paper's Figs. 8-9, Tables 7-9),
+of the baselines' blocks (Seg4Diff's expert block, ConceptAttention's and cross-attention's
+averaged blocks) and of multi-anchor AnchorDiff's anchor threshold.
 
-One attention recording per image (``AnchorDiff.record(..., graph_layers="all")``) serves
-every setting: each single layer, each layer pair, and each propagation step count is built
-from the cached recording with ``AnchorDiff.heatmaps_from_record``. Results are appended to
+One attention recording per image (``AnchorDiff.record(..., graph_layers="all")``; no A_II for
+a baseline) serves every setting: each single layer, each layer pair, each propagation step
+count and each anchor threshold is built from the cached recording with
+``AnchorDiff.heatmaps_from_record``. Results are appended to
 ``sweep.jsonl`` one line per (setting, image, concept) as they are computed, so an
 interrupted sweep resumes where it stopped. ``run_sweep`` then writes ``sweep.json``,
 ``sweep.md`` and the figures ``layer_sensitivity.png`` and ``propagation_steps.png``.
@@ -42,36 +45,52 @@ from benchmark.report import TABLE4_COLUMNS, fg_means, percent_cell
 DEFAULT_STEPS = (5, 10, 20, 40, 80, 120, 160, 240, 320, 480, 640)
 """Propagation step counts swept by default (the paper's default is 160)."""
 
+DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""``anchordiff_multi``'s anchor thresholds swept by default (its default is 0.5)."""
+
+GRAPH_METHODS = ("anchordiff", "anchordiff_multi", "no_gate", "no_wcos")
+BLOCK_METHODS = ("seg4diff", "concept_attention", "cross_attention")
+SWEEP_METHODS = GRAPH_METHODS + BLOCK_METHODS
+"""Graph methods sweep graph layers, pairs and steps (and anchordiff_multi its threshold); the
+baselines sweep the blocks they average (single blocks, and pairs when asked)."""
+
 SWEEP_FILE = "sweep.jsonl"
 
-SettingKind = Literal["layer", "pair", "steps"]
+SettingKind = Literal["layer", "pair", "steps", "threshold"]
 
 
 @dataclass(frozen=True)
 class SweepSetting:
     """One configuration of the sweep.
 
-    kind: ``layer`` (one graph layer), ``pair`` (two graph layers) or ``steps`` (the preset's
-    graph layers with ``steps`` propagation steps). layers: graph layer indices, or None
-    for the preset's default layers.
+    kind: ``layer`` (one graph layer, or one block of a baseline), ``pair`` (two of them),
+    ``steps`` (the preset's graph layers with ``steps`` propagation steps) or ``threshold``
+    (``anchordiff_multi`` with ``anchor_threshold`` = ``threshold``, the preset's layers, default
+    steps). layers: layer indices, or None for the method's default layers.
     """
 
     kind: SettingKind
     layers: tuple[int, ...] | None
     steps: int
+    threshold: float | None = None
 
     @property
     def key(self) -> str:
         if self.kind == "steps":
             return f"steps={self.steps}"
+        if self.kind == "threshold":
+            return f"anchor_threshold={self.threshold:g}"
         return "layers=" + "+".join(str(layer) for layer in self.layers or ())
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "kind": self.kind,
             "layers": None if self.layers is None else list(self.layers),
             "steps": self.steps,
         }
+        if self.threshold is not None:
+            data["threshold"] = self.threshold
+        return data
 
 
 def plan_settings(
@@ -80,8 +99,10 @@ def plan_settings(
     pairs: Sequence[tuple[int, int]] = (),
     steps: Sequence[int] = DEFAULT_STEPS,
     default_steps: int = 160,
+    thresholds: Sequence[float] = (),
 ) -> list[SweepSetting]:
-    """Single layers, then pairs (at ``default_steps``), then step counts (default layers)."""
+    """Single layers, then pairs (at ``default_steps``), then step counts (default layers), then
+    anchor thresholds (default layers and steps)."""
     settings = [SweepSetting("layer", (int(layer),), default_steps) for layer in layers]
     seen = set()
     for a, b in pairs:
@@ -95,6 +116,10 @@ def plan_settings(
         if count < 1:
             raise ValueError(f"propagation steps must be >= 1, got {count}")
         settings.append(SweepSetting("steps", None, count))
+    for threshold in sorted(set(float(t) for t in thresholds)):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"anchor thresholds must be in (0, 1], got {threshold}")
+        settings.append(SweepSetting("threshold", None, default_steps, threshold))
     return settings
 
 
@@ -128,6 +153,9 @@ class SweepReport:
     def steps(self) -> dict[int, dict[str, float]]:
         return {s["steps"]: self.results[_key(s)] for s in self.settings if s["kind"] == "steps"}
 
+    def thresholds(self) -> dict[float, dict[str, float]]:
+        return {s["threshold"]: self.results[_key(s)] for s in self.settings if s["kind"] == "threshold"}
+
     def full_method(self, default_steps: int = 160) -> dict[str, float] | None:
         return self.results.get(f"steps={default_steps}")
 
@@ -143,11 +171,14 @@ class SweepReport:
     def to_markdown(self) -> str:
         preset = self.configuration.get("preset")
         blocks = self.configuration.get("blocks")
-        real = preset in published.BLOCKS and blocks == published.BLOCKS[preset]
+        method = self.configuration.get("method", "anchordiff")
+        graph = method in GRAPH_METHODS
+        # The paper's per-layer tables are AnchorDiff's (graph layers): no reference for another method.
+        real = preset in published.BLOCKS and blocks == published.BLOCKS[preset] and method == "anchordiff"
         label = published.backbone_label(preset)
         header = " | ".join(f"{name}" for name in ("mIoU_fg ↑", "mAP_fg ↑", "NAR ↓", "Acc_fg ↑"))
         lines = [
-            f"# AnchorDiff sweep on {self.dataset.get('name', 'dataset')} ({label}, {self.configuration.get('model')})",
+            f"# {method} sweep on {self.dataset.get('name', 'dataset')} ({label}, {self.configuration.get('model')})",
             "",
         ]
         lines += [
@@ -158,7 +189,10 @@ class SweepReport:
         singles = self.singles()
         if singles:
             reference = published.SINGLE_LAYERS.get(preset or "") if real else None
-            lines += ["## Single graph layers (Tables 8-9 layout)", ""]
+            heading = (
+                "Single graph layers (Tables 8-9 layout)" if graph else "Single blocks (the blocks averaged)"
+            )
+            lines += [f"## {heading}", ""]
             extra = f" | published {label} (paper) mIoU_fg / mAP_fg / NAR / Acc_fg" if reference else ""
             lines += [
                 f"| layer | {header} | pairs | degenerate{extra} |",
@@ -205,6 +239,16 @@ class SweepReport:
                 c = self.counts[f"steps={count}"]
                 lines.append(f"| {count} | {cells} | {c['scored']} | {c['degenerate']} |")
             lines.append("")
+        thresholds = self.thresholds()
+        if thresholds:
+            lines += ["## Anchor threshold (anchordiff_multi; preset layers, default steps)", "",
+                      f"| anchor_threshold | {header} | IoU_target ↑ | pairs | degenerate |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+            for threshold, means in sorted(thresholds.items()):
+                cells = " | ".join(percent_cell(means.get(m)) for m in (*TABLE4_COLUMNS, "iou_target"))
+                c = self.counts[f"anchor_threshold={threshold:g}"]
+                lines.append(f"| {threshold:g} | {cells} | {c['scored']} | {c['degenerate']} |")
+            lines.append("")
         failed = sum(c.get("failed", 0) for c in self.counts.values())
         if failed:
             lines += [f"> {failed} (setting, pair) results failed; see sweep.jsonl.", ""]
@@ -216,27 +260,40 @@ class SweepReport:
         return "\n".join(lines)
 
 
+def _setting(data: Mapping[str, Any]) -> SweepSetting:
+    layers = None if data["layers"] is None else tuple(data["layers"])
+    return SweepSetting(data["kind"], layers, data["steps"], data.get("threshold"))
+
+
 def _key(setting: Mapping[str, Any]) -> str:
-    return SweepSetting(
-        setting["kind"], None if setting["layers"] is None else tuple(setting["layers"]), setting["steps"]
-    ).key
+    return _setting(setting).key
 
 
 def _sortable(value: float | None) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def _pipeline_default_layers(pipeline: Any, preset: str | None, blocks: Sequence[int]) -> list[int] | None:
-    """The preset's graph layers (for labels), when they can be known."""
+def _pipeline_default_layers(
+    pipeline: Any, preset: str | None, blocks: Sequence[int], method: str = "anchordiff"
+) -> list[int] | None:
+    """The method's default layers (for labels), when they can be known: the preset's graph layers,
+    Seg4Diff's expert blocks, None for the baselines that average every block."""
+    names = {"seg4diff": ("seg4diff_layers",)}.get(method, ("graph_layers", "default_layers"))
+    if method in BLOCK_METHODS and method != "seg4diff":
+        return None
     for source in (
         getattr(pipeline, "config", None) or {},
         pipeline.__dict__ if hasattr(pipeline, "__dict__") else {},
     ):
-        for name in ("graph_layers", "default_layers"):
+        for name in names:
             value = source.get(name) if isinstance(source, Mapping) else None
             if isinstance(value, list | tuple) and value:
                 return [int(v) for v in value]
-    if preset in published.DEFAULT_LAYERS and len(blocks) == published.BLOCKS[preset]:
+    if (
+        method in GRAPH_METHODS
+        and preset in published.DEFAULT_LAYERS
+        and len(blocks) == published.BLOCKS[preset]
+    ):
         return list(published.DEFAULT_LAYERS[preset])
     return None
 
@@ -252,6 +309,7 @@ def run_sweep(
     steps: Sequence[int] = DEFAULT_STEPS,
     default_steps: int = 160,
     method: str = "anchordiff",
+    thresholds: Sequence[float] | None = None,
     mode: str = "invert",
     gate_quantile: float = 0.98,
     seed: int = 0,
@@ -259,20 +317,32 @@ def run_sweep(
     progress: bool = True,
     figures: bool = True,
 ) -> SweepReport:
-    """Sweep graph layers and propagation steps of an ``AnchorDiff`` pipeline over a dataset.
+    """Sweep the layers (and steps, thresholds) of an ``AnchorDiff`` method over a dataset.
 
     pipeline: an ``anchordiff.AnchorDiff`` (``record`` + ``heatmaps_from_record``).
-    layers: single graph layers to sweep, or ``"all"`` (every block of the backbone).
-    pairs: explicit layer pairs; else every pair of ``pair_layers``; else the default
-        (``default_pair_layers``: the paper's top-8 layers for real SD3 / SD3.5).
-    steps: propagation step counts swept with the preset's graph layers.
-    method: ``anchordiff``, ``no_gate`` or ``no_wcos``.
+    layers: single layers to sweep, or ``"all"`` (every block of the backbone): graph layers
+        for the graph methods, the blocks averaged for the baselines.
+    pairs: explicit layer pairs; else every pair of ``pair_layers``; else, for the graph
+        methods, the default (``default_pair_layers``: the paper's top-8 layers for real SD3 /
+        SD3.5); a baseline sweeps pairs only when given ``pairs`` or ``pair_layers``.
+    steps: propagation step counts swept with the preset's graph layers (graph methods only).
+    method: one of ``SWEEP_METHODS``.
+    thresholds: ``anchordiff_multi``'s anchor thresholds (None: ``DEFAULT_THRESHOLDS`` for it).
     Only the fg protocol (MCC) is swept, as in the paper.
     """
     from manifests.version import code_version
 
     if dataset.protocol != "fg":
         raise ValueError("sweeps score the MCC metrics; give an MCC dataset")
+    if method not in SWEEP_METHODS:
+        raise ValueError(f"cannot sweep method {method!r}: choose one of {', '.join(SWEEP_METHODS)}")
+    graph = method in GRAPH_METHODS
+    if thresholds is not None and method != "anchordiff_multi":
+        raise ValueError("anchor thresholds are swept for method anchordiff_multi only")
+    thresholds = (
+        DEFAULT_THRESHOLDS if thresholds is None and method == "anchordiff_multi" else thresholds or ()
+    )
+    steps = steps if graph else ()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipeline_config = dict(getattr(pipeline, "config", {}) or {})
@@ -281,6 +351,7 @@ def run_sweep(
         "method": method,
         "mode": mode,
         "gate_quantile": gate_quantile,
+        "thresholds": sorted(float(t) for t in thresholds),
         "seed": seed,
         "layers": layers if layers == "all" else [int(x) for x in layers],
         "pair_layers": None if pair_layers is None else [int(x) for x in pair_layers],
@@ -303,10 +374,7 @@ def run_sweep(
     if resolved_path.exists():
         saved = json.loads(resolved_path.read_text())
         blocks = saved["blocks"]
-        settings = [
-            SweepSetting(s["kind"], None if s["layers"] is None else tuple(s["layers"]), s["steps"])
-            for s in saved["settings"]
-        ]
+        settings = [_setting(s) for s in saved["settings"]]
 
     def resolve(recorded_blocks: list[int]) -> list[SweepSetting]:
         singles = recorded_blocks if layers == "all" else [int(x) for x in layers]
@@ -316,9 +384,13 @@ def run_sweep(
         if pairs is not None:
             chosen = [tuple(p) for p in pairs]
         else:
-            pool = pair_layers if pair_layers is not None else default_pair_layers(preset, recorded_blocks)
+            pool = pair_layers if pair_layers is not None else ()
+            if pair_layers is None and graph:
+                pool = default_pair_layers(preset, recorded_blocks)
             chosen = list(itertools.combinations(sorted(int(x) for x in pool), 2))
-        plan = plan_settings(singles, pairs=chosen, steps=steps, default_steps=default_steps)
+        plan = plan_settings(
+            singles, pairs=chosen, steps=steps, default_steps=default_steps, thresholds=thresholds
+        )
         resolved_path.write_text(
             json.dumps({"blocks": recorded_blocks, "settings": [s.as_dict() for s in plan]}, indent=2)
         )
@@ -347,8 +419,9 @@ def run_sweep(
                     continue
                 try:
                     record = pipeline.record(
-                        sample.image, list(sample.concepts), mode=mode, graph_layers="all", seed=seed
-                    )
+                        sample.image, list(sample.concepts), mode=mode, graph_layers="all" if graph else (),
+                        seed=seed,
+                    )  # fmt: skip
                     record_error = None
                 except Exception as error:  # one image must not stop the sweep
                     record, record_error = None, f"{type(error).__name__}: {error}"
@@ -357,7 +430,9 @@ def run_sweep(
                         raise RuntimeError(
                             f"the first recording failed ({record_error}); cannot plan the sweep"
                         )
-                    blocks = sorted(int(layer) for layer in record.a_ii)
+                    blocks = (
+                        sorted(int(x) for x in record.a_ii) if graph else list(range(record.a_ci.shape[0]))
+                    )
                     settings = resolve(blocks)
                     _log_invalid(invalid, settings, log, done)
                 _sweep_sample(pipeline, record, record_error, sample, settings, log, done,
@@ -383,7 +458,7 @@ def run_sweep(
             s.key: fg_means([r for r in by_setting[s.key] if r.get("status") == "ok"]) for s in settings
         },
         counts={s.key: status_counts(by_setting[s.key]) for s in settings},
-        default_layers=_pipeline_default_layers(pipeline, preset, blocks),
+        default_layers=_pipeline_default_layers(pipeline, preset, blocks, method),
         package_version=code_version(),
     )
     report.write(out)
@@ -432,7 +507,10 @@ def _sweep_sample(
         heatmaps = None
         if error is None:
             try:
-                out = pipeline.heatmaps_from_record(
+                scorer = pipeline
+                if setting.threshold is not None:
+                    scorer = pipeline.with_options(anchor_threshold=setting.threshold)
+                out = scorer.heatmaps_from_record(
                     record,
                     method=method,
                     layers=setting.layers,
@@ -466,6 +544,7 @@ def _sweep_figures(report: SweepReport, out: Path, *, default_steps: int) -> Non
     singles = report.singles()
     if singles:
         real = preset in published.BLOCKS and report.configuration.get("blocks") == published.BLOCKS[preset]
+        real = real and report.configuration.get("method", "anchordiff") == "anchordiff"
         selected = report.default_layers or []
         full_label = ("+".join(f"L{x}" for x in selected) if selected else "preset layers") + " (this run)"
         layer_sensitivity(

@@ -70,6 +70,13 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
         raise fail(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
+def _float_list(text: str, what: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise fail(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
 def _open(
     dataset: str | None,
     benchmark: str,
@@ -354,6 +361,7 @@ SWEEP_FLAGS: dict[str, Flag] = {
     "layers": ("sweep.layers", lambda text: "all" if text == "all" else _int_list(text, "--layers") or []),
     "pair_layers": ("sweep.pair_layers", lambda text: _int_list(text, "--pair-layers")),
     "pairs": ("sweep.pairs", _pairs),
+    "thresholds": ("sweep.thresholds", lambda text: _float_list(text, "--thresholds")),
     "steps": ("sweep.steps", lambda text: _int_list(text, "--steps") or []),
     "gate_quantile": "sweep.gate_quantile",
     "seed": "sweep.seed",
@@ -375,7 +383,13 @@ def sweep(
     mode: ModeOption = None,
     limit: LimitOption = None,
     config: ConfigOption = None,
-    method: Annotated[str | None, typer.Option(help="anchordiff (default), no_gate or no_wcos.")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="anchordiff (default), anchordiff_multi, no_gate, no_wcos (graph layers, pairs, steps), or "
+            "seg4diff, concept_attention, cross_attention (the blocks they average)."
+        ),
+    ] = None,
     layers: Annotated[
         str | None, typer.Option(help="Single graph layers to sweep: 'all' (default) or e.g. 0,5,9.")
     ] = None,
@@ -384,6 +398,10 @@ def sweep(
         typer.Option(help="Sweep every pair of these layers (default: the paper's top-8 for SD3/SD3.5)."),
     ] = None,
     pairs: Annotated[str | None, typer.Option(help="Explicit pairs instead, e.g. 9+18,5+9.")] = None,
+    thresholds: Annotated[
+        str | None,
+        typer.Option(help="anchordiff_multi: anchor thresholds to sweep (default 0.3,0.4,...,0.9)."),
+    ] = None,
     steps: Annotated[
         str | None,
         typer.Option(help="Propagation step counts (default 5,10,20,40,80,120,160,240,320,480,640)."),
@@ -430,7 +448,7 @@ def sweep(
         report = run_sweep(
             pipeline, data, out_dir=out, limit=c.limit, method=c.method, mode=c.mode, layers=c.layers,
             pair_layers=c.pair_layers, pairs=c.pairs, steps=c.steps, gate_quantile=c.gate_quantile, seed=c.seed,
-            progress=progress,
+            thresholds=c.thresholds, progress=progress,
         )  # fmt: skip
     except (RunMismatchError, ValueError) as error:
         raise fail(str(error)) from None

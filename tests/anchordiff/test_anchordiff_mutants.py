@@ -168,3 +168,17 @@ def test_separate_concept_pass_records_only_the_requested_graph_layers():
     image = Image.new("RGB", (64, 64), (120, 90, 60))
     record = separate.record(image, ["husky", "wolf"], mode="noise", graph_layers=(1,))
     assert record.graph_layers == (1,) and set(record.o_ii) == {1}
+
+
+def test_with_options_changes_only_the_named_options_on_the_same_pipeline(tiny):
+    """``with_options`` (sweeps of anchor_threshold) keeps the loaded pipeline, the model and the other
+    options, and refuses what AnchorDiffOptions refuses."""
+    changed = tiny.with_options(anchor_threshold=0.9, seg4diff_softmax="clip")
+    assert changed.pipe is tiny.pipe and changed.model == tiny.model and changed.preset == tiny.preset
+    assert changed.options.anchor_threshold == 0.9 and changed.options.seg4diff_softmax == "clip"
+    assert (
+        dataclasses.replace(changed.options, anchor_threshold=0.5, seg4diff_softmax="joint") == tiny.options
+    )
+    assert tiny.options.anchor_threshold == 0.5
+    with pytest.raises(ValueError, match="anchor_threshold"):
+        tiny.with_options(anchor_threshold=1.5)

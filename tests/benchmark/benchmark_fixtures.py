@@ -152,13 +152,17 @@ class FakeRecord:
     a_ii: dict
     image: Image.Image
     concepts: list
+    a_ci: np.ndarray  # (blocks, K, 1): only its number of blocks is read
 
 
 class FakeAnchorDiff:
     """Stands in for ``anchordiff.AnchorDiff`` (same call signatures, colour-based maps)."""
 
-    def __init__(self, blocks: int = 4):
+    def __init__(self, blocks: int = 4, anchor_threshold: float = 0.5):
         self.blocks = blocks
+        self.anchor_threshold = anchor_threshold
+        self.graph_layers_recorded: list = []
+        self.parent: FakeAnchorDiff | None = None
         self.config = {
             "model": "fake",
             "revision": "abc",
@@ -173,7 +177,7 @@ class FakeAnchorDiff:
     def _output(self, image, concepts, layers, steps) -> FakeOutput:
         maps = colour_method(image, concepts)
         # settings change the maps a little, so a sweep has something to show
-        offset = 0.0 if layers is None else 0.03 * sum(layers)
+        offset = (0.0 if layers is None else 0.03 * sum(layers)) + 0.1 * (self.anchor_threshold - 0.5)
         maps = np.clip(maps + offset * np.sin(np.arange(144)).reshape(12, 12) + 1e-3 * steps, 0, None)
         flat = maps.reshape(len(concepts), -1).argmax(axis=1)
         anchors = np.stack([flat // 12, flat % 12], axis=1)
@@ -191,14 +195,24 @@ class FakeAnchorDiff:
 
     def record(self, image, concepts, *, mode="invert", prompt=None, graph_layers=None, seed=0):
         self.record_calls += 1
+        self.graph_layers_recorded.append(graph_layers)
+        layers = range(self.blocks) if graph_layers == "all" else graph_layers or ()
         return FakeRecord(
-            a_ii={layer: None for layer in range(self.blocks)}, image=image, concepts=list(concepts)
-        )
+            a_ii={layer: None for layer in layers}, image=image, concepts=list(concepts),
+            a_ci=np.zeros((self.blocks, len(concepts), 1)),
+        )  # fmt: skip
+
+    def with_options(self, *, anchor_threshold: float) -> FakeAnchorDiff:
+        """A copy whose maps shift with the anchor threshold (its map calls counted on this one)."""
+        copy = FakeAnchorDiff(self.blocks, anchor_threshold)
+        copy.parent = self
+        return copy
 
     def heatmaps_from_record(
         self, record, *, method="anchordiff", layers=None, steps=160, gate_quantile=0.98
     ):
-        self.map_calls += 1
+        counter = self.parent or self
+        counter.map_calls += 1
         return self._output(record.image, record.concepts, layers, steps)
 
 

@@ -80,3 +80,65 @@ def test_a_failing_setting_is_recorded_not_fatal(mcc_dataset, tmp_path):
                        progress=False, figures=False)  # fmt: skip
     assert report.counts["layers=2"]["failed"] == 5 and report.counts["layers=1"]["scored"] == 5
     assert "5 (setting, pair) results failed" in (tmp_path / "s" / "sweep.md").read_text()
+
+
+def test_a_baseline_sweeps_its_blocks_without_steps_or_a_graph(mcc_dataset, tmp_path):
+    """seg4diff sweeps the blocks it averages: single blocks only (no steps, no default pairs), recorded
+    without A_II (graph_layers=()); pairs when asked; its markdown names blocks, not graph layers, and
+    shows no published per-layer column (the paper's are AnchorDiff's)."""
+    fake = FakeAnchorDiff(blocks=4)
+    report = run_sweep(fake, mcc_dataset, out_dir=tmp_path / "s", method="seg4diff", limit=2, progress=False,
+                       figures=False)  # fmt: skip
+    assert [s.key for s in plan_settings([0], steps=())] == ["layers=0"]
+    assert [s["layers"] for s in report.settings] == [[0], [1], [2], [3]]
+    assert fake.graph_layers_recorded == [(), ()] and report.configuration["steps"] == []
+    markdown = (tmp_path / "s" / "sweep.md").read_text()
+    assert "# seg4diff sweep" in markdown and "## Single blocks" in markdown and "published" not in markdown.split(
+        "## Configuration")[0]  # fmt: skip
+    paired = run_sweep(FakeAnchorDiff(blocks=4), mcc_dataset, out_dir=tmp_path / "p", method="seg4diff",
+                       pair_layers=[1, 2], limit=1, progress=False, figures=False)  # fmt: skip
+    assert [s["layers"] for s in paired.settings] == [[0], [1], [2], [3], [1, 2]]
+    with pytest.raises(ValueError, match="cannot sweep method 'nonsense'"):
+        run_sweep(fake, mcc_dataset, out_dir=tmp_path / "n", method="nonsense", progress=False)
+    with pytest.raises(ValueError, match="anchordiff_multi only"):
+        run_sweep(
+            fake, mcc_dataset, out_dir=tmp_path / "n", method="seg4diff", thresholds=[0.5], progress=False
+        )
+
+
+def test_multi_anchor_sweeps_its_anchor_threshold(mcc_dataset, tmp_path):
+    """anchordiff_multi adds one setting per anchor threshold (with_options(anchor_threshold=t) builds its
+    maps), after layers, pairs and steps; the table lists them; thresholds outside (0, 1] are refused."""
+    fake = FakeAnchorDiff(blocks=2)
+    report = run_sweep(fake, mcc_dataset, out_dir=tmp_path / "s", method="anchordiff_multi", steps=[160],
+                       thresholds=[0.8, 0.4], limit=2, progress=False, figures=False)  # fmt: skip
+    keys = [_key for _key in report.results]
+    assert keys == ["layers=0", "layers=1", "layers=0+1", "steps=160", "anchor_threshold=0.4",
+                    "anchor_threshold=0.8"]  # fmt: skip
+    assert set(report.thresholds()) == {0.4, 0.8}
+    assert report.thresholds()[0.4] != report.thresholds()[0.8]  # the threshold reached the maps
+    assert fake.map_calls == 2 * len(keys)
+    markdown = (tmp_path / "s" / "sweep.md").read_text()
+    assert "## Anchor threshold" in markdown and "| 0.4 |" in markdown and "| 0.8 |" in markdown
+    default = run_sweep(FakeAnchorDiff(blocks=2), mcc_dataset, out_dir=tmp_path / "d", method="anchordiff_multi",
+                        steps=[], limit=1, progress=False, figures=False)  # fmt: skip
+    assert sorted(default.thresholds()) == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        plan_settings([0], thresholds=[1.5])
+
+
+@pytest.mark.slow
+def test_a_seg4diff_block_of_the_sweep_scores_as_mcc_score_does(mcc_dataset, tmp_path):
+    """On the tiny model, the sweep's seg4diff setting for block 1 (the tiny default) gives, pair for
+    pair, the scores `evaluate` gives the seg4diff method; block 2 gives others."""
+    from anchordiff import AnchorDiff
+    from benchmark.evaluate import AnchorDiffMethod, evaluate
+
+    ad = AnchorDiff.from_pretrained("tiny", num_inference_steps=4)
+    report = run_sweep(ad, mcc_dataset, out_dir=tmp_path / "s", method="seg4diff", mode="noise", limit=2,
+                       progress=False, figures=False)  # fmt: skip
+    method = AnchorDiffMethod("tiny", method="seg4diff", mode="noise", pipeline=ad)
+    scored = evaluate(method, mcc_dataset, out_dir=tmp_path / "e", limit=2, progress=False, figures=False)
+    for metric in ("miou_fg", "map_fg", "acc_fg", "iou_target"):
+        assert report.singles()[1][metric] == pytest.approx(scored.overall[metric], abs=1e-12)
+    assert report.singles()[1] != report.singles()[2]
