@@ -76,7 +76,8 @@ class MapBuilder:
 
     ``build(ad, record, layers, a_ci, steps, gate_quantile) -> (token_maps, anchors)``: ``a_ci`` (K, N)
     is A_CI averaged over the anchor layers, on ``ad.device``; ``layers`` the checked layers given (None:
-    the method's default); ``token_maps`` (K, N) before min-max, ``anchors`` (K,) token indices.
+    the method's default); ``token_maps`` (K, N) before min-max, ``anchors`` (K,) token indices, or K
+    tensors of indices for a method with several anchors per concept (the first is eq. 7's).
     ``needs_graph``: the recording must hold A_II / O_II of the graph layers.
     """
 
@@ -140,7 +141,7 @@ for _name, _switches in {
 @register_map_builder("anchordiff_multi", needs_graph=True)
 def _multi_anchor_maps(ad, record, layers, a_ci, steps, gate_quantile):
     """AnchorDiff with one anchor per instance (``anchordiff.multi_anchor``) on the same graph;
-    the anchors returned are eq. 7's (the first of each concept), for Table 2's accuracy."""
+    every concept's anchors, eq. 7's first."""
     a_ii, o_ii = _graph_inputs(ad, record, layers)
     w_hat = build_graph(
         a_ii, o_ii, gate_quantile=float(gate_quantile), clamp_negative=ad.options.clamp_negative,
@@ -150,7 +151,7 @@ def _multi_anchor_maps(ad, record, layers, a_ci, steps, gate_quantile):
         w_hat, a_ci, record.grid, steps=steps, max_anchors=ad.options.max_anchors,
         threshold=ad.options.anchor_threshold, radius=ad.options.anchor_radius,
     )  # fmt: skip
-    return result.heatmaps, torch.stack([a[0] for a in result.anchors])
+    return result.heatmaps, result.anchors
 
 
 @register_map_builder("cross_attention")
@@ -357,7 +358,10 @@ class AnchorDiffOutput:
             grid, then min-max normalised per concept; all zeros for a degenerate concept).
         masks: (K, H, W) bool, ``heatmap > mean(heatmap)`` per concept (all False when degenerate).
         anchors: (K, 2) long (row, column) on the token grid: the argmax of the mean A_CI for the graph
-            methods and ``cross_attention``, of the method's own map for ``concept_attention``.
+            methods and ``cross_attention``, of the method's own map for ``concept_attention`` and
+            ``seg4diff``.
+        anchor_sets: K (A_k, 2) long tensors, every anchor of each concept (A_k = 1 except for
+            ``anchordiff_multi``; the first row is ``anchors[k]``).
         token_heatmaps: (K, gh, gw) float32 in [0, 1] on the CPU, the maps on the token grid.
         degenerate: (K,) bool, True where the token map was constant (max == min).
         timings: seconds per step ("encode_text", "encode_image", "invert"/"noise", "forward", "heatmaps",
@@ -370,6 +374,7 @@ class AnchorDiffOutput:
     heatmaps: Tensor
     masks: Tensor
     anchors: Tensor
+    anchor_sets: list[Tensor]
     token_heatmaps: Tensor
     degenerate: Tensor
     timings: dict[str, float]
@@ -498,6 +503,10 @@ class AnchorDiff:
             num_layers = pipe.transformer.config.num_layers
             preset = "sd35" if num_layers == PRESETS["sd35"].num_layers and model != TINY else "sd3"
         return cls(pipe, model=model, preset=preset, revision=revision, options=opts)
+
+    def graph_inputs(self, record: AttentionRecord, layers: Any = None) -> tuple[Tensor, Tensor]:
+        """The mean A_II (N, N) and O_II (N, D) over ``layers`` (None: ``graph_layers``), on ``device``."""
+        return _graph_inputs(self, record, None if layers is None else self._check_layers(layers))
 
     def with_options(self, **changes: Any) -> AnchorDiff:
         """The same loaded pipeline with some options changed (e.g. ``anchor_threshold=0.7`` in a sweep)."""
@@ -1085,7 +1094,7 @@ class AnchorDiff:
         record: AttentionRecord,
         method: str,
         token_maps: Tensor,
-        anchors: Tensor,
+        anchors: Tensor | list[Tensor],
         degenerate: Tensor,
         started: float,
     ) -> AnchorDiffOutput:
@@ -1098,14 +1107,19 @@ class AnchorDiff:
         )[0]
         heatmaps = minmax(upsampled.reshape(len(upsampled), -1))[0].reshape(upsampled.shape)
         masks = mean_threshold_masks(heatmaps)
-        anchors = anchors.long()
-        anchors_rc = torch.stack([anchors // gw, anchors % gw], dim=1)
+        if isinstance(anchors, list):  # several anchors per concept
+            flat_sets = [a.long().reshape(-1) for a in anchors]
+        else:
+            flat_sets = list(anchors.long()[:, None])
+        anchor_sets = [torch.stack([a // gw, a % gw], dim=1).cpu() for a in flat_sets]
+        anchors_rc = torch.stack([a[0] for a in anchor_sets])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return AnchorDiffOutput(
             heatmaps=heatmaps.cpu(),
             masks=masks.cpu(),
-            anchors=anchors_rc.cpu(),
+            anchors=anchors_rc,
+            anchor_sets=anchor_sets,
             token_heatmaps=grid_maps.cpu(),
             degenerate=degenerate.cpu(),
             timings={"heatmaps": time.perf_counter() - started},

@@ -69,11 +69,20 @@ class MethodResult:
     anchors: optional (K, 2) integer (row, col) positions on the heatmaps' (h, w) grid; when
         given, the anchor accuracy of Table 2 is reported.
     timings: optional seconds per stage (e.g. ``{"extract": 0.4, "propagate": 0.05}``).
+    anchor_sets: optional K (A_k, 2) integer arrays, every anchor of each concept on the same grid
+        (a method with several anchors per concept); reported as anchors per concept, the share
+        inside the target mask and the share on another concept's mask, and drawn in
+        ``figures/anchors.png``.
+    diagnose: optional ``f(masks) -> dict`` called once per image with the sample's (K, H, W) bool
+        masks; its JSON-ready result is kept in the image's rows under ``affinity`` and averaged
+        over images in the report (AnchorDiff's graph methods: the Table 1 affinity statistics).
     """
 
     heatmaps: Any
     anchors: Any | None = None
     timings: Mapping[str, float] | None = None
+    anchor_sets: Sequence[Any] | None = None
+    diagnose: Callable[[np.ndarray], Mapping[str, Any]] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,22 +263,35 @@ class AnchorDiffMethod:
             )  # fmt: skip
             out.timings = {**record.timings, "heatmaps": out.timings["heatmaps"]}
         else:
-            out = self._record_and_map(image, concepts)
-        anchors = out.anchors if self.method in ANCHOR_METHODS else None
-        return MethodResult(heatmaps=out.token_heatmaps, anchors=anchors, timings=dict(out.timings or {}))
-
-    def _record_and_map(self, image: Image.Image, concepts: list[str]) -> Any:
-        return self.pipeline(
-            image,
-            list(concepts),
-            mode=self.mode,
-            prompt=self.prompt(concepts),
-            method=self.method,
-            layers=self.layers,
-            steps=self.steps,
-            gate_quantile=self.gate_quantile,
-            seed=self.seed,
+            out = self.pipeline(
+                image, list(concepts), mode=self.mode, prompt=self.prompt(concepts), method=self.method,
+                layers=self.layers, steps=self.steps, gate_quantile=self.gate_quantile, seed=self.seed,
+                return_record=self.method in GRAPH_METHODS,
+            )  # fmt: skip
+            record = getattr(out, "record", None)
+        if self.method not in ANCHOR_METHODS:
+            return MethodResult(heatmaps=out.token_heatmaps, timings=dict(out.timings or {}))
+        return MethodResult(
+            heatmaps=out.token_heatmaps,
+            anchors=out.anchors,
+            timings=dict(out.timings or {}),
+            anchor_sets=getattr(out, "anchor_sets", None),
+            diagnose=self._affinity(record) if self.method in GRAPH_METHODS and record is not None else None,
         )
+
+    def _affinity(self, record: Any) -> Callable[[np.ndarray], dict[str, Any]]:
+        """Table 1's affinity statistics of this image's graph, given its masks (``anchordiff.graph``)."""
+
+        def diagnose(masks: np.ndarray) -> dict[str, Any]:
+            import torch
+
+            from anchordiff.graph import affinity_stats, token_labels
+
+            a_ii, o_ii = self.pipeline.graph_inputs(record, self.layers)
+            labels = token_labels(torch.as_tensor(masks, device=a_ii.device), record.grid)
+            return affinity_stats(a_ii, o_ii, labels, gate_quantile=self.gate_quantile)
+
+        return diagnose
 
     def config(self) -> dict[str, Any]:
         """Method, model, preset, every option of this scorer and the pipeline's own configuration."""
@@ -299,6 +321,56 @@ class AnchorDiffMethod:
             or pipeline_config.get("prompt_template", "a photo of {concepts}"),
             "pipeline": pipeline_config,
         }
+
+
+def _anchor_sets(output: Any, anchors: np.ndarray | None) -> list[np.ndarray] | None:
+    """Every anchor of each concept: the method's ``anchor_sets``, else its one anchor per concept."""
+    sets = getattr(output, "anchor_sets", None)
+    if sets is None:
+        return None if anchors is None else [a[None] for a in anchors]
+    arrays = [_to_numpy(a).astype(np.int64).reshape(-1, 2) for a in sets]
+    if anchors is None or len(arrays) != len(anchors) or any(len(a) == 0 for a in arrays):
+        raise MethodOutputError(
+            "anchor_sets must hold one non-empty (A_k, 2) array per concept, beside anchors"
+        )
+    return arrays
+
+
+def _diagnostics(output: Any, sample: Sample) -> dict[str, Any] | None:
+    """The method's per-image diagnostics (``MethodResult.diagnose``) of this sample's masks, or None."""
+    diagnose = getattr(output, "diagnose", None)
+    if diagnose is None:
+        return None
+    try:
+        return _jsonable(dict(diagnose(sample.masks)))
+    except Exception as error:  # a diagnostic must not fail the method's scores
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def padded_anchors(anchor_sets: Sequence[np.ndarray]) -> np.ndarray:
+    """(K, A_max, 2) int64 of every concept's anchors, padded with -1 (the heatmaps file's ``anchors``)."""
+    width = max(len(a) for a in anchor_sets)
+    padded = np.full((len(anchor_sets), width, 2), -1, dtype=np.int64)
+    for k, anchors in enumerate(anchor_sets):
+        padded[k, : len(anchors)] = anchors
+    return padded
+
+
+def anchor_shares(
+    anchors: np.ndarray, grid: tuple[int, int], masks: np.ndarray, target: int
+) -> dict[str, Any]:
+    """A concept's anchors (A, 2) on the heatmap ``grid``: how many, the share inside its own mask and
+    the share inside another concept's mask but not its own (a leaking anchor)."""
+    others = np.delete(masks, target, axis=0).any(axis=0) & ~masks[target] if len(masks) > 1 else None
+    inside = [anchor_in_mask(a, grid, masks[target]) for a in anchors]
+    elsewhere = (
+        [anchor_in_mask(a, grid, others) for a in anchors] if others is not None else [False] * len(anchors)
+    )
+    return {
+        "anchors": [[int(r), int(c)] for r, c in anchors],
+        "anchor_precision": float(np.mean(inside)),
+        "anchors_on_other_concepts": float(np.mean(elsewhere)),
+    }
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -766,7 +838,7 @@ def evaluate_together(
         )
         report.write(run.out)
         if figures:
-            from benchmark.figures import leakage_figures, qualitative_grid
+            from benchmark.figures import anchor_figure, leakage_figures, qualitative_grid
 
             qualitative_grid(
                 dataset, [(run.name, run.out / HEATMAPS_DIR)], run.out / "figures" / "qualitative.png",
@@ -774,6 +846,11 @@ def evaluate_together(
             )  # fmt: skip
             if report.leakage:
                 leakage_figures(report.leakage, run.out / "figures")
+            if report.anchors:
+                anchor_figure(
+                    dataset, run.out / HEATMAPS_DIR, run.out / "figures" / "anchors.png",
+                    title=f"{run.name}: anchors on {dataset.name} (star: eq. 7's anchor)", max_images=qualitative,
+                )  # fmt: skip
         reports.append(report)
     return reports
 
@@ -845,6 +922,7 @@ def _run_sample(
         output = method(sample.image, list(sample.concepts))
         seconds = time.perf_counter() - started
         heatmaps, anchors, timings = as_heatmaps(output, len(sample.concepts))
+        anchor_sets = _anchor_sets(output, anchors)
     except Exception as error:  # one bad image must not stop the run
         message = f"{type(error).__name__}: {error}"
         for target in pending:
@@ -853,11 +931,13 @@ def _run_sample(
         state.errors.append(message)
         return
     state.seconds += seconds
+    affinity = _diagnostics(output, sample)
     if heatmap_path is not None:
         heatmap_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            heatmap_path, heatmaps=heatmaps.astype(np.float32), concepts=np.array(sample.concepts, dtype=str)
-        )
+        saved = {"heatmaps": heatmaps.astype(np.float32), "concepts": np.array(sample.concepts, dtype=str)}
+        if anchor_sets is not None:
+            saved["anchors"] = padded_anchors(anchor_sets)
+        np.savez_compressed(heatmap_path, **saved)
     for target in pending:
         row = {**row_base(sample, target), "method_seconds": seconds / len(sample.concepts)}
         if timings:
@@ -874,6 +954,10 @@ def _run_sample(
             continue
         if anchors is not None:
             row["anchor_in_mask"] = anchor_in_mask(anchors[target], heatmaps.shape[1:], sample.masks[target])
+        if anchor_sets is not None:
+            row.update(anchor_shares(anchor_sets[target], heatmaps.shape[1:], sample.masks, target))
+        if affinity is not None:
+            row["affinity"] = affinity
         if protocol == "fg":
             row["leakage"] = leakage_shares(heatmaps[target], sample.masks, target)
         row["chance"] = chance_scores(protocol, sample, target, ap_channels=ap_channels)

@@ -8,6 +8,8 @@
 - ``steps_curve``: the paper's Fig. 8: each metric against the number of propagation steps.
 - ``leakage_figures``: per domain, each group's leakage matrix (row = queried concept, column =
   where its heatmap mass fell, in percent; the diagonal is the mass on the target itself).
+- ``anchor_figure``: each kept image with every concept's mask outlined and its anchors marked in
+  the concept's colour (eq. 7's anchor a star, further anchors circles).
 """
 
 from __future__ import annotations
@@ -366,3 +368,75 @@ def leakage_figures(leakage: Mapping[str, Mapping[str, Any]], out_dir: str | os.
         figure.savefig(path, dpi=110)
         written.append(path)
     return written
+
+
+CONCEPT_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+"""Okabe-Ito colours of concepts 0, 1, 2, ... in ``anchor_figure``."""
+
+
+def anchor_figure(
+    dataset: Any, heatmap_dir: str | os.PathLike, path: str | os.PathLike, *, title: str, max_images: int = 6
+) -> Path | None:
+    """Draw the anchors the run kept (``anchors`` of its heatmap files) on the first images.
+
+    Each panel: the image, each concept's mask outline and anchors in the concept's colour. An
+    anchor (row, col) on the (gh, gw) heatmap grid is drawn at its token's centre,
+    ``((col + 0.5) * W / gw, (row + 0.5) * H / gh)`` in the displayed image. Returns the PNG
+    path, or None when no kept file holds anchors.
+    """
+    from benchmark.datasets import InvalidSample, safe_name
+
+    panels = []
+    for index, key in enumerate(dataset.sample_keys()[:max_images]):
+        file = Path(heatmap_dir) / f"{safe_name(key.sample_id)}.npz"
+        if not file.exists():
+            continue
+        with np.load(file) as data:
+            if "anchors" not in data:
+                continue
+            anchors, grid = data["anchors"], data["heatmaps"].shape[1:]
+        try:
+            sample = dataset[index]
+        except InvalidSample:
+            continue
+        panels.append((sample, anchors, grid))
+    if not panels:
+        return None
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(3.4 * columns, 3.6 * rows + 0.4), dpi=100)
+    figure.suptitle(title, fontsize=10)
+    for i, (sample, anchors, (gh, gw)) in enumerate(panels):
+        ax = figure.add_subplot(rows, columns, i + 1)
+        picture, _ = _display(sample.image, sample.masks)
+        height, width = picture.shape[:2]
+        ax.imshow(picture, interpolation="nearest")
+        for k in range(len(sample.concepts)):
+            colour = CONCEPT_COLOURS[k % len(CONCEPT_COLOURS)]
+            mask = _shrink_mask(sample.masks[k], (height, width))
+            if mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.5)
+            points = [(r, c) for r, c in anchors[k] if r >= 0]
+            for j, (r, c) in enumerate(points):
+                x, y = (c + 0.5) * width / gw, (r + 0.5) * height / gh
+                ax.plot(x, y, marker="*" if j == 0 else "o", markersize=14 if j == 0 else 9, color=colour,
+                        markeredgecolor="white", markeredgewidth=1.2, linestyle="none")  # fmt: skip
+        handles = [
+            Line2D(
+                [],
+                [],
+                color=CONCEPT_COLOURS[k % len(CONCEPT_COLOURS)],
+                marker="*",
+                linestyle="-",
+                label=f"{concept} ({int((anchors[k][:, 0] >= 0).sum())})",
+            )  # fmt: skip
+            for k, concept in enumerate(sample.concepts)
+        ]
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=8, frameon=False,
+                  ncol=len(handles))  # fmt: skip
+        ax.set_title(sample.sample_id[:28], fontsize=8)
+        ax.axis("off")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, bbox_inches="tight")
+    return out

@@ -322,6 +322,8 @@ class Report:
     subsets: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     anchor_accuracy: float | None = None
+    anchors: dict[str, float] = field(default_factory=dict)
+    affinity: dict[str, Any] = field(default_factory=dict)
     chance: dict[str, dict[str, float]] = field(default_factory=dict)
     intervals: dict[str, list[float]] = field(default_factory=dict)
     leakage: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -394,6 +396,8 @@ class Report:
             subsets=subsets,
             counts=counts,
             anchor_accuracy=float(np.mean(anchors)) if anchors else None,
+            anchors=anchor_summary(ok),
+            affinity=affinity_summary(ok),
             chance=chance_results(ok, protocol=protocol, conceptattention_compat=conceptattention_compat),
             intervals=intervals,
             leakage=leakage,
@@ -533,6 +537,14 @@ class Report:
                 "",
                 f"Anchor accuracy (anchor inside the target mask): **{100 * self.anchor_accuracy:.2f}%**{note}",
             ]
+        if self.anchors:
+            a = self.anchors
+            lines += [
+                "",
+                f"Anchors: {a['per_concept']:.2f} per concept; {100 * a['precision']:.2f}% inside the target mask, "
+                f"{100 * a['on_other_concepts']:.2f}% on another concept's mask (mean over {a['pairs']} pairs).",
+            ]
+        lines += self._affinity_lines()
         if self.timing:
             lines += [
                 "",
@@ -606,6 +618,29 @@ class Report:
             cells = " | ".join(percent_cell(means.get(m)) for m in (*TABLE4_COLUMNS, "iou_target"))
             lines.append(f"| {label} | {counts.get('scored', 0)} | {cells} | {counts.get('degenerate', 0)} |")
         lines += self._leakage_lines()
+        return lines
+
+    def _affinity_lines(self) -> list[str]:
+        """Table 1's layout: this run's mean affinities beside the published ones."""
+        if not self.affinity:
+            return []
+        names = {"w_attn": "W_attn", "w_cos": "W_cos", "w_cos_gated": "W_cos ⊙ G_attn"}
+        lines = [
+            "",
+            f"## Affinity statistics (layout of the paper's Table 1; percent, mean over {self.affinity['images']} "
+            "images, this run's graph layers)",
+            "",
+            "| Affinity | Same obj. | Conf. diff. | FG-BG | source |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for key, label in names.items():
+            values = published.TABLE1_AFFINITY[key]
+            lines.append(
+                f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " | published (paper Table 1) |"
+            )
+        for key, label in names.items():
+            cells = " | ".join(percent_cell(self.affinity[key].get(pairs)) for pairs in AFFINITY_PAIRS)
+            lines.append(f"| {label} | {cells} | this run |")
         return lines
 
     def _counterpart_lines(
@@ -713,6 +748,42 @@ class Report:
                 f"the proper mIoU is {percent_cell(self.overall.get('miou_proper'))}.",
             ]
         return lines
+
+
+AFFINITY_PAIRS = ("same_object", "confusable", "fg_bg")
+
+
+def anchor_summary(ok_rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean anchors per concept, share inside the target mask and on another concept's mask, over
+    the scored pairs that list their anchors (``anchors``); {} when none does."""
+    rows = [r for r in ok_rows if r.get("anchors") is not None]
+    if not rows:
+        return {}
+    return {
+        "per_concept": float(np.mean([len(r["anchors"]) for r in rows])),
+        "precision": float(np.mean([r["anchor_precision"] for r in rows])),
+        "on_other_concepts": float(np.mean([r["anchors_on_other_concepts"] for r in rows])),
+        "pairs": len(rows),
+    }
+
+
+def affinity_summary(ok_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Table 1's mean affinities over images (each image once, whatever its number of scored pairs;
+    a mean over no pair of a kind, null in the row, is left out); {} when no row has them."""
+    per_image: dict[str, Mapping[str, Any]] = {}
+    for row in ok_rows:
+        affinity = row.get("affinity")
+        if isinstance(affinity, Mapping) and "w_cos" in affinity:
+            per_image.setdefault(row["sample_id"], affinity)
+    if not per_image:
+        return {}
+    summary: dict[str, Any] = {"images": len(per_image)}
+    for matrix in ("w_attn", "w_cos", "w_cos_gated"):
+        summary[matrix] = {}
+        for pairs in AFFINITY_PAIRS:
+            values = [a[matrix][pairs] for a in per_image.values() if a[matrix].get(pairs) is not None]
+            summary[matrix][pairs] = float(np.mean(values)) if values else float("nan")
+    return summary
 
 
 def _subset_order(label: str) -> tuple[int, str]:

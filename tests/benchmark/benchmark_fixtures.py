@@ -145,6 +145,7 @@ class FakeOutput:
     token_heatmaps: np.ndarray
     degenerate: np.ndarray
     timings: dict = field(default_factory=dict)
+    record: None = None
 
 
 @dataclass
@@ -189,7 +190,7 @@ class FakeAnchorDiff:
         )  # fmt: skip
 
     def __call__(self, image, concepts, *, mode="invert", prompt=None, method="anchordiff", layers=None,
-                 steps=160, gate_quantile=0.98, seed=0):  # fmt: skip
+                 steps=160, gate_quantile=0.98, seed=0, return_record=False):  # fmt: skip
         self.calls += 1
         return self._output(image, concepts, layers, steps)
 

@@ -108,12 +108,14 @@ def test_anchordiff_method_passes_every_option_to_the_pipeline():
     ((got_image, concepts, kwargs),) = pipeline.calls
     assert got_image is image and concepts == ["lemon", "lime"] and isinstance(concepts, list)
     assert kwargs == {"mode": "noise", "prompt": "two: lemon and lime", "method": "anchordiff",
-                      "layers": (3, 5), "steps": 7, "gate_quantile": 0.5, "seed": 2}  # fmt: skip
+                      "layers": (3, 5), "steps": 7, "gate_quantile": 0.5, "seed": 2,
+                      "return_record": True}  # fmt: skip
     assert (result.heatmaps, result.anchors, result.timings) == ("maps", "anchors", {"extract": 0.5})
     baseline = AnchorDiffMethod("m", pipeline=RecordingPipeline(), method="concept_attention")
     result = baseline(image, ["a", "b"])
     assert result.anchors is None and result.timings == {}
     assert baseline.pipeline.calls[0][2]["prompt"] is None and baseline.pipeline.calls[0][2]["layers"] is None
+    assert baseline.pipeline.calls[0][2]["return_record"] is False  # no graph: no diagnostics to compute
 
 
 def test_anchordiff_method_config_from_the_pipeline_or_the_request():
