@@ -699,6 +699,7 @@ def _apply(
         or annotation.get("created_at")
         or datetime.now(UTC).isoformat(),
         "revised": revised,
+        "lead_time": annotation.get("lead_time"),  # seconds the annotator spent (Label Studio's measure)
     }
     if read.verdict == fmt.REJECT:
         reason = ReviewReason(read.reject_reason) if read.reject_reason else ReviewReason.rejected_by_reviewer
@@ -718,6 +719,7 @@ def _apply(
         report.warnings.append(message)
     height, width = record.image.height, record.image.width
     ious: dict[str, float] = {}
+    boxes_edited: list[str] = []
     problems: list[tuple[str, str]] = []  # (reason code, detail) per concept that cannot be used
     for concept in record.concepts:
         strokes = read.brushes.get(concept.name, [])
@@ -743,11 +745,13 @@ def _apply(
         boxes = [fmt.rectangle_box(r, width, height) for r in read.rectangles.get(concept.name, [])]
         if boxes and not _same_boxes(boxes, concept.boxes):
             concept.boxes = boxes
+            boxes_edited.append(concept.name)
     params.update(
         {
             "verdict": read.verdict or "none",
             "iou": ious,
             "review": {c.name: c.review for c in record.concepts},
+            "boxes_edited": boxes_edited,
             "comment": read.comment or None,
             "ignored_labels": unknown or None,
         }

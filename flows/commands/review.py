@@ -227,7 +227,8 @@ def review_stats(
         bool, typer.Option("--json", help="Print the JSON document instead of tables.")
     ] = False,
 ) -> None:
-    """Review statistics (fraction accepted unedited, IoU per group, rejection reasons); kept in reviews/stats.json."""
+    """Review statistics (accepted unedited, IoU per group and concept, box edits, time per task, per annotator,
+    rejection reasons); kept in reviews/stats.json."""
     stats = write_stats(ManifestStore(workdir))
     if as_json:
         print(json.dumps(stats, indent=1, ensure_ascii=False))
@@ -248,6 +249,31 @@ def review_stats(
             table.add_column(column, justify="left" if column == "group" else "right")
         for group, row in stats["iou_by_group"].items():
             table.add_row(group, str(row["masks"]), f"{row['mean_iou']:.3f}", f"{row['min_iou']:.3f}")
+        console.print(table)
+    boxes, timing = stats["boxes"], stats["time_per_task"]
+    console.print(
+        f"boxes: {boxes['concepts_with_box_edits']} of {boxes['concepts_reviewed']} concepts edited"
+    )
+    if timing["tasks"]:
+        console.print(
+            f"time per task: mean {timing['mean_seconds']:.1f} s, median {timing['median_seconds']:.1f} s "
+            f"({timing['tasks']} tasks timed by Label Studio)"
+        )
+    if stats["iou_by_concept"]:
+        table = Table(title="machine vs reviewed mask IoU by concept")
+        for column in ("concept", "masks", "mean IoU", "min IoU"):
+            table.add_column(column, justify="left" if column == "concept" else "right")
+        for concept, row in stats["iou_by_concept"].items():
+            table.add_row(concept, str(row["masks"]), f"{row['mean_iou']:.3f}", f"{row['min_iou']:.3f}")
+        console.print(table)
+    if stats["annotators"]:
+        table = Table(title="per annotator")
+        for column in ("annotator", "reviewed", "rejected", "masks edited", "boxes edited", "mean s"):
+            table.add_column(column, justify="left" if column == "annotator" else "right")
+        for who, row in stats["annotators"].items():
+            seconds = "–" if row["mean_seconds"] is None else f"{row['mean_seconds']:.1f}"
+            table.add_row(who, str(row["reviewed"]), str(row["rejected"]), str(row["masks_edited"]),
+                          str(row["boxes_edited"]), seconds)  # fmt: skip
         console.print(table)
     if stats["rejection_reasons"]:
         table = Table(title="rejected in review")

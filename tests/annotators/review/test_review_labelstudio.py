@@ -45,8 +45,8 @@ def _comment(text: str) -> dict:
     return {"from_name": "comment", "to_name": "image", "type": "textarea", "value": {"text": [text]}}
 
 
-def _annotate(info, task_id: int, result: list[dict]) -> None:
-    _client(info).annotations.create(id=task_id, result=result, was_cancelled=False)
+def _annotate(info, task_id: int, result: list[dict], **fields) -> None:
+    _client(info).annotations.create(id=task_id, result=result, was_cancelled=False, **fields)
 
 
 def _files(store) -> dict[str, bytes]:
@@ -373,11 +373,21 @@ def test_cli_push_pull_stats_never_print_the_token(labelstudio, review_store, mo
     assert pushed.exit_code == 0, pushed.output
     assert "1 new tasks" in pushed.output
     task_id = store.get("gen-cli").review_task
-    _annotate(info, task_id, _prediction(info, task_id) + [_verdict("accept")])
+    _annotate(info, task_id, _prediction(info, task_id) + [_verdict("accept")], lead_time=7.5)
     pulled = runner.invoke(app, ["review", "pull", "--workdir", store.workdir, "--project", project])
     assert pulled.exit_code == 0 and "reviewed 1" in pulled.output
     stats = runner.invoke(app, ["review", "stats", "--workdir", store.workdir, "--json"])
-    assert json.loads(stats.output)["masks"]["accepted_unedited"] == 2
+    document = json.loads(stats.output)
+    assert document["masks"]["accepted_unedited"] == 2
+    assert document["time_per_task"] == {
+        "tasks": 1,
+        "mean_seconds": 7.5,
+        "median_seconds": 7.5,
+    }  # Label Studio's
+    (who,) = document["annotators"]  # the token's user, by email
+    assert "@" in who and document["annotators"][who]["reviewed"] == 1
+    table = runner.invoke(app, ["review", "stats", "--workdir", store.workdir], terminal_width=200)
+    assert "time per task: mean 7.5 s" in table.output and "per annotator" in table.output
     bad = runner.invoke(
         app, ["review", "pull", "--workdir", store.workdir, "--project", project, "--token", "bad-token"]
     )

@@ -61,9 +61,10 @@ def comment(text: str) -> dict:
     return {"type": "textarea", "from_name": fmt.COMMENT, "to_name": fmt.IMAGE, "value": {"text": [text]}}
 
 
-def annotation(results, *, id=101, updated="2026-12-01T10:00:00Z", created="2026-12-01T09:00:00Z", who=None):
+def annotation(results, *, id=101, updated="2026-12-01T10:00:00Z", created="2026-12-01T09:00:00Z", who=None,
+               lead_time=12.5):  # fmt: skip
     return {"id": id, "result": results, "updated_at": updated, "created_at": created, "completed_by": who,
-            "was_cancelled": False}  # fmt: skip
+            "was_cancelled": False, "lead_time": lead_time}  # fmt: skip
 
 
 def accepted_as_is(record: Record) -> list[dict]:
@@ -143,9 +144,9 @@ def test_an_unchanged_annotation_accepts_every_mask_and_logs_who_and_when(store)
     assert event.stage == review.STAGE and event.note == "reviewed by ann@example.org"
     assert event.params == {
         "action": "pull", "project_id": PROJECT, "task": 11, "annotation": 101, "reviewer": "ann@example.org",
-        "reviewed_at": "2026-12-01T10:00:00Z", "revised": False, "verdict": "accept",
+        "reviewed_at": "2026-12-01T10:00:00Z", "revised": False, "lead_time": 12.5, "verdict": "accept",
         "iou": {"husky": 1.0, "wolf": 1.0}, "review": {"husky": "accepted", "wolf": "accepted"},
-        "comment": None, "ignored_labels": None,
+        "boxes_edited": [], "comment": None, "ignored_labels": None,
     }  # fmt: skip
 
 
@@ -241,6 +242,7 @@ def test_labels_of_other_concepts_are_ignored_with_a_warning_and_boxes_follow_re
     assert np.allclose(record.concepts[0].boxes, [moved], atol=1e-6) and record.concepts[1].boxes == [
         wolf_box
     ]
+    assert record.history[-1].params["boxes_edited"] == ["husky"]
 
 
 def test_a_revised_annotation_is_logged_as_a_revision(store):
@@ -381,3 +383,53 @@ def test_pull_decides_pending_deleted_reused_and_revised_tasks(store):
     elsewhere.history[-1].params["project_id"] = 99
     assert not stage.takes(elsewhere)
     assert not stage.takes(make_segmented(store, "r10", size=(WIDTH, HEIGHT)))
+
+
+# -- statistics ----------------------------------------------------------------------------------------
+def test_review_stats_report_box_edits_iou_per_concept_time_per_task_and_each_annotator(store):
+    """Four decided records by two reviewers (lead_time 10, 20, 60 s and one without): box edits counted
+    per concept, IoU per concept, the mean and median time per task, and per reviewer what they decided."""
+    from annotators.review_stats import compute_stats
+
+    def decide(record, results, who, lead_time):
+        review._apply(record, annotation(results, lead_time=lead_time), who, PROJECT, 0.98,
+                      review.PullReport(project_id=PROJECT))  # fmt: skip
+
+    kept = in_review(store, "r1")
+    husky_box = kept.concepts[0].boxes[0]
+    moved = (husky_box[0] + 4.0, *husky_box[1:])
+    decide(kept, [*accepted_as_is(kept), fmt.rectangle_result("husky", moved, WIDTH, HEIGHT, "b"), verdict("accept")],
+           "ann", 10.0)  # fmt: skip
+    edited = in_review(store, "r2")
+    half = machine(edited, "wolf")
+    half[: HEIGHT // 2] = False
+    wolf_iou = fmt.iou(machine(edited, "wolf"), half)
+    decide(edited, [fmt.brush_result("husky", machine(edited, "husky"), "a"), fmt.brush_result("wolf", half, "b"),
+                    verdict("accept")], "bob", 20.0)  # fmt: skip
+    thrown = in_review(store, "r3")
+    decide(thrown, [verdict("reject"), reason("unusable image")], "bob", 60.0)
+    untimed = in_review(store, "r4")
+    decide(untimed, [*accepted_as_is(untimed), verdict("accept")], "ann", None)
+    stats = compute_stats([kept, edited, thrown, untimed, in_review(store, "r5")])
+    assert stats["records"] == {"reviewed": 3, "rejected_in_review": 1, "in_review": 1}
+    assert stats["boxes"] == {"concepts_reviewed": 6, "concepts_with_box_edits": 1}
+    assert stats["iou_by_concept"] == {
+        "husky": {"masks": 3, "mean_iou": 1.0, "min_iou": 1.0},
+        "wolf": {
+            "masks": 3,
+            "mean_iou": round((2 + round(wolf_iou, 6)) / 3, 4),
+            "min_iou": round(wolf_iou, 4),
+        },
+    }
+    assert stats["time_per_task"] == {"tasks": 3, "mean_seconds": 30.0, "median_seconds": 20.0}
+    assert stats["annotators"] == {
+        "ann": {"reviewed": 2, "rejected": 0, "masks_edited": 0, "boxes_edited": 1, "mean_seconds": 10.0},
+        "bob": {"reviewed": 1, "rejected": 1, "masks_edited": 1, "boxes_edited": 0, "mean_seconds": 40.0},
+    }
+    assert stats["rejection_reasons"] == {"unusable_image": 1}
+    assert compute_stats([kept, edited])["time_per_task"] == {
+        "tasks": 2,
+        "mean_seconds": 15.0,
+        "median_seconds": 15.0,
+    }
+    assert compute_stats([])["time_per_task"] == {"tasks": 0, "mean_seconds": None, "median_seconds": None}
