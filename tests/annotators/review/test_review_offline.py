@@ -263,14 +263,14 @@ def test_box_comparison_is_order_free_within_half_a_pixel():
 
 # -- pull: which annotation, which version -------------------------------------------------------------
 def test_the_latest_submitted_annotation_wins_and_skipped_ones_never_count():
-    first = annotation([], id=1, updated="2026-12-01T10:00:00Z")
-    later = annotation([], id=2, updated="2026-12-02T10:00:00Z")
+    first = annotation([], id=2, updated="2026-12-01T10:00:00Z")
+    later = annotation([], id=1, updated="2026-12-02T10:00:00Z")  # updated last, though created first
     skipped = {**annotation([], id=3, updated="2026-12-03T10:00:00Z"), "was_cancelled": True}
     assert review._submitted({"annotations": [later, first, skipped]}) is later
     assert review._submitted({"annotations": [skipped]}) is None and review._submitted({}) is None
     tie_a, tie_b = annotation([], id=4, updated=None), annotation([], id=5, updated=None)  # same created_at
     assert review._submitted({"annotations": [tie_b, tie_a]}) is tie_b
-    assert review._annotation_key(later) == (2, "2026-12-02T10:00:00Z")
+    assert review._annotation_key(later) == (1, "2026-12-02T10:00:00Z")
     assert review._annotation_key(tie_a) == (4, "2026-12-01T09:00:00Z")
     assert review._annotation_key({"id": None}) == (None, "")
 
@@ -342,7 +342,9 @@ class Client:
 
 
 def test_pull_decides_pending_deleted_reused_and_revised_tasks(store):
-    pending, deleted, reused, done, revised = (in_review(store, f"r{i}", task=20 + i) for i in range(5))
+    pending, deleted, reused, done, revised, submitted = (
+        in_review(store, f"r{i}", task=20 + i) for i in range(6)
+    )
     for record in (done, revised):
         apply(record, [*accepted_as_is(record), verdict("accept")], id=900 + int(record.id[1:]),
               updated="2026-12-01T00:00:00Z")  # fmt: skip
@@ -357,15 +359,20 @@ def test_pull_decides_pending_deleted_reused_and_revised_tasks(store):
          "annotations": [annotation([fmt.brush_result("husky", edit, "a"),
                                      fmt.brush_result("wolf", machine(revised, "wolf"), "b"), verdict("accept")],
                                     id=904, updated="2026-12-02T00:00:00Z", who=8)]},
+        {"id": 25, "data": {"record_id": "r5"},
+         "annotations": [annotation([verdict("reject"), reason("duplicate image")], id=905, who={"email": "c@d.e"})]},
     ]  # fmt: skip
     client = Client(tasks)
     stage = review.ReviewPull(client, "http://ls")
     assert stage.report.project_id == PROJECT
-    assert all(stage.takes(r) for r in (pending, deleted, reused, done, revised))
-    outputs = stage.run([pending, deleted, reused, done, revised], store)
+    batch = [pending, deleted, reused, done, revised, submitted]
+    assert all(stage.takes(r) for r in batch)
+    outputs = stage.run(batch, store)
     assert client.listed == [{"project": PROJECT, "fields": "all", "page_size": 500}]
-    unchanged = [o.unchanged for o in outputs]
-    assert unchanged == [True, False, False, True, False]
+    assert [o.record for o in outputs] == batch
+    assert [o.unchanged for o in outputs] == [True, False, False, True, False, False]
+    assert submitted.state == State.rejected and submitted.rejection.reason == "duplicate_image"
+    assert submitted.history[-1].params["reviewer"] == "c@d.e" and stage.report.rejected == 1
     assert pending.state == State.in_review and stage.report.pending == 1
     for record, old in ((deleted, 21), (reused, 22)):
         assert record.state == State.segmented and record.review_task is None
