@@ -182,3 +182,37 @@ def test_with_options_changes_only_the_named_options_on_the_same_pipeline(tiny):
     assert tiny.options.anchor_threshold == 0.5
     with pytest.raises(ValueError, match="anchor_threshold"):
         tiny.with_options(anchor_threshold=1.5)
+
+
+def test_synthetic_a_ci_plateaus_are_the_target_and_leak_logits():
+    """Without peak and noise, log A_CI of concept k is ``concept_target`` above the background on its
+    own object and ``concept_leak`` above it on the other objects (a softmax keeps logit differences)."""
+    scene = synthetic_scene((24, 24), num_objects=2, seed=1, concept_peak=0.0, concept_noise=0.0,
+                            concept_target=2.5, concept_leak=1.25)  # fmt: skip
+    logits = scene.a_ci.log()
+    background = scene.labels == 0
+    for k in range(2):
+        base = logits[k, background].mean()
+        own, other = scene.labels == k + 1, scene.labels == 2 - k
+        torch.testing.assert_close(
+            logits[k, own] - base, torch.full((int(own.sum()),), 2.5), atol=1e-4, rtol=0
+        )
+        torch.testing.assert_close(
+            logits[k, other] - base, torch.full((int(other.sum()),), 1.25), atol=1e-4, rtol=0
+        )
+
+
+def test_synthetic_background_feature_has_the_asked_cosine_with_the_object_feature():
+    """With no value noise and attention confined to each token's own object or background, an object
+    token's O_II and a background token's O_II are the class features: their cosine is
+    ``background_similarity`` and both have unit norm."""
+    for similarity in (0.0, 0.5, 0.9):
+        scene = synthetic_scene((24, 24), num_objects=1, seed=2, value_noise=0.0, attention_noise=0.0,
+                                object_affinity=40.0, locality=1.0, background_similarity=similarity)  # fmt: skip
+        inside = int(torch.nonzero(scene.labels == 1)[0])
+        outside = int(torch.nonzero(scene.labels == 0)[0])
+        a, b = scene.o_ii[inside], scene.o_ii[outside]
+        assert float(a.norm()) == pytest.approx(1.0, abs=1e-4) and float(b.norm()) == pytest.approx(
+            1.0, abs=1e-4
+        )
+        assert float(a @ b) == pytest.approx(similarity, abs=1e-4)

@@ -367,6 +367,42 @@ def test_inversion_with_a_constant_velocity_reaches_x0_plus_sigma_v(ad_sd3, imag
     assert not torch.allclose(flipped, capture.calls[-1]["inputs"]["hidden_states"], atol=1e-3)
 
 
+def test_guided_inversion_steps_with_the_guided_velocity(image):
+    """``inversion_guidance_scale`` s > 1: each inversion call is a batch [unconditional ""; prompt] and
+    the step uses ``v_u + s (v_c - v_u)``; with the two rows' velocities stubbed to constants, call j sees
+    ``x0 + sigma_j (v_u + s (v_c - v_u))`` on both rows (the recorded forward, batch 1, is not guided)."""
+    ad = AnchorDiff.from_pretrained(
+        "tiny", preset="sd3", num_inference_steps=STEPS, inversion_guidance_scale=3.0
+    )
+    g = torch.Generator().manual_seed(12)
+    v_u, v_c = torch.randn(1, 16, 32, 32, generator=g), torch.randn(1, 16, 32, 32, generator=g)
+    calls = []
+
+    def stub(module, args, kwargs, output):
+        calls.append({k: v.detach().clone() for k, v in kwargs.items() if torch.is_tensor(v)})
+        rows = torch.cat([v_u, v_c]) if output[0].shape[0] == 2 else v_c
+        return (rows.to(output[0].dtype),)
+
+    handle = ad.transformer.register_forward_hook(stub, with_kwargs=True)
+    try:
+        ad.record(image, ["husky", "wolf"], mode="invert")
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        empty = ad.pipe.encode_prompt(prompt="", prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
+                                      max_sequence_length=ad.max_sequence_length)[0]  # fmt: skip
+    sigmas = [float(s) for s in _scheduler(ad).sigmas]
+    x0 = _vae_latent(ad, image)
+    guided = v_u + 3.0 * (v_c - v_u)
+    visited = list(range(STEPS, STEPS // 2, -1)) + [STEPS // 2]
+    assert [c["hidden_states"].shape[0] for c in calls] == [2] * (len(visited) - 1) + [1]
+    for call, index in zip(calls, visited, strict=True):
+        for row in call["hidden_states"]:
+            torch.testing.assert_close(row[None], x0 + sigmas[index] * guided, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(calls[0]["encoder_hidden_states"][:1], empty)
+    assert not torch.allclose(calls[0]["encoder_hidden_states"][1:], empty, atol=1e-3)
+
+
 # -- 6. VAE latent ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("shift", "scale"), [(None, None), (0.5, 2.0)])
 def test_vae_latent_is_shifted_then_scaled(image, shift, scale):

@@ -62,6 +62,12 @@ def test_voc_run_fills_the_voc_columns():
     assert row == "| **m** | – | – | – | **50.00** | **25.00** | **75.00** | this run, 7 images |"
 
 
+def test_binary_report_states_the_foreground_and_background_iou():
+    assert (
+        "IoU foreground 12.50, background 37.50 (percent)." in binary_report("voc").to_markdown().splitlines()
+    )
+
+
 def test_compat_note_names_the_compatibility_figure_and_the_proper_miou():
     """With conceptattention_compat the report says the mIoU column is Acc / (2 - Acc)."""
     markdown = binary_report("voc", compat=True).to_markdown()

@@ -16,7 +16,9 @@ W, H = 400, 300
 def record_with(masks, boxes) -> Record:
     concepts = [Concept(name=f"c{i}", boxes=b, mask=None if m is None else encode_mask(m))
                 for i, (m, b) in enumerate(zip(masks, boxes, strict=True))]  # fmt: skip
-    return Record(id="rec-1", group="g", concepts=concepts, source=GeneratedSource(template="t", setting="s", seed=1))
+    return Record(
+        id="rec-1", group="g", concepts=concepts, source=GeneratedSource(template="t", setting="s", seed=1)
+    )
 
 
 def test_masks_blend_their_concepts_colour_and_leave_the_rest_untouched():
@@ -24,7 +26,9 @@ def test_masks_blend_their_concepts_colour_and_leave_the_rest_untouched():
     first, second = np.zeros((H, W), bool), np.zeros((H, W), bool)
     first[10:50, 10:60] = True
     second[100:150, 200:260] = True
-    out = np.asarray(draw_record(record_with([first, second, None], [[], [], []]), Image.fromarray(grey), alpha=0.25))
+    out = np.asarray(
+        draw_record(record_with([first, second, None], [[], [], []]), Image.fromarray(grey), alpha=0.25)
+    )
     for mask, colour in ((first, CONCEPT_COLOURS[0]), (second, CONCEPT_COLOURS[1])):
         expected = np.round(0.75 * 100 + 0.25 * np.array(colour, float)).astype(np.uint8)
         assert (out[:H][mask] == expected).all()

@@ -61,7 +61,8 @@ def test_the_pipeline_order_is_the_only_way_forward():
         r.advance(state, stage)
         assert r.state == state and r.history[-1].stage == stage
     with pytest.raises(
-        ValueError, match=r"cannot move a 'reviewed' record to 'in_review' \(from 'reviewed': \['reviewed'\]\)"
+        ValueError,
+        match=r"cannot move a 'reviewed' record to 'in_review' \(from 'reviewed': \['reviewed'\]\)",
     ):
         r.advance(State.in_review, "review")
 
