@@ -266,3 +266,59 @@ def test_retry_after_is_capped_by_max_retry_after():
             asyncio.run(_get(_config(retries=1, backoff=0.01, max_retry_after=0.05), server.url("/busy")))
         assert time.monotonic() - started < 5 and server.hits("/busy") == 2
     assert failure.value.reason == "http_error" and failure.value.attempts == 2
+
+
+# -- survivors of the third look (2026-12-03) -----------------------------------------------------
+class _Body:
+    """A response stand-in for ``Downloader._read_limited``: headers and raw chunks (never decoded)."""
+
+    def __init__(self, chunks, headers=None):
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self._chunks = chunks
+
+    async def aiter_raw(self):
+        for chunk in self._chunks:
+            if isinstance(chunk, Exception):
+                raise chunk
+            yield chunk
+
+
+def test_the_body_limit_counts_every_chunk_and_a_declared_length_refuses_before_reading():
+    read = Downloader._read_limited
+    assert asyncio.run(read(_Body([b"12345", b"67890"]), 10, False)) == b"1234567890"
+    with pytest.raises(DownloadFailure, match="more than max_bytes 10 received"):
+        asyncio.run(read(_Body([b"12345", b"67890", b"a"]), 10, False))  # 11 bytes over three chunks
+    assert asyncio.run(read(_Body([b"12345", b"67890", b"abc"]), 12, True)) == b"1234567890ab"
+    never = _Body([RuntimeError("the body was read")], {"Content-Length": "11"})
+    with pytest.raises(DownloadFailure, match="Content-Length 11 > max_bytes 10"):
+        asyncio.run(read(never, 10, False))
+
+
+def test_content_encodings_are_split_on_commas():
+    from httpx import Headers
+
+    from generators.download import _refuse_content_encoding
+
+    _refuse_content_encoding(Headers({"content-encoding": "identity, identity"}))  # both identity: accepted
+    with pytest.raises(DownloadFailure) as failure:
+        _refuse_content_encoding(Headers({"content-encoding": "identity, GZIP"}))
+    assert failure.value.reason == "content_encoding" and failure.value.detail.startswith(
+        "Content-Encoding gzip refused"
+    )
+
+
+def test_a_300_robots_txt_disallows_and_an_undecodable_one_is_still_read():
+    """A robots.txt answering 300 (not a redirect: no Location) is not a robots.txt: everything is
+    disallowed, as for 5xx; one with invalid UTF-8 is decoded with replacements and its rules apply."""
+    routes = {"/robots.txt": Route(b"User-agent: *\nAllow: /\n", status=300, content_type="text/plain"),
+              "/ok.jpg": Route(b"ok")}  # fmt: skip
+    with serve(routes) as server, pytest.raises(DownloadFailure) as failure:
+        asyncio.run(_get(_config(), server.url("/ok.jpg")))
+    assert failure.value.reason == "robots_disallowed" and "5xx" in failure.value.detail
+    robots = b"# caf\xe9 \xff\xfe\nUser-agent: *\nDisallow: /private/\n"
+    routes = {"/robots.txt": Route(robots, content_type="text/plain"), "/ok.jpg": Route(b"ok")}
+    with serve(routes) as server:
+        assert asyncio.run(_get(_config(), server.url("/ok.jpg"))).data == b"ok"
+        with pytest.raises(DownloadFailure) as failure:
+            asyncio.run(_get(_config(), server.url("/private/a.jpg")))
+    assert failure.value.reason == "robots_disallowed" and "disallows /private/a.jpg" in failure.value.detail
