@@ -52,3 +52,43 @@ def test_report_counts_records_whose_overlap_was_resolved():
         "failures": {},
         "overlaps_resolved": 1,
     }
+
+
+def test_a_box_at_the_image_edge_covers_its_first_row_and_column():
+    from annotators.quality import _box_mask
+
+    region = _box_mask((0.0, 0.0, 3.0, 2.0), (4, 5))
+    assert region.tolist() == [[True, True, True, False, False], [True, True, True, False, False],
+                               [False] * 5, [False] * 5]  # fmt: skip
+    assert _box_mask((-3.0, -2.0, 1.0, 1.0), (4, 5)).sum() == 1  # clipped at the edges
+
+
+def test_a_stored_record_without_a_sam_score_scores_zero_and_an_unreadable_one_is_rejected(tmp_path):
+    from PIL import Image
+
+    from annotators.quality import GateSample
+    from manifests.masks import encode_mask
+    from manifests.record import SAM_SCORE, Concept, GeneratedSource, Record, State
+    from manifests.store import ManifestStore
+
+    store = ManifestStore(tmp_path / "work")
+    masks = good_sample().masks
+    record = Record(
+        id="r1", group="citrus",
+        concepts=[Concept(name="lemon", boxes=[(10, 10, 40, 40)], mask=encode_mask(masks["lemon"]),
+                          scores={SAM_SCORE: 0.7}),
+                  Concept(name="lime", boxes=[(60, 60, 90, 90)], mask=encode_mask(masks["lime"]))],
+        source=GeneratedSource(template="t", setting="s", seed=0),
+    )  # fmt: skip
+    store.store_image(record, Image.new("RGB", (SIZE, SIZE)))
+    sample = GateSample.from_record(record)
+    assert sample.scores == {"lemon": 0.7, "lime": 0.0} and sample.image_size == (SIZE, SIZE)
+
+    record.state = State.segmented
+    broken = record.model_copy(deep=True)
+    broken.image = None  # a segmented record without its image: the manifest is inconsistent
+    gate = QualityGate(QualityConfig(second_look=False))
+    (out,) = gate.run([broken], store)
+    assert out.state == State.rejected and out.rejection.stage == "quality"
+    assert out.rejection.reason == "unreadable"
+    assert out.rejection.detail == "ValueError: record r1 has no image; the gate needs its size"

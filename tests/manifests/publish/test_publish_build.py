@@ -367,3 +367,24 @@ def test_a_build_never_changes_record_states(small_store, tmp_path):
         record_id: small_store.read_bytes(f"records/{record_id}.json") for record_id in small_store.ids()
     } == before
     assert "published" not in {state.value for state in State}
+
+
+def test_a_hub_clone_folder_and_a_new_nested_folder_are_valid_outputs(small_store, tmp_path):
+    """A fresh clone of the Hub repo (only .git, .gitattributes, .cache, .huggingface) is built into;
+    an output folder whose parents do not exist yet is created with them."""
+    clone = tmp_path / "clone"
+    (clone / ".git").mkdir(parents=True)
+    (clone / ".gitattributes").write_text("*.parquet filter=lfs\n")
+    (clone / ".huggingface").mkdir()
+    summary = build_dataset(small_store, clone)
+    assert summary.rows > 0 and (clone / ".gitattributes").read_text() == "*.parquet filter=lfs\n"
+    nested = tmp_path / "a" / "b" / "dataset"
+    assert build_dataset(small_store, nested).rows == summary.rows and (nested / "manifest.json").is_file()
+
+
+def test_coco_info_names_the_benchmark_and_its_version(small_store, tmp_path):
+    out = tmp_path / "out"
+    summary = build_dataset(small_store, out, version="2.1.0")
+    for path in summary.coco_paths.values():
+        info = json.loads(path.read_text())["info"]
+        assert info["description"] == "Multi-Concept Confusion (MCC) benchmark" and info["version"] == "2.1.0"

@@ -453,3 +453,26 @@ def test_a_build_from_tiny_models_opens_with_the_smoke_test_warning(tmp_path):
         "models: they are noise and prove only that the pipeline runs. Do not score methods on it."
     )
     assert warning in body.splitlines()
+
+
+def test_provenance_names_a_model_without_a_revision_alone_and_orders_equal_counts_by_value(tmp_path):
+    """A generator without a revision is listed as just its model; per stage parameter, values with as
+    many images are listed in value order (the card is rebuilt byte-identical)."""
+    from types import SimpleNamespace
+
+    from manifests.publish.card import _provenance
+
+    store = ManifestStore(tmp_path / "work")
+    records = [make_record(store, i) for i in range(3)]
+    records[0].source.revision = None
+    for record, model in zip(records, ("zeta-seg", "alpha-seg", "alpha-seg"), strict=True):
+        record.history[-1].params["segmenter_model"] = model
+    records.append(make_record(store, 3))
+    records[3].history[-1].params["segmenter_model"] = "beta-seg"
+    text = _provenance(SimpleNamespace(items=[SimpleNamespace(record=r) for r in records]))  # what it reads
+    assert "| `black-forest-labs/FLUX.1-dev` | 1 |" in text
+    assert "| `black-forest-labs/FLUX.1-dev` @ `0ef5fff` | 3 |" in text
+    stage = records[0].history[-1].stage
+    rows = [line for line in text.splitlines() if line.startswith(f"| {stage} | segmenter_model |")]
+    assert rows == [f"| {stage} | segmenter_model | `alpha-seg` | 2 |", f"| {stage} | segmenter_model | `beta-seg` | 1 |",
+                    f"| {stage} | segmenter_model | `zeta-seg` | 1 |"]  # fmt: skip
