@@ -973,3 +973,8 @@ def read_pairs(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
         if line.strip():
             rows.append(json.loads(line))
     return rows
+
+
+def iter_scored(rows: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """Only the rows with status ``ok``."""
+    return (r for r in rows if r.get("status") == "ok")

@@ -174,3 +174,13 @@ def test_an_empty_target_mask_is_invalid_under_fg_only():
     assert invalid_reason(sample, 1, "fg") == "the mask of 'lime' is empty"
     assert invalid_reason(sample, 0, "fg") is None
     assert invalid_reason(sample, 1, "binary") is None
+
+
+def test_read_pairs_restores_rows_and_iter_scored_keeps_only_ok_ones(tmp_path):
+    from benchmark.evaluate import iter_scored, read_pairs
+
+    rows = [{"sample_id": "a", "status": "ok", "scores": {"nar": None}}, {"sample_id": "b", "status": "failed"},
+            {"sample_id": "c", "status": "invalid"}, {"sample_id": "d", "status": "ok"}]  # fmt: skip
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert read_pairs(tmp_path) == rows
+    assert [r["sample_id"] for r in iter_scored(read_pairs(tmp_path))] == ["a", "d"]
