@@ -61,3 +61,23 @@ def test_verify_answers_per_crop_and_refuses_mismatched_lengths():
     assert localizer.verify(crops, ["a", "b", "c"], [["b"], ["a"], []]) == [True, False, True]
     with pytest.raises(ValueError):
         bare_localizer(["yes"] * 3).verify(crops[:2], ["a", "b"], [["b"]])
+
+
+def test_from_config_hands_every_field_of_the_profile_to_the_localizer():
+    import torch
+
+    from annotators.config import LocalizeConfig
+    from annotators.localize import from_config
+
+    config = LocalizeConfig(model="tiny", device="cpu", dtype="float32", batch_size=3, max_new_tokens=77,
+                            constrained=False, every_concept=False, box_frame="relative_1000",
+                            min_pixels=4 * 28 * 28, max_pixels=40 * 28 * 28)  # fmt: skip
+    localizer = from_config(config)
+    assert (localizer.model_ref, localizer.device, localizer.dtype) == (
+        "tiny",
+        torch.device("cpu"),
+        torch.float32,
+    )
+    assert (localizer.batch_size, localizer.max_new_tokens, localizer.constrained) == (3, 77, False)
+    assert localizer.require_every_concept is False and localizer.box_frame == "relative_1000"
+    assert (localizer.min_pixels, localizer.max_pixels) == (4 * 28 * 28, 40 * 28 * 28)

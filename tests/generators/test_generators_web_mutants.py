@@ -305,3 +305,61 @@ def test_licence_refusals_say_what_is_wrong():
     non_commercial = parse_licence("CC BY-NC 4.0")
     refusal = scraper._licence_refusal(non_commercial)
     assert "allow-list" in refusal and "not recognised" not in refusal
+
+
+def test_fetch_and_prepare_records_what_the_download_was_and_why_it_failed():
+    """Every outcome's params start with the URL; a failed download adds its final URL and attempts; a
+    fetched one the redirects, status, type and byte count of the body."""
+    from generators.download import DownloadFailure
+
+    class Failing:
+        async def get(self, url):
+            raise DownloadFailure("http_error", "HTTP 404", attempts=2, final_url="http://example.test/b.jpg")
+
+    failed = asyncio.run(fetch_and_prepare("rid", "http://example.test/a.jpg", Failing(), ScrapeConfig(),
+                                           asyncio.to_thread))  # fmt: skip
+    assert failed.params == {"url": "http://example.test/a.jpg", "final_url": "http://example.test/b.jpg",
+                             "attempts": 2}  # fmt: skip
+    assert (failed.reason, failed.detail, failed.prepared) == ("http_error", "HTTP 404", None)
+    body = b"not an image at all"
+    answer = Download(url="http://example.test/a.jpg", final_url="http://example.test/c.jpg", status=200,
+                      content_type=None, data=body, attempts=3, elapsed=0.5,
+                      redirects=["http://example.test/c.jpg"])  # fmt: skip
+    fetched = asyncio.run(fetch_and_prepare("rid", answer.url, _FakeDownloader(answer), ScrapeConfig(),
+                                            asyncio.to_thread))  # fmt: skip
+    assert fetched.params == {
+        "url": "http://example.test/a.jpg", "final_url": "http://example.test/c.jpg", "attempts": 3,
+        "redirects": ["http://example.test/c.jpg"], "http_status": 200, "content_type": None, "bytes": len(body),
+        "elapsed_s": 0.5,
+    }  # fmt: skip
+    assert fetched.reason == "not_an_image" and "served as" not in fetched.detail  # no type was served
+
+
+def test_a_search_without_groups_searches_every_group_with_the_jobs_settings(monkeypatch):
+    """No ``groups``: every group of the file is searched, each with a log line of its count; the
+    source gets the job's min_side, rate and page cap."""
+    import generators.sources as sources
+    from generators.web.plan import ScrapeJob, find_candidates
+
+    made, searched = [], []
+
+    class Source:
+        name = "openverse"
+
+        def __init__(self, **options):
+            made.append(options)
+
+        def search(self, group, per_group, query):
+            searched.append((group.id, per_group, query))
+            return [f"{group.id}-candidate"] * 2
+
+    monkeypatch.setattr(sources, "OpenverseSource", Source)
+    lines = []
+    job = ScrapeJob(source="openverse", api_url="http://127.0.0.1:9", per_group=2, min_side=333, api_rate=0.5,
+                    api_max_pages=4)  # fmt: skip
+    candidates, skipped = find_candidates(job, GROUPS, log=lines.append)
+    assert [g for g, _, _ in searched] == list(GROUPS) and skipped == 0
+    assert len(candidates) == 2 * len(GROUPS) and all(n == 2 for _, n, _ in searched)
+    assert lines == [f"openverse: 2 candidates for {g}" for g in GROUPS]
+    (options,) = made
+    assert (options["min_side"], options["requests_per_second"], options["max_pages"]) == (333, 0.5, 4)

@@ -150,3 +150,11 @@ def test_web_ids_depend_on_the_canonical_url_only():
     assert all(i.startswith("web-") for i in ids) and BASE.record_id.startswith("gen-")
     for url in [*SAME_IMAGE, *OTHER_IMAGES]:
         assert web_record_id(canonical_url(url)) == web_record_id(url)  # canonicalising is idempotent
+
+
+def test_the_package_loads_its_names_lazily_and_refuses_unknown_ones():
+    import manifests
+
+    assert manifests.ManifestStore.__name__ == "ManifestStore" and "ManifestStore" in dir(manifests)
+    with pytest.raises(AttributeError, match="module 'manifests' has no attribute 'NoSuchThing'"):
+        manifests.NoSuchThing  # noqa: B018
