@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from fixture_scopes import shared_unless_mutating
 from PIL import Image
 
 from anchordiff import AnchorDiff, AttentionRecord
@@ -97,7 +98,7 @@ def test_anchor_accuracy_with_flat_and_grid_anchors_on_a_non_square_grid():
     assert anchor_accuracy(torch.tensor([5, 0]), masks, (2, 3)).tolist() == [False, False]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def tiny():
     return AnchorDiff.from_pretrained("tiny", num_inference_steps=4)
 

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fixture_scopes import shared_unless_mutating
 from PIL import Image
 
 from anchordiff import AnchorDiff, AnchorDiffOutput, AttentionRecord
@@ -18,7 +19,7 @@ CONCEPTS = ["husky", "wolf", "alaskan malamute"]
 SIZE = (80, 96)  # (W, H) of the test image: not square, not the native 128 px
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def ad():
     return AnchorDiff.from_pretrained("tiny", num_inference_steps=4)
 

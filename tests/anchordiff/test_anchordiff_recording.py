@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from fixture_scopes import shared_unless_mutating
 
 from anchordiff.attention import (
     AttentionRecorder,
@@ -20,7 +21,7 @@ TOL = 1e-5
 GRAPH_LAYERS = (1, 2)
 
 
-@pytest.fixture(scope="module", params=["sd3", "sd35"])
+@pytest.fixture(scope=shared_unless_mutating, params=["sd3", "sd35"])
 def pipe(request):
     return build_tiny_pipeline(request.param)
 

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from fixture_scopes import shared_unless_mutating
 from PIL import Image
 
 from anchordiff import AnchorDiff
@@ -32,12 +33,12 @@ SIZE = (80, 96)  # (W, H) of the input image: not square, not the native 128 px
 ATOL, RTOL = 1e-5, 1e-4
 
 
-@pytest.fixture(scope="module", params=["sd3", "sd35"])
+@pytest.fixture(scope=shared_unless_mutating, params=["sd3", "sd35"])
 def ad(request):
     return AnchorDiff.from_pretrained("tiny", preset=request.param, num_inference_steps=STEPS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def ad_sd3():
     return AnchorDiff.from_pretrained("tiny", preset="sd3", num_inference_steps=STEPS)
 
@@ -193,7 +194,7 @@ def _vae_latent(ad: AnchorDiff, image: Image.Image) -> torch.Tensor:
     return (z - vae.config.shift_factor) * vae.config.scaling_factor
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def generated(ad):
     """One CFG generation with the test's own hooks on every transformer call."""
     with Capture(ad.transformer) as capture:

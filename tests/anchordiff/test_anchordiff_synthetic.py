@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from fixture_scopes import shared_unless_mutating
 
 from anchordiff.graph import affinity_stats, anchor_accuracy, anchordiff_heatmaps, select_anchors
 from anchordiff.synthetic import synthetic_scene
@@ -13,7 +14,7 @@ GRID = (24, 24)
 SCENES = [(seed, objects) for seed in range(3) for objects in (2, 3)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def scenes():
     return [synthetic_scene(GRID, objects, seed=seed) for seed, objects in SCENES]
 

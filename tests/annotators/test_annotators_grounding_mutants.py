@@ -81,4 +81,26 @@ def test_parse_grounding_keeps_a_box_exactly_min_size_and_skips_unknown_labels()
 def test_match_label_reads_ves_plurals_as_f_or_fe():
     """The -ves plural rule: "knives" names "knife", "wolves" names "wolf"."""
     assert match_label("knives", ["knife", "fork"]) == "knife"
+    assert match_label("scarves", ["scarf", "hat"]) == "scarf"  # 7 letters: the stem is scar
     assert match_label("Wolves", ["gray wolf", "wolf", "fox"]) == "wolf"
+
+
+def test_plurals_ending_in_ves_and_es_name_their_singular():
+    assert match_label("wolves", ["wolf", "lemon"]) == "wolf"
+    assert match_label("knives", ["knife", "fork"]) == "knife"
+    assert match_label("scarves", ["scarf", "hat"]) == "scarf"  # 7 letters: the stem is scar
+    assert match_label("boxes", ["box", "crate"]) == "box"
+    assert match_label("loaves", ["wolf", "knife"]) is None
+
+
+def test_a_box_of_one_original_pixel_is_kept_by_default_and_a_smaller_one_dropped():
+    answer = (
+        '[{"bbox_2d": [10, 10, 11, 11], "label": "lemon"}, {"bbox_2d": [20, 20, 20.5, 30], "label": "lemon"}]'
+    )
+    boxes = parse_grounding(answer, ["lemon"], (100, 100), (100, 100))
+    assert boxes == {"lemon": [(10.0, 10.0, 11.0, 11.0)]}
+
+
+def test_an_answer_whose_first_bracket_does_not_parse_is_scanned_object_by_object():
+    answer = 'Found: [broken, {"bbox_2d": [1, 2, 30, 40], "label": "lime"}'
+    assert parse_grounding(answer, ["lime"], (100, 100), (100, 100)) == {"lime": [(1.0, 2.0, 30.0, 40.0)]}

@@ -8,6 +8,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+from fixture_scopes import shared_unless_mutating
 from PIL import Image
 from qwen_vl_utils import process_vision_info
 
@@ -25,7 +26,7 @@ GROUPS = [
 SIZES = [(128, 96), (150, 200), (64, 64), (256, 192)]  # (width, height)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def localizer():
     torch.set_num_threads(2)
     return QwenLocalizer("tiny", batch_size=4, max_boxes_per_concept=2)

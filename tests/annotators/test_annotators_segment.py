@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from fixture_scopes import shared_unless_mutating
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
@@ -18,7 +19,7 @@ from manifests.stage import run_stage
 BOXES = np.array([[10, 10, 60, 50], [50, 20, 120, 90], [0, 0, 30, 30]], dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def segmenter():
     torch.set_num_threads(2)
     return Sam2Segmenter(TINY_CONFIG, None, device="cpu", gate=QualityGate(QualityConfig.permissive()))

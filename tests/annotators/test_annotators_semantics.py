@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixture_scopes import shared_unless_mutating
 from PIL import Image
 
 from annotators.grounding import map_box, parse_grounding
@@ -72,7 +73,7 @@ class BoxFillPredictor:
         return masks[:, None], scores[:, None], logits
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def segmenter():
     """The real Sam2Segmenter (random hiera-tiny) with its predictor replaced by BoxFillPredictor."""
     torch.set_num_threads(2)
@@ -207,7 +208,7 @@ EXPECTED = {  # by hand, in stored-image pixels
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def scripted_localizer():
     """The tiny QwenLocalizer (pixel limits wide enough for 1008 x 588) whose ``generate``
     returns the scripted answers (one per image, right-padded) after the real prompt."""

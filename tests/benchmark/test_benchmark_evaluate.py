@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from benchmark_fixtures import FakeAnchorDiff, colour_method
+from fixture_scopes import shared_unless_mutating
 from PIL import Image
 
 from benchmark.datasets import Sample, SampleList
@@ -225,7 +226,7 @@ def test_binary_protocol_report_has_table_3_layout(tmp_path):
     assert (tmp_path / "run" / "figures" / "qualitative.png").exists()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def tiny_anchordiff():
     from anchordiff import AnchorDiff
 

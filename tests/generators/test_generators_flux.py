@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixture_scopes import shared_unless_mutating
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -16,7 +17,7 @@ from manifests.stage import run_stage
 STEPS, SIZE = 2, 64
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def tiny() -> FluxGenerator:
     torch.set_num_threads(2)
     return FluxGenerator("tiny", steps=STEPS, size=SIZE, batch_size=2)

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from fixture_scopes import shared_unless_mutating
 from generators_testserver import Route, encode, pattern_image, serve
 from PIL import Image
 from typer.testing import CliRunner
@@ -217,7 +218,7 @@ def _seed_generated_record(store: ManifestStore) -> str:
     return record.id
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def scraped(tmp_path_factory):
     """Scrape every case once: (records by path, store, server log, seeded record id, seconds)."""
     routes = {path: route for path, (route, *_rest) in CASES.items() if route is not None} | EXTRA_ROUTES

@@ -158,3 +158,31 @@ def test_the_package_loads_its_names_lazily_and_refuses_unknown_ones():
     assert manifests.ManifestStore.__name__ == "ManifestStore" and "ManifestStore" in dir(manifests)
     with pytest.raises(AttributeError, match="module 'manifests' has no attribute 'NoSuchThing'"):
         manifests.NoSuchThing  # noqa: B018
+
+
+def test_splits_do_not_depend_on_the_order_records_come_in():
+    """Ties of the largest remainder go to strata in sorted order, not in the order of arrival: the
+    same records listed in another order get the same splits (a rebuild from another store listing)."""
+    from manifests.splits import assign_splits
+
+    ids = [f"rec-{i}" for i in range(6)]
+    strata = ["b", "b", "b", "a", "a", "a"]  # 20% of 6 = 1 validation image: a tie of remainders 0.6
+    first = assign_splits(ids, strata, fraction=0.2)
+    second = assign_splits(ids[::-1], strata[::-1], fraction=0.2)
+    assert first == second and sum(v == "validation" for v in first.values()) == 1
+    (chosen,) = [i for i, v in first.items() if v == "validation"]
+    assert strata[ids.index(chosen)] == "a"  # the sorted-first stratum takes the tie
+
+
+def test_the_tiny_byte_table_and_bpe_are_gpt2s():
+    """The tiny Qwen tokenizer's byte table is GPT-2's ``bytes_to_unicode`` (all 256 bytes, the last
+    printable one included); BPE merges the lowest-ranked pair first and stops when no pair is ranked."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from manifests.tiny import _bpe, _bytes_to_unicode
+
+    assert _bytes_to_unicode() == bytes_to_unicode() and _bytes_to_unicode()[ord("ÿ")] == "ÿ"
+    ranks = {("b", "c"): 0, ("a", "bc"): 1, ("a", "b"): 2}
+    assert _bpe(list("abc"), ranks) == ["abc"]  # b+c first (rank 0), then a+bc
+    assert _bpe(list("abd"), ranks) == ["ab", "d"]
+    assert _bpe(list("xyz"), ranks) == ["x", "y", "z"] and _bpe(["q"], ranks) == ["q"]

@@ -22,6 +22,9 @@ def test_mask_png_reads_any_zero_one_array_as_its_bool_mask():
     assert mask_png(mask.astype(np.uint8)) == png
     image = Image.open(io.BytesIO(png))
     assert image.mode == "1" and np.array_equal(np.asarray(image), mask)
+    # IHDR as the PNG specification (and libpng, stricter than Pillow) wants it: 11 x 5, bit depth 1,
+    # greyscale, compression 0, filter 0, no interlace
+    assert png[8:16] == b"\x00\x00\x00\x0dIHDR" and png[16:29] == bytes.fromhex("0000000b000000050100000000")
 
 
 def test_records_without_image_or_with_undecodable_mask_are_excluded_with_detail(small_store):
