@@ -68,7 +68,9 @@ def test_card_front_matter(build):
         "per-source-terms",
         "LICENSE.md",
     )
-    assert meta["tags"][-1] == "synthetic" and meta["size_categories"] == ["n<1K"]
+    assert meta["tags"] == ["concept-grounding", "concept-leakage", "zero-shot-segmentation", "diffusion-transformers",
+                            "benchmark", "synthetic"]  # fmt: skip
+    assert meta["size_categories"] == ["n<1K"]
     assert meta["configs"] == [
         {"config_name": "default", "default": True, "data_files": [
             {"split": "validation", "path": [val_two, val_three]}, {"split": "test", "path": [two, three]}]},
