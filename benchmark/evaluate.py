@@ -373,6 +373,29 @@ def anchor_shares(
     }
 
 
+def scored_anchordiff_methods(
+    score: Any, names: Sequence[str], recording: SharedRecording, model: str
+) -> list[AnchorDiffMethod]:
+    """The AnchorDiff methods ``names`` with the options of ``score`` (a ``benchmark.config.ScoreConfig``:
+    mode, layers, steps, gate quantile, seed, prompt template, preset, revision), all on ``recording``."""
+    return [
+        AnchorDiffMethod(
+            model,
+            preset=score.preset,
+            method=name,
+            mode=score.mode,
+            layers=score.layers,
+            steps=score.steps,
+            gate_quantile=score.gate_quantile,
+            seed=score.seed,
+            prompt_template=score.prompt_template,
+            revision=score.revision,
+            recording=recording,
+        )  # fmt: skip
+        for name in names
+    ]
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
         value = value.detach().float().cpu().numpy()

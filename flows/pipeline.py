@@ -382,7 +382,7 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
     image serves them all); one report folder per method."""
     from anchordiff.backbones import check_preset
     from benchmark.datasets import open_dataset
-    from benchmark.evaluate import AnchorDiffMethod, SharedRecording, evaluate_together
+    from benchmark.evaluate import SharedRecording, evaluate_together, scored_anchordiff_methods
     from benchmark.report import TABLE4_COLUMNS
 
     logger = get_run_logger()
@@ -398,22 +398,7 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
         model, preset=c.preset, device=c.device, dtype=c.dtype, revision=c.revision
     )  # loaded once for every method
     recording = SharedRecording(pipeline)
-    methods = [
-        AnchorDiffMethod(
-            model,
-            preset=c.preset,
-            method=name,
-            mode=c.mode,
-            layers=c.layers,
-            steps=c.steps,
-            gate_quantile=c.gate_quantile,
-            seed=c.seed,
-            prompt_template=c.prompt_template,
-            revision=c.revision,
-            recording=recording,
-        )  # fmt: skip
-        for name in c.methods
-    ]
+    methods = scored_anchordiff_methods(c, c.methods, recording, model)
     folders = [Path(config.reports_dir) / f"{c.preset}-{c.mode}-{name}" for name in c.methods]
     with concurrency(GPU_LIMIT, occupy=1):
         reports = evaluate_together(

@@ -240,11 +240,11 @@ def score(
     from anchordiff.pipeline import METHODS
     from benchmark.datasets import safe_name
     from benchmark.evaluate import (
-        AnchorDiffMethod,
         RunMismatchError,
         SharedRecording,
         evaluate_together,
         resolve_method,
+        scored_anchordiff_methods,
     )
     from benchmark.figures import qualitative_grid
 
@@ -258,32 +258,20 @@ def score(
     out = Path(c.out)
     torch_dtype = _dtype(c.dtype)
     data = _open(c.dataset, c.benchmark, c.subset, c.class_names, c.split)
-    recording, runners = None, []
+    by_name: dict[str, object] = {}  # the user methods first: a bad reference fails before a model loads
     for method in c.methods:
-        if method in METHODS:
-            if recording is None:
-                model = _model(c.model, c.preset)
-                recording = SharedRecording(_anchordiff(model, c.preset, c.device, torch_dtype, c.revision))
-            runners.append(
-                AnchorDiffMethod(
-                    model,
-                    preset=c.preset,
-                    method=method,
-                    mode=c.mode,
-                    layers=c.layers,
-                    steps=c.steps,
-                    gate_quantile=c.gate_quantile,
-                    seed=c.seed,
-                    prompt_template=c.prompt_template,
-                    revision=c.revision,
-                    recording=recording,
-                )  # fmt: skip
-            )
-            continue
-        try:
-            runners.append(resolve_method(method))
-        except ValueError as error:
-            raise fail(f"{error}; --method is one of {', '.join(METHODS)} or module:function") from None
+        if method not in METHODS:
+            try:
+                by_name[method] = resolve_method(method)
+            except ValueError as error:
+                raise fail(f"{error}; --method is one of {', '.join(METHODS)} or module:function") from None
+    built_in = [m for m in c.methods if m in METHODS]
+    recording = None
+    if built_in:
+        model = _model(c.model, c.preset)
+        recording = SharedRecording(_anchordiff(model, c.preset, c.device, torch_dtype, c.revision))
+        by_name.update(zip(built_in, scored_anchordiff_methods(c, built_in, recording, model), strict=True))
+    runners = [by_name[m] for m in c.methods]
     several = len(runners) > 1
     folders = [out / safe_name(method) if several else out for method in c.methods]
     try:
