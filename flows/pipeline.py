@@ -128,11 +128,12 @@ def pending_shards(config: PipelineConfig) -> list[list[str]]:
     """
     store = ManifestStore(config.workdir)
     groups = config.generate.groups
+    pending = {state.value for state in PENDING_STATES}
     ids = [
-        r.id
-        for r in store.iter()
-        if r.state in PENDING_STATES
-        and not (r.state == State.planned and r.source.kind == "web")
+        record_id
+        for record_id, r in store.summaries().items()
+        if r.state in pending
+        and not (r.state == State.planned and r.source_kind == "web")
         and (not groups or r.group in groups)
     ]
     limits = [n for n in (config.generate.limit, config.localize.limit) if n is not None]

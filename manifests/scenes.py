@@ -104,10 +104,7 @@ def add_planned(store: ManifestStore, specs: list[SceneSpec]) -> tuple[int, int]
 
     Returns (created, already present). Existing records, whatever their state, are left alone.
     """
-    created = 0
-    for spec in specs:
-        if store.exists(spec.record_id):
-            continue
-        store.put(spec.to_record())
-        created += 1
+    present = set(store.ids())
+    new = {spec.record_id: spec for spec in reversed(specs) if spec.record_id not in present}  # first wins
+    created = store.put_many(new[record_id].to_record() for record_id in sorted(new))
     return created, len(specs) - created

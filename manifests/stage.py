@@ -8,7 +8,6 @@ earlier records) but never writes it::
         name: str                   # "generate", "localize", ... (the history's stage name)
         accepts: tuple[State, ...]  # the states it takes; others are skipped, untouched
         batch_size: int             # records per ``run`` call
-    writers: int                # optional: threads that write its outputs (default 1)
 
         def run(self, batch: list[Record], store: ManifestStore) -> Iterable[Output]: ...
         def takes(self, record: Record) -> bool: ...  # optional: e.g. only generated sources
@@ -36,9 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -101,7 +100,7 @@ If it has a ``start(total)`` method, the runner first calls it with the number o
 
 def select(store: ManifestStore, states: Sequence[State], where: Callable[[Record], bool] | None = None):
     """The store's records in ``states`` (id order) that ``where`` accepts."""
-    return [r for r in store.iter() if r.state in states and (where is None or where(r))]
+    return [r for r in store.iter(states) if where is None or where(r)]
 
 
 def run_stage(
@@ -112,14 +111,12 @@ def run_stage(
     where: Callable[[Record], bool] | None = None,
     limit: int | None = None,
     progress: Progress | None = None,
-    writers: int | None = None,
 ) -> StageRun:
     """Run ``stage`` over ``records`` (default: every record of ``store`` it accepts) and store the results.
 
     Records not in ``stage.accepts`` (or refused by ``where``) are skipped untouched and
-    counted. ``limit`` caps the records processed. ``writers`` > 1 overlaps the file
-    writes (fsync) of different records on that many threads (default: the stage's
-    ``writers`` attribute, else 1); each record is still written after its files.
+    counted. ``limit`` caps the records processed. Outputs are written as the stage yields
+    them, by group commit on a writer thread (``_Writer``); each record after its files.
     Returns the processed records as stored, in input order.
     """
     store.sweep_temporary()  # what a killed run left half-written never lingers
@@ -135,7 +132,7 @@ def run_stage(
     if progress is not None and hasattr(progress, "start"):
         progress.start(len(todo))
     stored: dict[str, Record] = {}
-    writer = _Writer(store, stored, progress, writers or getattr(stage, "writers", 1))
+    writer = _Writer(store, stored, progress)
     errors = 0
     try:
         for start in range(0, len(todo), max(1, stage.batch_size)):
@@ -209,39 +206,68 @@ def _outputs(result: Iterable[Output | Record]) -> Iterator[Output]:
 
 
 class _Writer:
-    """Writes outputs (files, then the record) on ``threads`` threads and calls ``progress``."""
+    """Stores outputs on one background thread by group commit, then calls ``progress``.
 
-    def __init__(
-        self, store: ManifestStore, stored: dict[str, Record], progress: Progress | None, threads: int
-    ):
+    Each commit takes every output the stage has yielded since the last one (at most
+    ``GROUP``) and writes them with one disk sync (``ManifestStore.write_group``: each
+    file and record atomically, files before the records that refer to them). When the
+    stage yields slowly (a GPU stage) a group is one record, written at once; when it
+    yields fast (the scraper) groups grow and the syncs no longer cost per record. A
+    killed run loses at most the outputs not yet committed; ``progress`` only ever counts
+    committed ones. At the end the written records are merged into the record index.
+    """
+
+    GROUP = 256
+
+    def __init__(self, store: ManifestStore, stored: dict[str, Record], progress: Progress | None):
         self.store, self.stored, self.progress = store, stored, progress
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
-        self._futures: list = []
+        self._queue: queue.Queue[Output | None] = queue.Queue(maxsize=4 * self.GROUP)
+        self._error: BaseException | None = None
+        self._written: dict = {}
+        self._thread = threading.Thread(target=self._loop, name="mcc-stage-writer", daemon=True)
+        self._thread.start()
 
     def submit(self, output: Output) -> None:
-        if self._pool is None:
-            self._write(output)
-        else:
-            self._futures.append(self._pool.submit(self._write, output))
-            if len(self._futures) > 256:
-                self._futures = [f for f in self._futures if not f.done() or f.result()]
+        if self._error is not None:
+            raise self._error  # a failed write (disk full, permissions) stops the run
+        self._queue.put(output)
 
-    def _write(self, output: Output) -> None:
-        if not output.unchanged:
-            for relative, data in output.files.items():
-                self.store.write_bytes(relative, data)
-            self.store.put(output.record)
-        with self._lock:
+    def _loop(self) -> None:
+        ending = False
+        while not ending:
+            group = [self._queue.get()]
+            while group[-1] is not None and len(group) < self.GROUP:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ending = group[-1] is None
+            outputs = [o for o in group if o is not None]
+            if outputs and self._error is None:  # after an error: only empty the queue
+                try:
+                    self._commit(outputs)
+                except BaseException as error:  # noqa: BLE001 - handed to the stage's thread
+                    self._error = error
+
+    def _commit(self, outputs: list[Output]) -> None:
+        changed = [o for o in outputs if not o.unchanged]
+        files = {relative: data for o in changed for relative, data in o.files.items()}
+        self._written.update(self.store.write_group(files, [o.record for o in changed]))
+        for output in outputs:
             self.stored[output.record.id] = output.record
             if self.progress is not None:
                 self.progress(output.record)
 
     def drain(self) -> None:
-        for future in self._futures:
-            future.result()  # a failed write (disk full, permissions) stops the run here
-        self._futures = []
+        """Wait until every submitted output is written; raise the error of a failed write."""
+        self.close()
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._written and self._error is None:
+            self.store.merge_index(self._written)
+            self._written = {}

@@ -4,6 +4,7 @@
 
     records/<id>.json              one record (``ManifestStore``)
     images/<id>.<ext>              its image: .png for generated ones, the downloaded format for web ones
+    indexes/records.json           a summary of every record, verified on read (``manifests.record_index``)
     indexes/image-hashes.json      perceptual hashes of stored images (the scraper's duplicate check)
     reports/quality-<time>.json    the quality gate's counts of each run
     reviews/stats.json             the review statistics (``mcc review stats``)
@@ -59,6 +60,7 @@ class WorkDir:
 
     RECORDS = "records"
     IMAGES = "images"
+    RECORD_INDEX = "indexes/records.json"
     HASH_INDEX = "indexes/image-hashes.json"
     REPORTS = "reports"
     REVIEW_STATS = "reviews/stats.json"

@@ -49,13 +49,32 @@ def plan(
     )
 
 
-def status(workdir: WorkdirOption) -> None:
-    """Counts of records by state and by rejection reason."""
+def status(
+    workdir: WorkdirOption,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Re-read every record and check the record index (indexes/records.json) against them.",
+        ),
+    ] = False,
+) -> None:
+    """Counts of records by state and by rejection reason (from the record index, which opens
+    only records that changed since the last use)."""
     from rich.table import Table
 
     from manifests.store import ManifestStore
 
-    counts = ManifestStore(workdir).counts()
+    store = ManifestStore(workdir)
+    if verify:
+        drifted = store.verify_index()
+        if drifted:
+            console.print(
+                f"[red]record index disagreed with {len(drifted)} records[/] (rebuilt): {', '.join(drifted[:10])}"
+            )
+        else:
+            console.print("record index verified against every record: no difference")
+    counts = store.counts()
     states = Table(title=f"records in {workdir}")
     states.add_column("state")
     states.add_column("records", justify="right")

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from generators.perceptual_hash import from_hex, hamming_to_many, phash, to_hex
-from generators.web.config import INDEX_PATH, STAGE
+from generators.web.config import INDEX_PATH
 from manifests.store import ManifestStore
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class ImageIndex:
 
     @classmethod
     def from_store(cls, store: ManifestStore) -> ImageIndex:
-        """Index every record of ``store`` that has an image (any state), using the hash cache.
+        """Index every record of ``store`` that has an image (any state), from the record
+        index's fingerprints and the hash cache: only records whose image is new are opened.
 
         ``cache`` is the refreshed cache (record id -> {sha256, phash}); ``cache_changed``
         says whether it differs from the file, which the scraper rewrites at the end of its run.
@@ -67,22 +68,22 @@ class ImageIndex:
             cache = {}
         index = cls()
         fresh: dict[str, dict[str, str]] = {}
-        for record in store.iter():
-            if record.image is None:
+        for record_id, summary in store.summaries().items():
+            if not summary.fingerprints:  # no image
                 continue
-            entry = cache.get(record.id)
-            if entry is None or entry.get("sha256") != record.image.sha256:
+            stored_sha = summary.fingerprints[0]
+            entry = cache.get(record_id)
+            if entry is None or entry.get("sha256") != stored_sha:
                 try:
-                    entry = {"sha256": record.image.sha256, "phash": to_hex(phash(store.open_image(record)))}
-                except (OSError, ValueError) as error:
-                    logger.warning("image of %s cannot be read for deduplication: %s", record.id, error)
+                    entry = {
+                        "sha256": stored_sha,
+                        "phash": to_hex(phash(store.open_image(store.get(record_id)))),
+                    }
+                except (OSError, ValueError, KeyError) as error:
+                    logger.warning("image of %s cannot be read for deduplication: %s", record_id, error)
                     continue
-            fresh[record.id] = entry
-            shas = [record.image.sha256]
-            for event in record.history:
-                if event.stage == STAGE and "content_sha256" in event.params:
-                    shas.append(event.params["content_sha256"])
-            index.add(record.id, shas, from_hex(entry["phash"]))
+            fresh[record_id] = entry
+            index.add(record_id, summary.fingerprints, from_hex(entry["phash"]))
         index.cache = fresh
         index.cache_changed = fresh != cache
         return index

@@ -31,6 +31,7 @@ def plan_web_records(
     records: list[Record] = []
     skipped: list[str] = []
     seen: set[str] = set()
+    present = set(store.ids())
     for candidate in candidates:
         group = groups.get(candidate.group)
         if group is None:
@@ -42,7 +43,7 @@ def plan_web_records(
         if record_id in seen:
             continue
         seen.add(record_id)
-        if not store.exists(record_id):
+        if record_id not in present:
             records.append(candidate.to_record(group))
             continue
         existing = store.get(record_id)

@@ -69,3 +69,22 @@ def test_show_unknown_record_and_missing_image(workdir, tmp_path):
         app, ["show", record_id, "--workdir", str(workdir), "--out", str(tmp_path / "x.png")]
     )
     assert result.exit_code == 2 and "no image yet" in result.output
+
+
+def test_status_verify_reports_a_forged_index_entry_and_rebuilds(workdir):
+    import json
+
+    runner.invoke(app, ["plan", "--workdir", str(workdir), "--per-group", "1"])
+    index = workdir / "indexes" / "records.json"
+    document = json.loads(index.read_text())
+    first = sorted(document["records"])[0]
+    document["records"][first][3] = "reviewed"  # the state column of a planned record
+    index.write_text(json.dumps(document))
+    plain = runner.invoke(app, ["status", "--workdir", str(workdir)], terminal_width=200)
+    assert "reviewed" in plain.output  # the file identities match: the index is trusted
+    verified = runner.invoke(app, ["status", "--workdir", str(workdir), "--verify"], terminal_width=200)
+    assert verified.exit_code == 0
+    assert f"record index disagreed with 1 records (rebuilt): {first}" in verified.output
+    assert "reviewed" not in verified.output.split("(rebuilt)")[1]
+    again = runner.invoke(app, ["status", "--workdir", str(workdir), "--verify"], terminal_width=200)
+    assert "no difference" in again.output

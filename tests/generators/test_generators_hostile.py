@@ -12,6 +12,7 @@ endless Wikimedia paging, 6to4 / NAT64 / Teredo, orphan temporary files).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -40,6 +41,7 @@ from generators.web import (
     prepare_image,
 )
 from manifests import ManifestStore, State, load_groups
+from manifests.record_index import RecordSummary
 from manifests.stage import run_stage
 from manifests.workdir import UnsafePathError, WorkDir
 
@@ -174,6 +176,12 @@ def test_killing_the_scrape_leaves_no_worker_and_a_rerun_loses_nothing(tmp_path,
         fetched_when_dead = len(server.log)
         time.sleep(1.0)
         assert len(server.log) == fetched_when_dead  # nobody fetches any more
+        killed = ManifestStore(workdir)  # what the killed run committed is whole
+        stored = [r for r in killed.iter() if r.image is not None]
+        assert stored, "the scrape was killed before it committed any image"
+        for record in stored:  # a stored record's image is there, byte for byte
+            assert hashlib.sha256(killed.read_bytes(record.image.path)).hexdigest() == record.image.sha256
+        assert killed.summaries() == {r.id: RecordSummary.of(r) for r in killed.iter()}
 
         rerun = subprocess.run(command[:-2] + ["--set", "scrape.processes=0"], capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
