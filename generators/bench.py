@@ -2,15 +2,18 @@
 
 Scraper throughput on loopback, side by side with img2dataset on the same URL list::
 
-    python -m generators.bench scrape --images 2000 [--img2dataset /tmp/i2d-venv/bin/img2dataset]
+    python -m generators.bench scrape --img2dataset /tmp/i2d-venv/bin/img2dataset [--images 2000] [--more]
 
-2,000 distinct JPEGs of about 50 KB (640 x 512) are served by a threaded HTTP/1.1 server
-in a separate process on 127.0.0.1; the scraper runs the full stage (robots.txt, address
-guard, download, sniff, decode, pHash and sha256 dedupe, PNG storage, one JSON record per
-image) with the per-host rate limit off, as img2dataset has none. img2dataset is run from
-its own virtual environment (it is not a dependency of this project) with its defaults
-(resize to 256 px, JPEG re-encode) and with ``--resize_mode no`` (bytes written as
-downloaded).
+2,000 distinct JPEGs of about 86 KB (768 x 576) are served by a threaded HTTP/1.1 server in a
+separate process on 127.0.0.1. Both tools run as whole commands in new processes with 64
+downloads in flight and no rate limit: ``mcc scrape --rate 0 --concurrency 64
+--per-host-connections 64`` (the full stage: robots.txt, address guard, download, sniff,
+decode, pHash and sha256 dedupe against the store, metadata removal, one JSON record per
+image, group commit) and img2dataset 1.47 (its own venv: ``pip install img2dataset==1.47.0``;
+not a dependency of this project) with ``--processes_count 2 --thread_count 32
+--resize_mode no``, which decodes and re-encodes. The runs alternate, ``--repeats`` times
+(median). ``--more`` adds ``mcc scrape --reencode-png`` and img2dataset's defaults (resize
+to 256 px).
 
 FLUX seconds per image and images per hour::
 
@@ -32,7 +35,9 @@ import multiprocessing
 import os
 import resource
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -55,7 +60,7 @@ def _cpu_seconds() -> float:
 
 # -- scraper ----------------------------------------------------------------------------
 def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 512)) -> list[str]:
-    """``count`` distinct ~50 KB JPEGs (smooth random colours plus noise) in ``folder``; their names."""
+    """``count`` distinct JPEGs (smooth random colours plus noise; ~86 KB at 768 x 576) in ``folder``; their names."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for index in range(count):
@@ -63,7 +68,7 @@ def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 512)) -> 
         coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(
             size, Image.Resampling.BICUBIC
         )
-        noise = rng.integers(-10, 11, (size[1], size[0], 3))
+        noise = rng.integers(-14, 15, (size[1], size[0], 3))
         pixels = np.clip(np.asarray(coarse, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
         name = f"{index:05d}.jpg"
         Image.fromarray(pixels).save(folder / name, format="JPEG", quality=85)
@@ -116,33 +121,30 @@ def served_folder(folder: Path):
         process.join(10)
 
 
-def run_mcc_scraper(
-    url_csv: Path, workdir: Path, concurrency: int, per_host: int, keep_original: bool
-) -> dict:
-    from generators.download import DownloadConfig
-    from generators.sources import read_url_list
-    from generators.web import ScrapeConfig, WebScraper, plan_web_records
-    from manifests import ManifestStore, State, load_groups
-    from manifests.stage import run_stage
+def run_mcc_scrape(url_csv: Path, workdir: Path, args, reencode: bool = False) -> dict:
+    """``mcc scrape`` as a user runs it, in a new process; counts from the store afterwards."""
+    from manifests import ManifestStore, State
 
-    groups = {g.id: g for g in load_groups()}
-    store = ManifestStore(workdir)
-    candidates = read_url_list(url_csv, set(groups)).candidates
-    records, _ = plan_web_records(candidates, groups, store)
-    config = ScrapeConfig(
-        download=DownloadConfig(per_host_rate=0, allow_private_networks=True, per_host_connections=per_host),
-        concurrency=concurrency,
-        keep_original_bytes=keep_original,
-    )
+    command = [
+        sys.executable, "-m", "flows.cli", "scrape", "--workdir", str(workdir), "--urls", str(url_csv),
+        "--allow-private-networks", "--rate", "0", "--concurrency", str(args.concurrency),
+        "--per-host-connections", str(args.concurrency),
+        *(["--reencode-png"] if reencode else []),
+    ]  # fmt: skip
     started, cpu = time.perf_counter(), _cpu_seconds()
-    records = run_stage(WebScraper(config), store, records).records  # worker processes end first
-    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    if completed.returncode != 0:
+        raise RuntimeError(f"mcc scrape failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    records = list(ManifestStore(workdir).iter())
     failures = Counter(r.rejection.reason for r in records if r.state == State.rejected and r.rejection)
     accepted = sum(r.state == State.generated for r in records)
-    return {"accepted": accepted, "failures": dict(failures), "seconds": seconds, "wall": seconds, "cpu": cpu}
+    return {"accepted": accepted, "failures": dict(failures), "wall": wall, "cpu": cpu}
 
 
-def run_img2dataset(executable: str, url_csv: Path, output: Path, extra: list[str]) -> dict:
+def run_img2dataset(executable: str, url_csv: Path, output: Path, args, extra: list[str]) -> dict:
+    """img2dataset in its own process: ``args.i2d_processes`` processes of ``concurrency /
+    processes`` threads (the same downloads in flight as mcc), files output."""
     command = [
         executable,
         "--url_list",
@@ -156,9 +158,9 @@ def run_img2dataset(executable: str, url_csv: Path, output: Path, extra: list[st
         "--output_format",
         "files",
         "--processes_count",
-        "1",
+        str(args.i2d_processes),
         "--thread_count",
-        "64",
+        str(max(1, args.concurrency // args.i2d_processes)),
         "--number_sample_per_shard",
         "10000",
         "--timeout",
@@ -179,20 +181,22 @@ def run_img2dataset(executable: str, url_csv: Path, output: Path, extra: list[st
         for status, n in (s.get("status_dict") or {}).items():
             if status != "success":
                 failures[status] += n
-    seconds = max((s.get("duration") or 0.0) for s in stats) if stats else wall
-    return {"accepted": successes, "failures": dict(failures), "seconds": seconds, "wall": wall, "cpu": cpu}
+    return {"accepted": successes, "failures": dict(failures), "wall": wall, "cpu": cpu}
 
 
 def bench_scrape(args) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, args.threads))
+    executable = args.img2dataset or shutil.which("img2dataset")
+    if not executable:
+        raise SystemExit(
+            "img2dataset not found: pass --img2dataset PATH (install img2dataset==1.47.0 in its own venv)"
+        )
     root = Path(tempfile.mkdtemp(prefix="mcc-bench-scrape-"))
     try:
-        names = make_jpegs(root / "site", args.images)
+        width, height = args.size
+        names = make_jpegs(root / "site", args.images, (width, height))
         mean_kb = np.mean([(root / "site" / n).stat().st_size for n in names]) / 1024
-        console.print(f"{len(names)} JPEGs of 640x512, mean {mean_kb:.1f} KiB, served on 127.0.0.1")
-        rows = []
+        console.print(f"{len(names)} JPEGs of {width}x{height}, mean {mean_kb:.1f} KiB, served on 127.0.0.1")
+        rows: dict[str, list[dict]] = {}
         with served_folder(root / "site") as base:
             url_csv = root / "urls.csv"
             with url_csv.open("w", newline="") as f:
@@ -200,61 +204,73 @@ def bench_scrape(args) -> None:
                 writer.writerow(["url", "group", "licence", "attribution", "page_url"])
                 for name in names:
                     writer.writerow([f"{base}/{name}", "lemon-lime", "CC0", "", ""])
-            for label, keep in (
-                ("mcc scrape (default: original bytes, JPEG metadata removed)", True),
-                ("mcc scrape --reencode-png", False),
-            ):
-                result = run_mcc_scraper(url_csv, root / f"mcc-{keep}", args.concurrency, args.per_host, keep)
-                rows.append((label, result))
-            executable = args.img2dataset or shutil.which("img2dataset")
-            if executable:
-                for label, extra in (
-                    ("img2dataset defaults (resize 256, jpg)", []),
-                    ("img2dataset --resize_mode no", ["--resize_mode", "no"]),
-                ):
-                    rows.append((label, run_img2dataset(executable, url_csv, root / label.split()[1], extra)))
-            else:
-                console.print(
-                    "[yellow]img2dataset not found: pass --img2dataset PATH (install it in its own venv)"
-                )
+            runs = [
+                (
+                    "mcc scrape (original bytes, metadata removed)",
+                    lambda out: run_mcc_scrape(url_csv, out, args),
+                ),
+                (
+                    "img2dataset --resize_mode no",
+                    lambda out: run_img2dataset(executable, url_csv, out, args, ["--resize_mode", "no"]),
+                ),
+            ]
+            if args.more:
+                runs += [
+                    (
+                        "mcc scrape --reencode-png",
+                        lambda out: run_mcc_scrape(url_csv, out, args, reencode=True),
+                    ),
+                    (
+                        "img2dataset defaults (resize 256, jpg)",
+                        lambda out: run_img2dataset(executable, url_csv, out, args, []),
+                    ),
+                ]
+            for repeat in range(args.repeats):  # alternate the tools: drifts in load hit both
+                for n, (label, run) in enumerate(runs):
+                    output = root / f"run-{repeat}-{n}"
+                    rows.setdefault(label, []).append(run(output))
+                    shutil.rmtree(output, ignore_errors=True)
         load = os.getloadavg()[0]
         table = Table(
-            title=f"scraper throughput: {args.images} x ~50 KB JPEGs on loopback, {os.cpu_count()} CPUs, "
-            f"load average {load:.1f} at the end"
+            title=f"scraper, whole-process wall time: {args.images} x {mean_kb:.0f} KiB JPEGs on loopback, "
+            f"{args.concurrency} downloads in flight, {os.cpu_count()} CPUs, median of {args.repeats} "
+            f"(alternating), load average {load:.1f} at the end"
         )
-        columns = (
+        for column in (
             "tool",
             "accepted",
             "failures",
-            "seconds",
-            "accepted images/s",
-            "wall s incl. start-up",
-            "CPU ms / image (all processes)",
-        )
-        for column in columns:
+            "wall s (median)",
+            "images/s",
+            "CPU ms / image",
+            "img2dataset wall / this",
+        ):
             table.add_column(column, justify="left" if column in ("tool", "failures") else "right")
-        for label, r in rows:
-            failures = ", ".join(f"{k}: {v}" for k, v in sorted(r["failures"].items())) or "none"
+        reference = statistics.median(r["wall"] for r in rows["img2dataset --resize_mode no"])
+        for label, results in rows.items():
+            wall = statistics.median(r["wall"] for r in results)
+            last = results[-1]
+            failures = ", ".join(f"{k}: {v}" for k, v in sorted(last["failures"].items())) or "none"
             table.add_row(
                 label,
-                str(r["accepted"]),
+                str(last["accepted"]),
                 failures,
-                f"{r['seconds']:.1f}",
-                f"{r['accepted'] / r['seconds']:.1f}",
-                f"{r['wall']:.1f}",
-                f"{1000 * r['cpu'] / max(r['accepted'], 1):.1f}",
+                f"{wall:.2f}",
+                f"{last['accepted'] / wall:.1f}",
+                f"{1000 * statistics.median(r['cpu'] for r in results) / max(last['accepted'], 1):.1f}",
+                f"{reference / wall:.2f}x",
             )
         console.print(table)
         console.print(
-            "seconds: the scrape stage for mcc (worker start-up included); img2dataset's own shard "
-            "duration (its start-up excluded, see the wall column). The local server's CPU is not counted."
+            "wall: the whole command, start-up and imports included. mcc: --rate 0 --concurrency C "
+            f"--per-host-connections C; img2dataset {args.i2d_processes} processes x C/{args.i2d_processes} "
+            "threads. The local server's CPU is not counted."
         )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
 
-# -- FLUX -------------------------------------------------------------------------------
 def random_flux_dev_pipeline(
     device: str, dtype, layers: int = 19, single_layers: int = 38, text_layers: int = 24
 ):
@@ -443,17 +459,19 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     scrape = commands.add_parser("scrape", help="scraper throughput on loopback vs img2dataset")
     scrape.add_argument("--images", type=int, default=2000)
-    scrape.add_argument("--concurrency", type=int, default=64)
     scrape.add_argument(
-        "--per-host",
+        "--size", type=lambda v: tuple(int(x) for x in v.split("x")), default=(768, 576), help="WxH"
+    )
+    scrape.add_argument(
+        "--concurrency",
         type=int,
-        default=32,
-        help="connections to the one local host (img2dataset has no per-host limit; mcc scrape's default is 8)",
+        default=64,
+        help="downloads in flight (mcc: also per host, as img2dataset has no limit)",
     )
+    scrape.add_argument("--i2d-processes", type=int, default=2, help="img2dataset --processes_count")
+    scrape.add_argument("--repeats", type=int, default=3)
+    scrape.add_argument("--more", action="store_true", help="also --reencode-png and img2dataset's defaults")
     scrape.add_argument("--img2dataset", help="img2dataset executable (default: on PATH)")
-    scrape.add_argument(
-        "--threads", type=int, default=2, help="torch threads (the scraper does not use torch)"
-    )
     scrape.add_argument("--keep", action="store_true", help="keep the temporary folders")
     flux = commands.add_parser("flux", help="FLUX seconds per image and images per hour")
     flux.add_argument("--images", type=int, default=4)

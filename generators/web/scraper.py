@@ -8,10 +8,12 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from generators.download import Downloader, DownloadFailure
 from generators.licences import Licence, parse_licence
@@ -143,7 +145,6 @@ class WebScraper:
     name = STAGE
     accepts = (State.planned,)
     batch_size = 1_000_000  # one batch: downloads of the whole selection overlap
-    writers = 4  # file writes (fsync) of different records overlap on this many threads
 
     def __init__(self, config: ScrapeConfig | None = None):
         self.config = config or ScrapeConfig()
@@ -362,6 +363,18 @@ class ScrapeRun:
     already_stored: int
 
 
+def rate_limit_line(records: list[Record], rate: float) -> str:
+    """What the per-host rate limit means for this run: the busiest host bounds its duration."""
+    if not rate:
+        return f"{len(records)} URLs; no rate limit"
+    hosts = Counter(urlsplit(r.source.url).hostname or "?" for r in records)
+    host, count = hosts.most_common(1)[0]
+    return (
+        f"{len(records)} URLs on {len(hosts)} hosts; at most {rate:g} requests/s per host, so the busiest "
+        f"({host}, {count} URLs) takes at least {count / rate:.0f} s (--rate sets the limit, e.g. for your own server)"
+    )
+
+
 def scrape(
     job: ScrapeJob,
     store: ManifestStore,
@@ -382,7 +395,6 @@ def scrape(
     records, skipped = plan_web_records(candidates, groups, store, retry_transient=job.retry_failed)
     if not records:
         return ScrapeRun([], skipped_rows, len(skipped))
-    rate = job.download.per_host_rate
-    log(f"{len(records)} URLs; " + (f"at most {rate:g} requests/s per host" if rate else "no rate limit"))
+    log(rate_limit_line(records, job.download.per_host_rate))
     processed = run_stage(WebScraper(job), store, records, progress=progress).records
     return ScrapeRun(processed, skipped_rows, len(skipped))

@@ -43,6 +43,12 @@ class Served:
     routes: dict[str, Route]
     log: list[str]
     headers: list[dict[str, str]] = field(default_factory=list)  # each request's headers, lower-case names
+    server: _Server | None = None
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most requests the server was answering at the same time."""
+        return self.server.most_in_flight
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -60,6 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self.path
+        hit = 0
         with self.server.lock:
             self.server.log.append(path)
             self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
@@ -67,6 +74,16 @@ class _Handler(BaseHTTPRequestHandler):
             if route is not None:
                 route.hits += 1
                 hit = route.hits
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
+        try:
+            self._route(route, hit, path)
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
+
+    def _route(self, route: Route | None, hit: int, path: str) -> None:
         if route is None:
             self._answer(404, b"not found", {"Content-Type": "text/plain"})
             return
@@ -104,6 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 would hold back concurrent clients
 
     def __init__(self, routes: dict[str, Route]):
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -111,6 +129,7 @@ class _Server(ThreadingHTTPServer):
         self.log: list[str] = []
         self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
 
 
 @contextlib.contextmanager
@@ -125,7 +144,7 @@ def serve(routes: dict[str, Route]) -> Iterator[Served]:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield Served(f"http://127.0.0.1:{server.server_address[1]}", routes, server.log, server.headers)
+        yield Served(f"http://127.0.0.1:{server.server_address[1]}", routes, server.log, server.headers, server)
     finally:
         server.shutdown()
         server.server_close()

@@ -212,6 +212,23 @@ def test_clients_and_host_slots_are_per_origin():
     assert clients == {server.base} and slots == {server.base}
 
 
+@pytest.mark.parametrize(("connections", "pools"), [(3, 1), (8, 1), (20, 3)])
+def test_every_allowed_connection_is_used_and_never_more(connections, pools):
+    """An origin allowed more connections than one pool holds gets several pools
+    (httpcore's pool is quadratic in its size); all ``per_host_connections`` downloads run
+    at once, never more."""
+
+    async def run(base: str) -> int:
+        async with Downloader(_config(per_host_connections=connections)) as downloader:
+            await asyncio.gather(*(downloader.get(f"{base}/slow.jpg?{n}") for n in range(2 * connections)))
+            return len(downloader._clients[base])
+
+    with serve({"/slow.jpg": Route(b"x", delay=0.3)}) as server:
+        assert asyncio.run(run(server.base)) == pools
+        assert server.hits("/slow.jpg") == 0 and len(server.log) == 2 * connections + 1  # + robots.txt
+        assert server.most_in_flight == connections
+
+
 def test_retries_zero_means_exactly_one_attempt():
     """``retries=0``: one request, whose answer is used (a 503 is an http_error after 1 attempt)."""
     with serve({"/busy": Route(b"", status=503, content_type="text/plain")}) as server:
