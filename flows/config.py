@@ -147,6 +147,44 @@ def read_profile(profile: str) -> dict[str, Any]:
     return values
 
 
+def merge_run_config(deployment_config: dict[str, Any] | None, run_config: dict[str, Any]) -> dict[str, Any]:
+    """The ``config`` a deployment's flow run works with: the fields the run set, merged field by
+    field over the deployment's own ``config`` parameter.
+
+    Prefect replaces a deployment's parameter as a whole when a run passes it (``--params
+    '{"config": {"workdir": ...}}'`` would drop the deployment's profile and model settings);
+    ``run_config`` holds only what the run set (``model_dump(exclude_unset=True)``), so
+    everything else keeps the deployment's value.
+    """
+    return _merge(deployment_config or {}, run_config)
+
+
+def check_deployable(config: PipelineConfig) -> PipelineConfig:
+    """``config`` if a flow run may use it; ValueError naming the field and the fix if not.
+
+    A flow run has a profile (no silent full-size defaults), and its work dir and output
+    folders are absolute paths or URLs: a relative path would resolve in whatever folder the
+    worker runs in (the repository, for `prefect deploy`'s default pull step).
+    """
+    if not config.profile:
+        raise ValueError(
+            "config has no profile: a flow run needs one (config.profile: smoke, full or the path of a "
+            "YAML profile), so that it never runs on the full-size defaults by accident"
+        )
+    for field, value in (
+        ("workdir", config.workdir),
+        ("publish.out", config.publish.out),
+        ("score.out", config.score.out),
+    ):
+        if value and "://" not in value and not Path(value).is_absolute():
+            raise ValueError(
+                f"config.{field} is {value!r}, a relative path: a worker would resolve it in its own folder. "
+                "Give an absolute path or a URL (s3://..., a shared mount); `mcc deploy --workdir DIR` sets "
+                "the deployments' work dir"
+            )
+    return config
+
+
 def load_profile(profile: str, **overrides: Any) -> PipelineConfig:
     """``PipelineConfig`` of a profile, with top-level ``overrides`` (e.g. ``workdir=...``)."""
     return PipelineConfig.model_validate({"profile": profile, **overrides})

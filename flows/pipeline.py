@@ -32,7 +32,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from flows.config import PipelineConfig
+from flows.config import PipelineConfig, check_deployable, merge_run_config
 from manifests import ManifestStore, State, add_planned, load_groups, plan_scenes
 from manifests.registry import GENERATORS, LOCALIZERS, SEGMENTERS
 from manifests.stage import run_stage
@@ -188,12 +188,33 @@ def pull_reviews_task(config: PipelineConfig) -> dict[str, Any]:
 
 
 # -- flows -----------------------------------------------------------------------------------
+def run_config(config: PipelineConfig) -> PipelineConfig:
+    """The configuration a flow run works with, checked (``flows.config.check_deployable``).
+
+    In a deployment's run, the fields the run set are merged over the deployment's own
+    ``config`` parameter (``flows.config.merge_run_config``: Prefect would replace it whole), so
+    ``--params '{"config": {"workdir": "/data/other"}}'`` keeps the deployment's profile and
+    model settings. Called first by every flow.
+    """
+    from prefect import runtime
+    from prefect.client.orchestration import get_client
+
+    deployment_id = runtime.deployment.id
+    if deployment_id is not None:
+        with get_client(sync_client=True) as client:
+            defaults = client.read_deployment(deployment_id).parameters.get("config")
+        given = config.model_dump(mode="json", exclude_unset=True)
+        config = PipelineConfig.model_validate(merge_run_config(defaults, given))
+    return check_deployable(config)
+
+
 @flow(name="rebuild-dataset", log_prints=True)
 def rebuild_dataset(config: PipelineConfig, shard_ids: list[list[str]] | None = None) -> dict[str, Any]:
     """Plan, scrape, generate, localise, segment and gate; then push to review.
 
     ``shard_ids`` is set only for child runs of a fan-out: they process exactly those shards.
     """
+    config = run_config(config)
     logger = get_run_logger()
     start = time.perf_counter()
     if shard_ids is not None:
@@ -327,6 +348,7 @@ def wait_for_children(read_runs, *, timeout: float, on_progress=None, poll: floa
 @flow(name="sync-reviews", log_prints=True)
 def sync_reviews(config: PipelineConfig) -> dict[str, Any]:
     """Pull submitted Label Studio reviews into the records."""
+    config = run_config(config)
     report = pull_reviews_task(config)
     create_markdown_artifact(
         f"# Review sync\n\n{report}\n\nrecords by state: {publish_counts(config)}", key="sync-reviews-summary"
@@ -340,6 +362,7 @@ def publish_dataset(config: PipelineConfig) -> dict[str, Any]:
     from manifests.publish import build_dataset, push_dataset
     from manifests.publish.selection import REVIEWED_ONLY, WITH_UNREVIEWED
 
+    config = run_config(config)
     logger = get_run_logger()
     store = ManifestStore(config.workdir)
     include = WITH_UNREVIEWED if config.publish.include_unreviewed else REVIEWED_ONLY
@@ -386,6 +409,7 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
     from benchmark.evaluate import SharedRecording, evaluate_together, scored_anchordiff_methods
     from benchmark.report import TABLE4_COLUMNS
 
+    config = run_config(config)
     logger = get_run_logger()
     c = config.score
     dataset = open_dataset(

@@ -8,7 +8,8 @@ what ``prefect.yaml`` needs and then deploys it:
    slots (default: the CUDA devices of this machine, at least 1); an existing limit with another
    size is resized and the change is printed;
 3. ``prefect --no-prompt deploy --all`` from the repository root (the 6 deployments of
-   ``prefect.yaml``; the review-sync schedule is created paused).
+   ``prefect.yaml``; the review-sync schedule is created paused), their work dirs made
+   absolute from ``--workdir`` / ``--smoke-workdir``.
 
 Then it prints the worker commands to start, one ``gpu`` worker per GPU. Running it again
 changes nothing (and says so).
@@ -126,12 +127,19 @@ def ensure_pools_and_limit(api_url: str, gpu_slots: int) -> list[str]:
     return lines
 
 
-def deploy_all(api_url: str) -> str:
-    """``prefect --no-prompt deploy --all`` from the repository root; its output. Raises RuntimeError."""
+def deploy_all(api_url: str, workdir: str, smoke_workdir: str) -> str:
+    """``prefect --no-prompt deploy --all`` from the repository root, with the deployments' work
+    dirs (``MCC_WORKDIR``, ``MCC_SMOKE_WORKDIR`` in prefect.yaml); its output. Raises RuntimeError."""
     result = subprocess.run(
         [PREFECT, "--no-prompt", "deploy", "--all"],
         cwd=REPOSITORY,
-        env={**os.environ, "PREFECT_API_URL": api_url, "PREFECT_CLI_PROMPT": "false"},
+        env={
+            **os.environ,
+            "PREFECT_API_URL": api_url,
+            "PREFECT_CLI_PROMPT": "false",
+            "MCC_WORKDIR": workdir,
+            "MCC_SMOKE_WORKDIR": smoke_workdir,
+        },
         capture_output=True,
         text=True,
         timeout=600,
@@ -164,8 +172,19 @@ def deploy(
             "--start-server", help="With no PREFECT_API_URL: start a local Prefect server and use it."
         ),
     ] = False,
+    workdir: Annotated[
+        str,
+        typer.Option(
+            help="Work dir of the full-size deployments: an absolute path or URL shared by all workers "
+            "(a relative path is made absolute here)."
+        ),
+    ] = "mcc-workdir",
+    smoke_workdir: Annotated[
+        str, typer.Option(help="Work dir of the smoke deployment (absolute path or URL).")
+    ] = "demo-workdir",
 ) -> None:
     """Create the work pools and the gpu limit, deploy prefect.yaml, print the worker commands (idempotent)."""
+    workdir, smoke_workdir = (w if "://" in w else str(Path(w).resolve()) for w in (workdir, smoke_workdir))
     from prefect.settings import PREFECT_API_URL
 
     api_url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
@@ -192,13 +211,14 @@ def deploy(
     try:
         for line in ensure_pools_and_limit(api_url, slots):
             console.print(line)
-        output = deploy_all(api_url)
+        output = deploy_all(api_url, workdir, smoke_workdir)
     except RuntimeError as error:
         raise fail(str(error)) from None
     deployed = sorted({line.split("'")[1] for line in output.splitlines() if "Deployment '" in line})
     console.print(
         f"deployed {len(deployed)} deployment(s) to {api_url}: {', '.join(deployed) or 'see above'}"
     )
+    console.print(f"work dirs: {workdir} (full-size deployments), {smoke_workdir} (smoke)", soft_wrap=True)
     console.print(
         "the review sync (sync-reviews/every-30-min) is scheduled but paused: resume it once "
         "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set for the cpu worker "

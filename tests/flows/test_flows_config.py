@@ -77,3 +77,54 @@ def test_the_fan_out_parent_waits_with_a_deadline_and_names_what_did_not_finish(
         wait_for_children(lambda: [done, crashed], timeout=60)
     assert wait_for_children(lambda: [done], timeout=60) == [done]
     assert PipelineConfig().fan_out_timeout == 6 * 3600.0
+
+
+def test_a_runs_fields_merge_over_its_deployments_config():
+    """What a run set (and only that) replaces the deployment's values, section by section."""
+    from flows.config import merge_run_config
+
+    deployment = {
+        "profile": "full",
+        "workdir": "/data/mcc",
+        "score": {"preset": "sd35", "model": "stabilityai/stable-diffusion-3.5-large", "out": "/data/mcc/r"},
+    }
+    run = PipelineConfig.model_validate({"workdir": "/data/other", "score": {"limit": 3}})
+    given = run.model_dump(mode="json", exclude_unset=True)
+    assert given == {"workdir": "/data/other", "score": {"limit": 3}}
+    merged = PipelineConfig.model_validate(merge_run_config(deployment, given))
+    assert (merged.profile, merged.workdir) == ("full", "/data/other")
+    assert (merged.score.preset, merged.score.model, merged.score.limit) == (
+        "sd35",
+        deployment["score"]["model"],
+        3,
+    )
+    assert merged.generate.model == "black-forest-labs/FLUX.1-dev"  # the deployment's profile, filled in
+    assert merge_run_config(None, given) == given
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"workdir": "/data/mcc"}, "config has no profile"),
+        (
+            {"profile": "smoke", "workdir": "demo-workdir"},
+            "config.workdir is 'demo-workdir', a relative path",
+        ),
+        ({"profile": "smoke", "workdir": "/w", "score": {"out": "reports"}}, "config.score.out is 'reports'"),
+        ({"profile": "smoke", "workdir": "/w", "publish": {"out": "ds"}}, "config.publish.out is 'ds'"),
+        ({"profile": "full", "workdir": "{{ $MCC_WORKDIR }}"}, "mcc deploy --workdir DIR"),
+    ],
+)
+def test_a_flow_run_refuses_no_profile_and_relative_folders(values, message):
+    from flows.config import check_deployable
+
+    with pytest.raises(ValueError, match=message.replace("$", r"\$").replace("{", r"\{")):
+        check_deployable(PipelineConfig.model_validate(values))
+
+
+@pytest.mark.parametrize("workdir", ["/data/mcc", "s3://bucket/mcc", "memory://mcc"])
+def test_absolute_and_url_work_dirs_are_accepted(workdir):
+    from flows.config import check_deployable
+
+    config = PipelineConfig.model_validate({"profile": "smoke", "workdir": workdir})
+    assert check_deployable(config) is config

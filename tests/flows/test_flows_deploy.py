@@ -278,6 +278,32 @@ def test_fan_out_processes_every_shard_once_then_survives_a_killed_worker(server
     assert manifest_outcome(interrupted) == manifest_outcome(reference)
 
 
+def test_deployments_have_absolute_work_dirs_and_a_run_keeps_the_fields_it_does_not_set(server, tmp_path):
+    """Prefect replaces a deployment's `config` parameter as a whole when a run passes one;
+    `run_config` merges the run's fields over it instead. A run of the smoke deployment that
+    sets only its work dir and a small plan (no profile) runs on the deployment's smoke
+    profile, with the tiny models; nothing resolves into the repository."""
+    deployments = {d["name"]: d for d in api_filter(server, "deployments")}
+    sd35 = deployments["sd35"]["parameters"]["config"]
+    assert (sd35["profile"], sd35["score"]["preset"]) == ("full", "sd35")
+    assert (
+        sd35["workdir"] == str(REPO / "mcc-workdir")
+        and sd35["score"]["out"] == f"{REPO}/mcc-workdir/reports/sd35"
+    )
+    assert deployments["smoke"]["parameters"]["config"]["workdir"] == str(REPO / "demo-workdir")
+    assert all(Path(d["parameters"]["config"]["workdir"]).is_absolute() for d in deployments.values())
+
+    workdir = tmp_path / "set-fields-only"
+    fields = {key: value for key, value in smoke_params(workdir).items() if key != "profile"}
+    fields.update(fan_out=1, plan={"max_groups": 1, "per_group": 1})
+    with Workers(server, tmp_path, count=1):
+        run = wait_final(server, start_run(server, fields))
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    (record,) = ManifestStore(workdir).iter()
+    assert record.source.model == "tiny"  # the deployment's smoke profile, not the full-size defaults
+    assert not (REPO / "demo-workdir" / "records" / f"{record.id}.json").exists()
+
+
 def test_mcc_deploy_without_a_server_names_the_fix_and_can_start_one(tmp_path):
     from flows.commands.deploy import start_local_server
 
