@@ -33,6 +33,7 @@ The CLI commands and the Prefect flows both call ``run_stage``; only the runner 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import queue
@@ -224,7 +225,11 @@ class _Writer:
         self._queue: queue.Queue[Output | None] = queue.Queue(maxsize=4 * self.GROUP)
         self._error: BaseException | None = None
         self._written: dict = {}
-        self._thread = threading.Thread(target=self._loop, name="mcc-stage-writer", daemon=True)
+        # in a copy of the caller's context: progress callbacks may need it (a Prefect run's logger)
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._loop,), name="mcc-stage-writer", daemon=True
+        )
         self._thread.start()
 
     def submit(self, output: Output) -> None:

@@ -209,9 +209,8 @@ class ManifestStore:
         try:
             if self._local:
                 with open(path, "rb") as f:
-                    status = os.fstat(
-                        f.fileno()
-                    )  # of the very file read: records are replaced, never rewritten
+                    # the identity of the very file read: records are replaced, never rewritten
+                    status = os.fstat(f.fileno())
                     data = f.read()
                 identity = FileIdentity(status.st_ino, status.st_size, status.st_mtime_ns)
             else:

@@ -79,7 +79,9 @@ def test_files_are_written_before_their_record_and_every_record_once(tmp_path):
         [("file", f"images/gen-{i}.png") for i in range(3)] + [("record", f"gen-{i}") for i in range(3)]
     )
     for i in range(3):
-        assert store.writes.index(("file", f"images/gen-{i}.png")) < store.writes.index(("record", f"gen-{i}"))
+        assert store.writes.index(("file", f"images/gen-{i}.png")) < store.writes.index(
+            ("record", f"gen-{i}")
+        )
     assert [r.id for r in run.records] == ["gen-0", "gen-1", "gen-2"] and {r.state for r in run.records} == {
         State.generated
     }
@@ -247,3 +249,17 @@ def test_group_commit_stores_everything_and_keeps_the_input_order(tmp_path):
     assert sorted(i for group in store.groups for i in group) == [r.id for r in records]
     assert store.counts().by_state == {"generated": 20}
     assert all(store.open_image(store.get(r.id)).getpixel((0, 0))[0] == r.source.seed for r in records)
+
+
+def test_progress_runs_in_the_callers_context(tmp_path):
+    """The writer thread calls ``progress`` in a copy of the caller's context, where a Prefect
+    task's run context (and so ``get_run_logger``) lives."""
+    import contextvars
+
+    current = contextvars.ContextVar("current", default="none")
+    current.set("the caller's run")
+    seen = []
+    run_stage(
+        Painter(), ManifestStore(tmp_path), [planned("gen-0")], progress=lambda r: seen.append(current.get())
+    )
+    assert seen == ["the caller's run"]
