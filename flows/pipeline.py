@@ -16,6 +16,7 @@ records that are already past it, so a re-run after a crash finishes what is mis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
@@ -73,6 +74,37 @@ class StageModels:
                 self.config.segment, quality=self.config.quality, verifier=verifier
             )
         return self._segmenter
+
+
+GPU_LEASE_SECONDS = 60
+"""Lease of a ``gpu`` slot, renewed while its task runs: a killed run's slot returns within this."""
+GPU_WAIT_LOG_SECONDS = 60
+
+
+@contextlib.contextmanager
+def gpu_slot():
+    """One slot of the ``gpu`` global concurrency limit for a model task, logging once a minute
+    while every slot is held (by other model tasks, or for up to ``GPU_LEASE_SECONDS`` by a run
+    that was killed)."""
+    acquired = False
+    while True:
+        try:
+            with concurrency(
+                GPU_LIMIT, occupy=1, timeout_seconds=GPU_WAIT_LOG_SECONDS, lease_duration=GPU_LEASE_SECONDS
+            ):
+                acquired = True
+                yield
+            return
+        except TimeoutError:
+            if acquired:  # raised by the task itself, not by the wait
+                raise
+            get_run_logger().info(
+                "waiting for a slot of the %r concurrency limit: every slot is held by another model "
+                "task (a killed run's slot returns within %d s); `prefect gcl inspect %s` lists them",
+                GPU_LIMIT,
+                GPU_LEASE_SECONDS,
+                GPU_LIMIT,
+            )
 
 
 # -- tasks ---------------------------------------------------------------------------------
@@ -149,7 +181,7 @@ def process_shard(config: PipelineConfig, shard: list[str], models: StageModels)
     """
     store = ManifestStore(config.workdir)
     records = {record_id: store.get(record_id) for record_id in shard}
-    with concurrency(GPU_LIMIT, occupy=1):
+    with gpu_slot():
         for name in ("generator", "localizer", "segmenter"):  # each model loads when its stage starts
             done = run_stage(getattr(models, name), store, list(records.values()))
             records.update({r.id: r for r in done.records})
@@ -425,7 +457,7 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
     recording = SharedRecording(pipeline)
     methods = scored_anchordiff_methods(c, c.methods, recording, model)
     folders = [Path(config.reports_dir) / f"{c.preset}-{c.mode}-{name}" for name in c.methods]
-    with concurrency(GPU_LIMIT, occupy=1):
+    with gpu_slot():
         reports = evaluate_together(
             methods, dataset, out_dirs=folders, limit=c.limit, progress=False, qualitative=c.qualitative,
             conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,

@@ -9,7 +9,8 @@ what ``prefect.yaml`` needs and then deploys it:
    size is resized and the change is printed;
 3. ``prefect --no-prompt deploy --all`` from the repository root (the 6 deployments of
    ``prefect.yaml``; the review-sync schedule is created paused), their work dirs made
-   absolute from ``--workdir`` / ``--smoke-workdir``.
+   absolute from ``--workdir`` / ``--smoke-workdir``;
+4. the automation that marks flow runs whose heartbeats stopped (a killed worker) Crashed.
 
 Then it prints the worker commands to start, one ``gpu`` worker per GPU. Running it again
 changes nothing (and says so).
@@ -124,7 +125,60 @@ def ensure_pools_and_limit(api_url: str, gpu_slots: int) -> list[str]:
                 lines.append(
                     f"concurrency limit {GPU_LIMIT!r}: resized from {limit.limit} to {gpu_slots} slot(s)"
                 )
+        if client.read_automations_by_name(ZOMBIE_AUTOMATION):
+            lines.append(f"automation {ZOMBIE_AUTOMATION!r}: exists")
+        else:
+            client.create_automation(zombie_automation())
+            lines.append(
+                f"automation {ZOMBIE_AUTOMATION!r}: created (a run without a heartbeat for "
+                f"{ZOMBIE_AFTER_SECONDS} s is marked Crashed)"
+            )
     return lines
+
+
+HEARTBEAT_SECONDS = 30
+"""``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` of the printed worker commands (Prefect's minimum)."""
+ZOMBIE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+ZOMBIE_AUTOMATION = "mcc: crash flow runs without heartbeats"
+
+
+def zombie_automation():
+    """Prefect's zombie-run detection (docs.prefect.io/v3/advanced/detect-zombie-flows): a flow run
+    whose heartbeat is not followed within ``ZOMBIE_AFTER_SECONDS`` by another heartbeat or a final
+    state (its worker or machine died) is set Crashed, so it holds nothing and a re-run of the
+    deployment redoes its records."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description="Flow runs whose worker died stay Running for good otherwise; created by `mcc deploy`.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_AFTER_SECONDS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {ZOMBIE_AFTER_SECONDS} s: its worker or machine died",
+            )
+        ],
+    )
 
 
 def deploy_all(api_url: str, workdir: str, smoke_workdir: str) -> str:
@@ -150,13 +204,15 @@ def deploy_all(api_url: str, workdir: str, smoke_workdir: str) -> str:
 
 
 def worker_commands(gpus: int) -> list[str]:
-    """One ``gpu`` worker per GPU (pinned with CUDA_VISIBLE_DEVICES) and one ``cpu`` worker."""
+    """One ``gpu`` worker per GPU (pinned with CUDA_VISIBLE_DEVICES) and one ``cpu`` worker, their
+    flow runs sending heartbeats (``zombie_automation``)."""
     host = socket.gethostname().split(".")[0]
+    beat = f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={HEARTBEAT_SECONDS}"
     lines = [
-        f"CUDA_VISIBLE_DEVICES={i} {PREFECT} worker start --pool gpu --type process --name {host}-gpu{i}"
+        f"CUDA_VISIBLE_DEVICES={i} {beat} {PREFECT} worker start --pool gpu --type process --name {host}-gpu{i}"
         for i in range(max(1, gpus))
     ]
-    return [*lines, f"{PREFECT} worker start --pool cpu --type process --name {host}-cpu"]
+    return [*lines, f"{beat} {PREFECT} worker start --pool cpu --type process --name {host}-cpu"]
 
 
 def deploy(

@@ -128,3 +128,37 @@ def test_absolute_and_url_work_dirs_are_accepted(workdir):
 
     config = PipelineConfig.model_validate({"profile": "smoke", "workdir": workdir})
     assert check_deployable(config) is config
+
+
+def test_a_model_task_waiting_for_a_gpu_slot_says_so_and_its_own_errors_pass_through(monkeypatch):
+    import contextlib
+
+    import flows.pipeline as pipeline
+
+    calls, logged = [], []
+
+    @contextlib.contextmanager
+    def busy_twice(names, occupy, timeout_seconds, lease_duration):
+        calls.append((names, occupy, timeout_seconds, lease_duration))
+        if len(calls) <= 2:
+            raise TimeoutError("every slot is held")
+        yield
+
+    class Logger:
+        def info(self, message, *args):
+            logged.append(message % args)
+
+    monkeypatch.setattr(pipeline, "concurrency", busy_twice)
+    monkeypatch.setattr(pipeline, "get_run_logger", Logger)
+    ran = []
+    with pipeline.gpu_slot():
+        ran.append(True)
+    assert ran == [True] and len(calls) == 3
+    assert calls[0] == ("gpu", 1, pipeline.GPU_WAIT_LOG_SECONDS, pipeline.GPU_LEASE_SECONDS)
+    assert len(logged) == 2 and "waiting for a slot of the 'gpu' concurrency limit" in logged[0]
+    assert f"returns within {pipeline.GPU_LEASE_SECONDS} s" in logged[0]
+    calls.clear()
+    calls.extend([None, None])  # the next acquisition succeeds at once
+    with pytest.raises(TimeoutError, match="the task's own"), pipeline.gpu_slot():
+        raise TimeoutError("the task's own timeout")
+    assert len(calls) == 3  # not retried

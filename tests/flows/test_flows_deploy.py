@@ -84,6 +84,8 @@ def server(tmp_path_factory):
             "work pool 'gpu': created" in first and "concurrency limit 'gpu': created with 2 slot(s)" in first
         )
         assert "deployed 6 deployment(s)" in first and "CUDA_VISIBLE_DEVICES=0" in first
+        assert "automation 'mcc: crash flow runs without heartbeats': created" in first
+        assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30" in first
         yield env
     finally:
         kill_tree(process.pid)
@@ -230,6 +232,8 @@ def test_mcc_deploy_twice_changes_nothing(server):
     again = mcc_deploy(server)
     assert "created" not in again and "resized" not in again, again
     assert "work pool 'cpu': exists" in again and "concurrency limit 'gpu': exists with 2 slot(s)" in again
+    assert "automation 'mcc: crash flow runs without heartbeats': exists" in again
+    assert len(api_filter(server, "automations")) == 1
     deployments = api_filter(server, "deployments")
     assert {d["name"]: d["id"] for d in deployments} == before and len(deployments) == 6
     assert sorted(p["name"] for p in api_filter(server, "work_pools")) == ["cpu", "gpu"]
@@ -302,6 +306,38 @@ def test_deployments_have_absolute_work_dirs_and_a_run_keeps_the_fields_it_does_
     (record,) = ManifestStore(workdir).iter()
     assert record.source.model == "tiny"  # the deployment's smoke profile, not the full-size defaults
     assert not (REPO / "demo-workdir" / "records" / f"{record.id}.json").exists()
+
+
+def test_a_run_killed_with_its_worker_is_marked_crashed_and_a_rerun_redoes_its_work(server, tmp_path):
+    """`mcc deploy`'s zombie automation: a run whose worker was killed stops sending heartbeats
+    and is set Crashed (instead of Running for good); a new run finishes what it left, each record
+    generated once."""
+    (automation,) = api_filter(server, "automations")
+    assert automation["name"] == "mcc: crash flow runs without heartbeats" and automation["enabled"]
+    beating = {**server, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # as `mcc deploy` prints the workers
+    workdir = tmp_path / "killed"
+    params = {**smoke_params(workdir), "fan_out": 1, "plan": {"max_groups": 3, "per_group": 2}}
+    with Workers(beating, tmp_path, count=1) as workers:
+        run_id = start_run(server, params)
+        deadline = time.monotonic() + 600
+        while not any(r.image for r in ManifestStore(workdir).iter()):
+            assert time.monotonic() < deadline, "no record was generated in time"
+            time.sleep(0.5)
+        workers.kill()
+    assert read_run(server, run_id)["state"]["type"] == "RUNNING"  # what Prefect alone would leave
+    crashed = wait_final(server, run_id, timeout=300)
+    assert crashed["state"]["type"] == "CRASHED", crashed["state"]
+    assert "no heartbeat for 90 s" in crashed["state"]["message"]
+    left = [
+        r for r in ManifestStore(workdir).iter() if r.state.value in ("planned", "generated", "localized")
+    ]
+    assert left, "the run was not cut short"
+    with Workers(beating, tmp_path, count=1):
+        rerun = wait_final(server, start_run(server, params))
+    assert rerun["state"]["type"] == "COMPLETED", rerun["state"]
+    records = list(ManifestStore(workdir).iter())
+    assert len(records) == 6 and all(r.state.value in ("segmented", "rejected") for r in records)
+    assert all(Counter(e.stage for e in r.history)["generate"] == 1 for r in records)
 
 
 def test_mcc_deploy_without_a_server_names_the_fix_and_can_start_one(tmp_path):
