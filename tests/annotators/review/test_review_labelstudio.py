@@ -248,18 +248,22 @@ def test_interrupted_pull_finishes_the_rest_and_changes_nothing_twice(labelstudi
     for task_id in report.task_ids.values():
         _annotate(info, task_id, _prediction(info, task_id) + [_verdict("accept")])
 
-    real_put, calls = store.put, []
+    real_write, calls = store.write_group, []
 
-    def crash_on_second(record):
-        calls.append(record.id)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("interrupted")
-        real_put(record)
+    def crash_on_second(files, records):  # the runner's group commits: stop before the second record
+        written = {}
+        for record in records:
+            calls.append(record.id)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("interrupted")
+            written.update(real_write(files, [record]))
+            files = {}
+        return written
 
-    store.put = crash_on_second
+    store.write_group = crash_on_second
     with pytest.raises(KeyboardInterrupt):
         pull(store, url=info.url, token=info.token, project=project)
-    store.put = real_put
+    store.write_group = real_write
     assert [r.state for r in store.iter()].count(State.reviewed) == 1
     first = store.get(calls[0])
     n_events = len(first.history)
