@@ -81,11 +81,22 @@ GPU_LEASE_SECONDS = 60
 GPU_WAIT_LOG_SECONDS = 60
 
 
+def uses_gpu(*devices: str | None) -> bool:
+    """Whether models on these devices (None: CUDA when available, as the backends decide) use a GPU."""
+    import torch
+
+    return any(d.startswith("cuda") if d else torch.cuda.is_available() for d in devices)
+
+
 @contextlib.contextmanager
-def gpu_slot():
-    """One slot of the ``gpu`` global concurrency limit for a model task, logging once a minute
-    while every slot is held (by other model tasks, or for up to ``GPU_LEASE_SECONDS`` by a run
-    that was killed)."""
+def gpu_slot(*devices: str | None):
+    """One slot of the ``gpu`` global concurrency limit for a model task whose models run on
+    ``devices`` (none at all when they all run on the CPU: a smoke run never takes a GPU's slot),
+    logging once a minute while every slot is held (by other model tasks, or for up to
+    ``GPU_LEASE_SECONDS`` by a run that was killed)."""
+    if not uses_gpu(*devices):
+        yield
+        return
     acquired = False
     while True:
         try:
@@ -181,7 +192,7 @@ def process_shard(config: PipelineConfig, shard: list[str], models: StageModels)
     """
     store = ManifestStore(config.workdir)
     records = {record_id: store.get(record_id) for record_id in shard}
-    with gpu_slot():
+    with gpu_slot(config.generate.device, config.localize.device, config.segment.device):
         for name in ("generator", "localizer", "segmenter"):  # each model loads when its stage starts
             done = run_stage(getattr(models, name), store, list(records.values()))
             records.update({r.id: r for r in done.records})
@@ -457,7 +468,7 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
     recording = SharedRecording(pipeline)
     methods = scored_anchordiff_methods(c, c.methods, recording, model)
     folders = [Path(config.reports_dir) / f"{c.preset}-{c.mode}-{name}" for name in c.methods]
-    with gpu_slot():
+    with gpu_slot(str(pipeline.device)):
         reports = evaluate_together(
             methods, dataset, out_dirs=folders, limit=c.limit, progress=False, qualitative=c.qualitative,
             conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,

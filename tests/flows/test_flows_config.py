@@ -151,7 +151,7 @@ def test_a_model_task_waiting_for_a_gpu_slot_says_so_and_its_own_errors_pass_thr
     monkeypatch.setattr(pipeline, "concurrency", busy_twice)
     monkeypatch.setattr(pipeline, "get_run_logger", Logger)
     ran = []
-    with pipeline.gpu_slot():
+    with pipeline.gpu_slot("cpu", "cuda:1"):
         ran.append(True)
     assert ran == [True] and len(calls) == 3
     assert calls[0] == ("gpu", 1, pipeline.GPU_WAIT_LOG_SECONDS, pipeline.GPU_LEASE_SECONDS)
@@ -159,6 +159,23 @@ def test_a_model_task_waiting_for_a_gpu_slot_says_so_and_its_own_errors_pass_thr
     assert f"returns within {pipeline.GPU_LEASE_SECONDS} s" in logged[0]
     calls.clear()
     calls.extend([None, None])  # the next acquisition succeeds at once
-    with pytest.raises(TimeoutError, match="the task's own"), pipeline.gpu_slot():
+    with pytest.raises(TimeoutError, match="the task's own"), pipeline.gpu_slot("cuda"):
         raise TimeoutError("the task's own timeout")
     assert len(calls) == 3  # not retried
+
+
+def test_a_model_task_on_the_cpu_takes_no_gpu_slot(monkeypatch):
+    """A smoke run (every model on the CPU, or no CUDA for the automatic device) never waits for
+    or holds a slot of the gpu limit."""
+    import flows.pipeline as pipeline
+
+    def no_slot(*args, **kwargs):
+        raise AssertionError("a CPU task asked for a gpu slot")
+
+    monkeypatch.setattr(pipeline, "concurrency", no_slot)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pipeline.gpu_slot("cpu", None, "cpu"):
+        pass
+    assert pipeline.uses_gpu("cpu", "cuda") and not pipeline.uses_gpu("cpu", None)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert pipeline.uses_gpu("cpu", None)  # the automatic device picks the GPU there
