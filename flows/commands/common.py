@@ -99,11 +99,18 @@ class StageProgress:
             TextColumn("{task.fields[rate]}/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("[yellow]{task.fields[detail]}"),
             console=console,
         )
-        self.task = self.progress.add_task(description, total=None, ok=0, failed=0, rate="0.0")
+        self.task = self.progress.add_task(description, total=None, ok=0, failed=0, rate="0.0", detail="")
         self.ok = self.failed = 0
         self.started = time.monotonic()
+        self.detail = None
+
+    def show_detail(self, describe) -> None:
+        """Show ``describe()`` after the bar, refreshed with each record (the scraper: which
+        per-host limit binds)."""
+        self.detail = describe
 
     def __enter__(self) -> StageProgress:
         self.progress.start()
@@ -122,4 +129,7 @@ class StageProgress:
         else:
             self.ok += 1
         rate = (self.ok + self.failed) / max(time.monotonic() - self.started, 1e-9)
-        self.progress.update(self.task, advance=1, ok=self.ok, failed=self.failed, rate=f"{rate:.1f}")
+        detail = self.detail() if self.detail is not None else ""
+        self.progress.update(
+            self.task, advance=1, ok=self.ok, failed=self.failed, rate=f"{rate:.1f}", detail=detail
+        )

@@ -21,6 +21,7 @@ from generators.perceptual_hash import to_hex
 from generators.web.config import INDEX_PATH, PROCESS_POOL_MIN_IMAGES, STAGE, ScrapeConfig, ScrapeJob
 from generators.web.image import ImageRejected, PreparedImage, prepare_image
 from generators.web.index import ImageIndex
+from generators.web.limits import HostLimits
 from generators.web.plan import find_candidates, plan_web_records
 from manifests.groups import load_groups
 from manifests.lifetime import exit_with_parent
@@ -363,6 +364,21 @@ class ScrapeRun:
     already_stored: int
 
 
+class _FeedingLimits:
+    """A progress callback that first tells ``limits`` of each stored record."""
+
+    def __init__(self, progress: Callable[[Record], None], limits: HostLimits):
+        self.progress, self.limits = progress, limits
+
+    def start(self, total: int) -> None:
+        if hasattr(self.progress, "start"):
+            self.progress.start(total)
+
+    def __call__(self, record: Record) -> None:
+        self.limits.finished(record)
+        self.progress(record)
+
+
 def rate_limit_line(records: list[Record], rate: float) -> str:
     """What the per-host rate limit means for this run: the busiest host bounds its duration."""
     if not rate:
@@ -396,5 +412,10 @@ def scrape(
     if not records:
         return ScrapeRun([], skipped_rows, len(skipped))
     log(rate_limit_line(records, job.download.per_host_rate))
+    if progress is not None:
+        limits = HostLimits(records, job.download, job.concurrency)
+        if hasattr(progress, "show_detail"):  # a progress bar that can say which limit binds
+            progress.show_detail(limits.describe)
+        progress = _FeedingLimits(progress, limits)
     processed = run_stage(WebScraper(job), store, records, progress=progress).records
     return ScrapeRun(processed, skipped_rows, len(skipped))
