@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -88,6 +88,12 @@ class PipelineConfig(Section):
         gt=0,
         description="Seconds the parent waits for its child runs; then it fails naming the unfinished ones "
         "(a child whose worker died stays Running for good).",
+    )
+    model_slots: Literal["auto", "gpu", "none"] = Field(
+        "auto",
+        description="GPU slots a model task takes: auto = the slot of each GPU its models run on (none on "
+        "the CPU); gpu = as if they ran on CUDA (one model task at a time per worker's CUDA_VISIBLE_DEVICES, "
+        "also on a CPU machine); none = no slot.",
     )
     deployment: str | None = Field(
         None,

@@ -6,8 +6,8 @@
     score_benchmark   score AnchorDiff and its baselines on a dataset, one report per method
 
 Work is cut into shards of ``config.shard_size`` records, one task per shard, never one per
-image. Models load once per flow run (``StageModels``), on first use. Model tasks hold a
-slot of the ``gpu`` global concurrency limit, do not retry and are never cached (their
+image. Models load once per flow run (``StageModels``), on first use. Model tasks hold the
+slot of each GPU their models run on (``gpu_slot``), do not retry and are never cached (their
 inputs are models); I/O tasks retry. With ``config.fan_out > 1`` the parent run hands
 groups of shards to child runs of a deployment (``run_deployment``) on the work pool, so
 workers on several machines share the work dir, and waits for them. Every stage skips
@@ -88,20 +88,41 @@ def uses_gpu(*devices: str | None) -> bool:
     return any(d.startswith("cuda") if d else torch.cuda.is_available() for d in devices)
 
 
+def gpu_limit(device: str | None) -> str:
+    """The concurrency limit of the physical GPU behind a CUDA device: ``gpu-<index>``.
+
+    ``cuda:N`` (``cuda`` is ``cuda:0``) is the N-th GPU of ``CUDA_VISIBLE_DEVICES`` (a worker
+    started with ``CUDA_VISIBLE_DEVICES=1`` runs ``cuda`` on ``gpu-1``), or GPU N when it is unset.
+    """
+    ordinal = int(device.split(":", 1)[1]) if device and ":" in device else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return f"{GPU_LIMIT}-{visible[ordinal] if ordinal < len(visible) else ordinal}"
+
+
+def gpu_limits(devices: tuple[str | None, ...], model_slots: str) -> list[str]:
+    """The limits a model task takes for models on ``devices``: one per distinct GPU they use
+    (``model_slots="auto"``), as if every model ran on CUDA (``"gpu"``), or none (``"none"``)."""
+    if model_slots == "none":
+        return []
+    on_gpu = [d for d in devices if model_slots == "gpu" or uses_gpu(d)]
+    return sorted({gpu_limit(d if d and d.startswith("cuda") else None) for d in on_gpu})
+
+
 @contextlib.contextmanager
-def gpu_slot(*devices: str | None):
-    """One slot of the ``gpu`` global concurrency limit for a model task whose models run on
-    ``devices`` (none at all when they all run on the CPU: a smoke run never takes a GPU's slot),
-    logging once a minute while every slot is held (by other model tasks, or for up to
-    ``GPU_LEASE_SECONDS`` by a run that was killed)."""
-    if not uses_gpu(*devices):
+def gpu_slot(*devices: str | None, model_slots: str = "auto"):
+    """The slot of each GPU a model task's models run on (``gpu_limits``; mcc deploy makes one
+    limit of 1 slot per GPU, so one model task at a time per GPU and one per GPU at once); none
+    when they all run on the CPU (a smoke run). Logs once a minute while a slot is held (by
+    another model task, or for up to ``GPU_LEASE_SECONDS`` by a run that was killed)."""
+    names = gpu_limits(devices, model_slots)
+    if not names:
         yield
         return
     acquired = False
     while True:
         try:
             with concurrency(
-                GPU_LIMIT, occupy=1, timeout_seconds=GPU_WAIT_LOG_SECONDS, lease_duration=GPU_LEASE_SECONDS
+                names, occupy=1, timeout_seconds=GPU_WAIT_LOG_SECONDS, lease_duration=GPU_LEASE_SECONDS
             ):
                 acquired = True
                 yield
@@ -110,11 +131,10 @@ def gpu_slot(*devices: str | None):
             if acquired:  # raised by the task itself, not by the wait
                 raise
             get_run_logger().info(
-                "waiting for a slot of the %r concurrency limit: every slot is held by another model "
-                "task (a killed run's slot returns within %d s); `prefect gcl inspect %s` lists them",
-                GPU_LIMIT,
+                "waiting for the slot of %s: held by another model task (a killed run's slot returns "
+                "within %d s); `prefect gcl ls` lists the limits and their holders",
+                ", ".join(names),
                 GPU_LEASE_SECONDS,
-                GPU_LIMIT,
             )
 
 
@@ -192,7 +212,8 @@ def process_shard(config: PipelineConfig, shard: list[str], models: StageModels)
     """
     store = ManifestStore(config.workdir)
     records = {record_id: store.get(record_id) for record_id in shard}
-    with gpu_slot(config.generate.device, config.localize.device, config.segment.device):
+    devices = (config.generate.device, config.localize.device, config.segment.device)
+    with gpu_slot(*devices, model_slots=config.model_slots):
         for name in ("generator", "localizer", "segmenter"):  # each model loads when its stage starts
             done = run_stage(getattr(models, name), store, list(records.values()))
             records.update({r.id: r for r in done.records})
@@ -468,7 +489,7 @@ def score_benchmark(config: PipelineConfig) -> dict[str, Any]:
     recording = SharedRecording(pipeline)
     methods = scored_anchordiff_methods(c, c.methods, recording, model)
     folders = [Path(config.reports_dir) / f"{c.preset}-{c.mode}-{name}" for name in c.methods]
-    with gpu_slot(str(pipeline.device)):
+    with gpu_slot(str(pipeline.device), model_slots=config.model_slots):
         reports = evaluate_together(
             methods, dataset, out_dirs=folders, limit=c.limit, progress=False, qualitative=c.qualitative,
             conceptattention_compat=c.conceptattention_compat, retry_failed=c.retry_failed,

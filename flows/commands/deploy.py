@@ -4,9 +4,9 @@ Against ``PREFECT_API_URL`` (or a local server it starts with ``--start-server``
 what ``prefect.yaml`` needs and then deploys it:
 
 1. the ``gpu`` and ``cpu`` process work pools, when missing;
-2. the ``gpu`` global concurrency limit (one slot per model task at a time), with ``--gpu-slots``
-   slots (default: the CUDA devices of this machine, at least 1); an existing limit with another
-   size is resized and the change is printed;
+2. one global concurrency limit ``gpu-<i>`` of 1 slot per GPU (``--gpus``, default: the CUDA
+   devices of this machine, at least 1): a model task holds the slot of each GPU its models run
+   on (``flows.pipeline.gpu_slot``), so one model task at a time per GPU;
 3. ``prefect --no-prompt deploy --all`` from the repository root (the 6 deployments of
    ``prefect.yaml``; the review-sync schedule is created paused), their work dirs made
    absolute from ``--workdir`` / ``--smoke-workdir``;
@@ -87,9 +87,10 @@ def start_local_server(home: Path, port: int | None = None, timeout: float = 180
     return api_url, process.pid, log_path
 
 
-def ensure_pools_and_limit(api_url: str, gpu_slots: int) -> list[str]:
-    """Create the pools and the ``gpu`` limit if missing, resize the limit if it differs; returns
-    one line per thing, saying what was done (``created`` / ``exists`` / ``resized``)."""
+def ensure_pools_and_limits(api_url: str, gpus: int) -> list[str]:
+    """Create the pools, one ``gpu-<i>`` limit of 1 slot per GPU and the zombie-run automation if
+    missing (a limit of another size is set to 1); returns one line per thing, saying what was done
+    (``created`` / ``exists`` / ``set``)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import (
         GlobalConcurrencyLimitCreate,
@@ -108,23 +109,21 @@ def ensure_pools_and_limit(api_url: str, gpu_slots: int) -> list[str]:
             except ObjectNotFound:
                 client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
                 lines.append(f"work pool {pool!r}: created (type process)")
-        try:
-            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=gpu_slots)
-            )
-            lines.append(f"concurrency limit {GPU_LIMIT!r}: created with {gpu_slots} slot(s)")
-        else:
-            if limit.limit == gpu_slots:
-                lines.append(f"concurrency limit {GPU_LIMIT!r}: exists with {gpu_slots} slot(s)")
-            else:
-                client.update_global_concurrency_limit(
-                    GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=gpu_slots)
-                )
+        for index in range(gpus):
+            name = f"{GPU_LIMIT}-{index}"
+            try:
+                limit = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
                 lines.append(
-                    f"concurrency limit {GPU_LIMIT!r}: resized from {limit.limit} to {gpu_slots} slot(s)"
+                    f"concurrency limit {name!r}: created (1 slot: one model task at a time on GPU {index})"
                 )
+            else:
+                if limit.limit == 1:
+                    lines.append(f"concurrency limit {name!r}: exists")
+                else:
+                    client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1))
+                    lines.append(f"concurrency limit {name!r}: set from {limit.limit} to 1 slot")
         if client.read_automations_by_name(ZOMBIE_AUTOMATION):
             lines.append(f"automation {ZOMBIE_AUTOMATION!r}: exists")
         else:
@@ -204,22 +203,26 @@ def deploy_all(api_url: str, workdir: str, smoke_workdir: str) -> str:
 
 
 def worker_commands(gpus: int) -> list[str]:
-    """One ``gpu`` worker per GPU (pinned with CUDA_VISIBLE_DEVICES) and one ``cpu`` worker, their
-    flow runs sending heartbeats (``zombie_automation``)."""
+    """One ``gpu`` worker per GPU (pinned with CUDA_VISIBLE_DEVICES, one flow run at a time, so the
+    child runs of a fan-out spread over the GPUs) and one ``cpu`` worker, their flow runs sending
+    heartbeats (``zombie_automation``)."""
     host = socket.gethostname().split(".")[0]
     beat = f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={HEARTBEAT_SECONDS}"
     lines = [
-        f"CUDA_VISIBLE_DEVICES={i} {beat} {PREFECT} worker start --pool gpu --type process --name {host}-gpu{i}"
+        f"CUDA_VISIBLE_DEVICES={i} {beat} {PREFECT} worker start --pool gpu --type process --limit 1 "
+        f"--name {host}-gpu{i}"
         for i in range(max(1, gpus))
     ]
     return [*lines, f"{beat} {PREFECT} worker start --pool cpu --type process --name {host}-cpu"]
 
 
 def deploy(
-    gpu_slots: Annotated[
+    gpus: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Slots of the gpu concurrency limit (default: this machine's GPUs, at least 1)."
+            min=1,
+            help="GPUs of the gpu workers: one concurrency limit gpu-<i> of 1 slot each (default: this "
+            "machine's GPUs, at least 1).",
         ),
     ] = None,
     start_server: Annotated[
@@ -262,10 +265,10 @@ def deploy(
         raise fail(
             f"the Prefect server at {api_url} does not answer /health; start it or fix PREFECT_API_URL"
         )
-    gpus = _gpu_count()
-    slots = gpu_slots or max(1, gpus)
+    found = _gpu_count()
+    gpus = gpus or max(1, found)
     try:
-        for line in ensure_pools_and_limit(api_url, slots):
+        for line in ensure_pools_and_limits(api_url, gpus):
             console.print(line)
         output = deploy_all(api_url, workdir, smoke_workdir)
     except RuntimeError as error:
@@ -281,6 +284,8 @@ def deploy(
         "(`prefect deployment schedule ls sync-reviews/every-30-min`, then `... schedule resume`)",
         soft_wrap=True,
     )
-    console.print(f"start the workers ({'no GPU found: one gpu worker' if not gpus else f'{gpus} GPU(s)'}):")
+    console.print(
+        f"start the workers ({f'{found} GPU(s) found' if found else 'no GPU found'}, one gpu worker per GPU):"
+    )
     for command in worker_commands(gpus):
         print(command)

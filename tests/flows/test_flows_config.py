@@ -150,12 +150,13 @@ def test_a_model_task_waiting_for_a_gpu_slot_says_so_and_its_own_errors_pass_thr
 
     monkeypatch.setattr(pipeline, "concurrency", busy_twice)
     monkeypatch.setattr(pipeline, "get_run_logger", Logger)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     ran = []
     with pipeline.gpu_slot("cpu", "cuda:1"):
         ran.append(True)
     assert ran == [True] and len(calls) == 3
-    assert calls[0] == ("gpu", 1, pipeline.GPU_WAIT_LOG_SECONDS, pipeline.GPU_LEASE_SECONDS)
-    assert len(logged) == 2 and "waiting for a slot of the 'gpu' concurrency limit" in logged[0]
+    assert calls[0] == (["gpu-1"], 1, pipeline.GPU_WAIT_LOG_SECONDS, pipeline.GPU_LEASE_SECONDS)
+    assert len(logged) == 2 and "waiting for the slot of gpu-1" in logged[0]
     assert f"returns within {pipeline.GPU_LEASE_SECONDS} s" in logged[0]
     calls.clear()
     calls.extend([None, None])  # the next acquisition succeeds at once
@@ -179,3 +180,18 @@ def test_a_model_task_on_the_cpu_takes_no_gpu_slot(monkeypatch):
     assert pipeline.uses_gpu("cpu", "cuda") and not pipeline.uses_gpu("cpu", None)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert pipeline.uses_gpu("cpu", None)  # the automatic device picks the GPU there
+
+
+def test_a_model_task_takes_the_slot_of_each_physical_gpu_it_uses(monkeypatch):
+    """``cuda:N`` is the N-th GPU of the worker's CUDA_VISIBLE_DEVICES: a worker pinned to GPU 3
+    takes gpu-3's slot, whatever the devices are called inside it."""
+    from flows.pipeline import gpu_limits
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert gpu_limits(("cuda", "cuda:0", "cpu"), "auto") == ["gpu-3"]
+    assert gpu_limits(("cuda", "cuda:1"), "auto") == ["gpu-3", "gpu-5"]
+    assert gpu_limits(("cpu", "cpu"), "auto") == []
+    assert gpu_limits(("cpu", "cpu"), "gpu") == ["gpu-3"]  # as if on the worker's GPU
+    assert gpu_limits(("cuda:1",), "none") == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_limits(("cuda", "cuda:2"), "auto") == ["gpu-0", "gpu-2"]

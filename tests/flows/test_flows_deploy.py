@@ -80,9 +80,8 @@ def server(tmp_path_factory):
                 )
             time.sleep(1)
         first = mcc_deploy(env)
-        assert (
-            "work pool 'gpu': created" in first and "concurrency limit 'gpu': created with 2 slot(s)" in first
-        )
+        assert "work pool 'gpu': created" in first
+        assert "concurrency limit 'gpu-0': created" in first and "concurrency limit 'gpu-1': created" in first
         assert "deployed 6 deployment(s)" in first and "CUDA_VISIBLE_DEVICES=0" in first
         assert "automation 'mcc: crash flow runs without heartbeats': created" in first
         assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30" in first
@@ -93,10 +92,10 @@ def server(tmp_path_factory):
 
 
 def mcc_deploy(env) -> str:
-    """`mcc deploy --gpu-slots 2` against the test server; its output."""
+    """`mcc deploy --gpus 2` against the test server; its output."""
     mcc = str(Path(sys.executable).parent / "mcc")
     result = subprocess.run(
-        [mcc, "deploy", "--gpu-slots", "2"], env={**env, "COLUMNS": "200"}, cwd=REPO, capture_output=True,
+        [mcc, "deploy", "--gpus", "2"], env={**env, "COLUMNS": "200"}, cwd=REPO, capture_output=True,
         text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, f"mcc deploy failed:\n{result.stdout}\n{result.stderr}"
@@ -130,13 +129,16 @@ def kill_tree(pid: int) -> None:
 class Workers:
     """Process workers on the `cpu` pool, stopped (with their flow runs) on exit."""
 
-    def __init__(self, env, tmp_path, count: int):
-        self.env, self.tmp_path, self.count = env, tmp_path, count
+    def __init__(self, env, tmp_path, count: int, *, limit: int | None = None, gpus: list[str] | None = None):
+        """``limit``: flow runs per worker at once; ``gpus``: each worker's CUDA_VISIBLE_DEVICES."""
+        self.env, self.tmp_path, self.count, self.limit, self.gpus = env, tmp_path, count, limit, gpus
         self.processes: list[subprocess.Popen] = []
 
     def __enter__(self):
         for index in range(self.count):
             log = open(self.tmp_path / f"worker-{index}-{time.monotonic_ns()}.log", "wb")
+            env = self.env if self.gpus is None else {**self.env, "CUDA_VISIBLE_DEVICES": self.gpus[index]}
+            limit = ["--limit", str(self.limit)] if self.limit else []
             self.processes.append(
                 subprocess.Popen(
                     [
@@ -147,10 +149,11 @@ class Workers:
                         "cpu",
                         "--type",
                         "process",
+                        *limit,
                         "--name",
-                        f"w{index}-{os.getpid()}",
+                        f"w{index}-{time.monotonic_ns()}",
                     ],
-                    env=self.env,
+                    env=env,
                     cwd=REPO,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -231,14 +234,14 @@ def test_mcc_deploy_twice_changes_nothing(server):
     before = {d["name"]: d["id"] for d in api_filter(server, "deployments")}
     again = mcc_deploy(server)
     assert "created" not in again and "resized" not in again, again
-    assert "work pool 'cpu': exists" in again and "concurrency limit 'gpu': exists with 2 slot(s)" in again
+    assert "work pool 'cpu': exists" in again and "concurrency limit 'gpu-1': exists" in again
     assert "automation 'mcc: crash flow runs without heartbeats': exists" in again
     assert len(api_filter(server, "automations")) == 1
     deployments = api_filter(server, "deployments")
     assert {d["name"]: d["id"] for d in deployments} == before and len(deployments) == 6
     assert sorted(p["name"] for p in api_filter(server, "work_pools")) == ["cpu", "gpu"]
     limits = api_filter(server, "v2/concurrency_limits")
-    assert [(limit["name"], limit["limit"]) for limit in limits] == [("gpu", 2)]
+    assert sorted((limit["name"], limit["limit"]) for limit in limits) == [("gpu-0", 1), ("gpu-1", 1)]
     (sync,) = [d for d in deployments if d["name"] == "every-30-min"]
     assert [s["active"] for s in sync["schedules"]] == [False]
 
@@ -338,6 +341,55 @@ def test_a_run_killed_with_its_worker_is_marked_crashed_and_a_rerun_redoes_its_w
     records = list(ManifestStore(workdir).iter())
     assert len(records) == 6 and all(r.state.value in ("segmented", "rejected") for r in records)
     assert all(Counter(e.stage for e in r.history)["generate"] == 1 for r in records)
+
+
+def _model_work(workdir: Path, records) -> tuple:
+    """(first, last) time of a child run's generate / localize / segment events: inside its gpu slot."""
+    times = [
+        e.time
+        for r in records
+        for e in r.history
+        if e.stage in ("generate", "localize", "segment", "quality")
+    ]
+    return min(times), max(times)
+
+
+def _fan_out_on_gpus(server, tmp_path, gpus: list[str]) -> list[tuple]:
+    """A fan-out of 2 children, each on a worker pinned to ``gpus[i]``, with ``model_slots: gpu``
+    (CPU models that take GPU slots: simulated GPUs); each child's model work span."""
+    workdir = tmp_path / f"gpus-{'-'.join(gpus)}"
+    params = {
+        **smoke_params(workdir),
+        "fan_out": 2,
+        "shard_size": 3,
+        "model_slots": "gpu",
+        "plan": {"max_groups": 1, "per_group": 6},
+    }
+    with Workers(server, tmp_path, count=1, limit=1):  # the parent's worker: it waits there for its children
+        run_id = start_run(server, params)
+        deadline = time.monotonic() + 300
+        while read_run(server, run_id)["state"]["type"] != "RUNNING":
+            assert time.monotonic() < deadline, "the parent run did not start"
+            time.sleep(0.5)
+        with Workers(server, tmp_path, count=2, limit=1, gpus=gpus):
+            parent = wait_final(server, run_id)
+    assert parent["state"]["type"] == "COMPLETED", parent["state"]
+    children = child_runs(server, parent["name"])
+    assert len(children) == 2 and all(c["state"]["type"] == "COMPLETED" for c in children)
+    store = ManifestStore(workdir)
+    return [
+        _model_work(workdir, [store.get(i) for shard in c["parameters"]["shard_ids"] for i in shard])
+        for c in children
+    ]
+
+
+def test_model_tasks_run_at_once_on_two_gpus_and_one_at_a_time_on_one(server, tmp_path):
+    """One `gpu-<i>` slot per GPU: two children on workers pinned to GPUs 0 and 1 do their model
+    work at the same time; pinned both to GPU 0, one after the other."""
+    (a, b) = _fan_out_on_gpus(server, tmp_path, ["0", "1"])
+    assert a[0] < b[1] and b[0] < a[1], f"no overlap on two GPUs: {a}, {b}"
+    (a, b) = _fan_out_on_gpus(server, tmp_path, ["0", "0"])
+    assert a[1] < b[0] or b[1] < a[0], f"overlap on one GPU: {a}, {b}"
 
 
 def test_mcc_deploy_without_a_server_names_the_fix_and_can_start_one(tmp_path):
