@@ -144,7 +144,9 @@ def serve(routes: dict[str, Route]) -> Iterator[Served]:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield Served(f"http://127.0.0.1:{server.server_address[1]}", routes, server.log, server.headers, server)
+        yield Served(
+            f"http://127.0.0.1:{server.server_address[1]}", routes, server.log, server.headers, server
+        )
     finally:
         server.shutdown()
         server.server_close()

@@ -366,7 +366,12 @@ def test_a_search_without_groups_searches_every_group_with_the_jobs_settings(mon
 
 
 def test_the_rate_limit_line_names_the_busiest_host_and_its_least_duration():
-    urls = ["http://a.example/1.jpg", "http://a.example/2.jpg", "http://b.example/1.jpg", "http://a.example/3.jpg"]
+    urls = [
+        "http://a.example/1.jpg",
+        "http://a.example/2.jpg",
+        "http://b.example/1.jpg",
+        "http://a.example/3.jpg",
+    ]
     records = [Candidate(url, GROUP, "CC0").to_record(GROUPS[GROUP]) for url in urls]
     assert web.rate_limit_line(records, 0.5) == (
         "4 URLs on 2 hosts; at most 0.5 requests/s per host, so the busiest (a.example, 3 URLs) takes at "
