@@ -60,9 +60,26 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
-def start_local_server(home: Path, port: int | None = None, timeout: float = 180.0) -> tuple[str, int, Path]:
-    """Start ``prefect server start`` on 127.0.0.1 in its own session (it outlives this command);
-    returns (API URL, pid, log path). Raises RuntimeError with the log's end if it does not come up."""
+def _die_with_parent() -> None:
+    """In a child before exec (Linux): the kernel sends it SIGTERM when this process dies, even by
+    SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(AttributeError, OSError):  # no prctl: not Linux
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
+def start_local_server(
+    home: Path, port: int | None = None, timeout: float = 180.0, *, outlive: bool = True
+) -> tuple[str, subprocess.Popen, Path]:
+    """Start ``prefect server start`` on 127.0.0.1; returns (API URL, process, log path).
+
+    ``outlive=True``: in its own session, it outlives this command (``mcc deploy --start-server``).
+    ``outlive=False``: it ends with this process however it ends (``_die_with_parent``), for a
+    server that exists only for one command. Raises RuntimeError with the log's end if it does
+    not come up."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -73,7 +90,8 @@ def start_local_server(home: Path, port: int | None = None, timeout: float = 180
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=outlive,
+            preexec_fn=None if outlive else _die_with_parent,
             env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
         )
     deadline = time.monotonic() + timeout
@@ -84,7 +102,7 @@ def start_local_server(home: Path, port: int | None = None, timeout: float = 180
                 f"the Prefect server did not start; end of {log_path}:\n{log_path.read_text()[-2000:]}"
             )
         time.sleep(1)
-    return api_url, process.pid, log_path
+    return api_url, process, log_path
 
 
 def ensure_pools_and_limits(api_url: str, gpus: int) -> list[str]:
@@ -254,7 +272,8 @@ def deploy(
                 "after `prefect server start`), or pass --start-server to start a local one"
             )
         try:
-            api_url, pid, log = start_local_server(REPOSITORY / ".prefect-server")
+            api_url, process, log = start_local_server(REPOSITORY / ".prefect-server")
+            pid = process.pid
         except RuntimeError as error:
             raise fail(str(error)) from None
         console.print(

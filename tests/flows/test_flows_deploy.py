@@ -401,7 +401,8 @@ def test_mcc_deploy_without_a_server_names_the_fix_and_can_start_one(tmp_path):
     result = subprocess.run([mcc, "deploy"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     message = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 2 and "set PREFECT_API_URL" in message and "--start-server" in message
-    api_url, pid, log = start_local_server(tmp_path / "local")
+    api_url, process, log = start_local_server(tmp_path / "local")
+    pid = process.pid
     try:
         assert httpx.get(f"{api_url}/health", timeout=5).status_code == 200
         assert log.is_file() and psutil.pid_exists(pid)
