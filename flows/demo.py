@@ -28,6 +28,13 @@ LABEL_STUDIO_PORT = 8089
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.commands.deploy import own_prefect_api
+
+    with own_prefect_api():  # no Prefect server process outlives the demo
+        return _demo(argv)
+
+
+def _demo(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -18,6 +18,7 @@ changes nothing (and says so).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -103,6 +104,30 @@ def start_local_server(
             )
         time.sleep(1)
     return api_url, process, log_path
+
+
+@contextlib.contextmanager
+def own_prefect_api():
+    """``PREFECT_API_URL`` if set; else a local Prefect server for this command only, which ends
+    with it however it ends (Prefect's own temporary server would outlive a ``kill -9``)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
+        yield
+        return
+    try:
+        api_url, process, _ = start_local_server(Path(PREFECT_HOME.value()), outlive=False)
+    except RuntimeError as error:
+        raise fail(str(error)) from None
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def ensure_pools_and_limits(api_url: str, gpus: int) -> list[str]:
