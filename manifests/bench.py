@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -68,8 +69,6 @@ def reference_counts(store: ManifestStore) -> tuple[Counter, Counter]:
 
 def reference_image_index(store: ManifestStore):
     """``ImageIndex`` built by opening every record (the hash cache still spares the images)."""
-    import json
-
     from generators.perceptual_hash import from_hex
     from generators.web.index import INDEX_PATH, ImageIndex
 
@@ -184,8 +183,6 @@ def main(argv: list[str] | None = None) -> None:
             i: {"sha256": hashlib.sha256(i.encode()).hexdigest(), "phash": to_hex(n)}
             for n, i in enumerate(store.ids())
         }
-        import json
-
         store.write_bytes(INDEX_PATH, json.dumps(cache).encode())
         reference_seconds, expected_index = timed(reference_image_index, store)
         seconds, index = timed(ImageIndex.from_store, store)

@@ -148,7 +148,7 @@ class ManifestStore:
                 batch = []
         if batch:
             written.update(self.write_group({}, batch))
-        if self._local and written:
+        if written:
             self.merge_index(written)
         return len(written)
 
@@ -225,12 +225,8 @@ class ManifestStore:
     def exists(self, record_id: str) -> bool:
         return self.fs.exists(self._record_path(record_id))
 
-    def ids(self, state: State | str | None = None) -> list[str]:
-        """All record ids, sorted, or those of the records in ``state`` (read from the record
-        index, ``summaries``). Temporary files of writes in progress are ignored."""
-        if state is not None:
-            wanted = State(state).value
-            return [i for i, summary in self.summaries().items() if summary.state == wanted]
+    def ids(self) -> list[str]:
+        """All record ids, sorted (temporary files of writes in progress are ignored)."""
         folder = self.path(WorkDir.RECORDS)
         if not self.fs.exists(folder):
             return []

@@ -285,7 +285,7 @@ def deploy(
         str, typer.Option(help="Work dir of the smoke deployment (absolute path or URL).")
     ] = "demo-workdir",
 ) -> None:
-    """Create the work pools and the gpu limit, deploy prefect.yaml, print the worker commands (idempotent)."""
+    """Create the work pools, per-GPU limits and zombie-run automation, deploy prefect.yaml, print the worker commands (idempotent)."""
     workdir, smoke_workdir = (w if "://" in w else str(Path(w).resolve()) for w in (workdir, smoke_workdir))
     from prefect.settings import PREFECT_API_URL
 

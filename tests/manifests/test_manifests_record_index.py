@@ -224,7 +224,7 @@ def test_iter_several_states_in_id_order_opens_only_those(workdir, monkeypatch):
         "gen-00004",
     ]
     assert opened == ["gen-00001", "gen-00002", "gen-00004"]
-    assert store.ids("planned") == ["gen-00000", "gen-00003"]
+    assert [r.id for r in store.iter("planned")] == ["gen-00000", "gen-00003"]
 
 
 def test_put_many_writes_every_record_and_indexes_them(workdir, monkeypatch):
