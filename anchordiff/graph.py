@@ -46,6 +46,8 @@ __all__ = [
     "minmax",
     "propagate",
     "propagate_scores",
+    "propagation_start",
+    "propagation_steps",
     "select_anchors",
     "token_labels",
 ]
@@ -489,14 +491,34 @@ def _check_anchors(anchors: torch.Tensor, n: int, device: torch.device) -> torch
     return anchors.to(device=device, dtype=torch.int64)
 
 
-def _propagate_transposed(w_hat_t: torch.Tensor, anchors: torch.Tensor, steps: int) -> torch.Tensor:
-    """``s <- W_hat^T s`` ``steps`` times from one-hot seeds: ``(N, N)``, ``(K,)`` -> ``(K, N)``."""
-    n, k = w_hat_t.shape[0], anchors.numel()
-    s = torch.zeros(n, k, dtype=torch.float32, device=w_hat_t.device)  # (N, K): one seed per column
-    s[anchors, torch.arange(k, device=w_hat_t.device)] = 1.0
+def _seeds(n: int, anchors: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` float32 one-hot seeds ``s^(0)``: column k is 1 at ``anchors[k]``."""
+    k = anchors.numel()
+    s = torch.zeros(n, k, dtype=torch.float32, device=anchors.device)
+    s[anchors, torch.arange(k, device=anchors.device)] = 1.0
+    return s
+
+
+def propagation_steps(w_hat_t: torch.Tensor, s: torch.Tensor, steps: int) -> torch.Tensor:
+    """The loop of eq. 12: ``s <- W_hat^T s`` ``steps`` times, ``(N, N)``, ``(N, K)`` -> ``(N, K)``.
+
+    Only matrix products: nothing in it reads a value back to the host, so on CUDA the ``steps`` products
+    are queued without waiting (``anchordiff.bench.loop_host_syncs`` checks it)."""
     for _ in range(steps):
         s = w_hat_t @ s
-    return s.T.contiguous()
+    return s
+
+
+def propagation_start(w_hat: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W_hat`` and ``(K,)`` anchors -> ``W_hat^T`` in the layout of :func:`propagation_steps` and the
+    ``(N, K)`` one-hot seeds, both on ``w_hat``'s device."""
+    anchors = _check_anchors(anchors, w_hat.shape[0], w_hat.device)
+    return _transpose_for_propagation(w_hat), _seeds(w_hat.shape[0], anchors)
+
+
+def _propagate_transposed(w_hat_t: torch.Tensor, anchors: torch.Tensor, steps: int) -> torch.Tensor:
+    """``s <- W_hat^T s`` ``steps`` times from one-hot seeds: ``(N, N)``, ``(K,)`` -> ``(K, N)``."""
+    return propagation_steps(w_hat_t, _seeds(w_hat_t.shape[0], anchors), steps).T.contiguous()
 
 
 def propagate_scores(w_hat: torch.Tensor, anchors: torch.Tensor, *, steps: int = 160) -> torch.Tensor:
@@ -520,8 +542,8 @@ def propagate_scores(w_hat: torch.Tensor, anchors: torch.Tensor, *, steps: int =
         raise ValueError(f"w_hat must be a square (N, N) tensor, got {getattr(w_hat, 'shape', type(w_hat))}")
     if not w_hat.is_floating_point():
         raise TypeError(f"w_hat must be floating point, got {w_hat.dtype}")
-    anchors = _check_anchors(anchors, w_hat.shape[0], w_hat.device)
-    return _propagate_transposed(_transpose_for_propagation(w_hat), anchors, steps)
+    w_hat_t, seeds = propagation_start(w_hat, anchors)
+    return propagation_steps(w_hat_t, seeds, steps).T.contiguous()
 
 
 def propagate(w_hat: torch.Tensor, anchors: torch.Tensor, *, steps: int = 160) -> torch.Tensor:

@@ -47,7 +47,7 @@ def test_a_failing_row_fails_the_script(tmp_path):
         "def broken(setup):\n"
         "    raise RuntimeError('out of memory, lower the batch')\n"
         "checks = module['CHECKS']\n"
-        "checks[:] = [('AnchorDiff graph', broken), checks[-1]]\n"
+        "checks[:] = [('sd3', 'AnchorDiff graph', broken), checks[-1]]\n"
         "sys.exit(module['main'](['--tiny']))\n"
     )
     result = subprocess.run([sys.executable, str(runner)], capture_output=True, text=True, timeout=300)
@@ -55,3 +55,28 @@ def test_a_failing_row_fails_the_script(tmp_path):
     assert "| AnchorDiff graph | cpu | – |" in result.stdout
     assert "FAILED RuntimeError: out of memory, lower the batch | FAILED |" in result.stdout
     assert "| AnchorDiff graph + 160 propagation steps |" in result.stdout and "| yes |" in result.stdout
+
+
+def test_only_some_checks_and_the_table_file(tmp_path):
+    """``--only graph --out FILE``: just that row, in the printed table and in FILE (no partial file left)."""
+    out = tmp_path / "table.md"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--only", "graph", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "check",
+        "AnchorDiff graph + 160 propagation steps",
+    ]
+    assert "gate disagreements 0 of" in rows[1] and rows[1].endswith("| yes |")
+    assert out.read_text().split("\n", 1)[1] in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.md"]
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--only", "flux2"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "invalid choice: 'flux2'" in bad.stderr
