@@ -32,6 +32,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from pydantic.json_schema import SkipJsonSchema
 
 from flows.config import PipelineConfig, check_deployable, merge_run_config
 from manifests import ManifestStore, State, add_planned, load_groups, plan_scenes
@@ -273,10 +274,14 @@ def run_config(config: PipelineConfig) -> PipelineConfig:
 
 
 @flow(name="rebuild-dataset", log_prints=True)
-def rebuild_dataset(config: PipelineConfig, shard_ids: list[list[str]] | None = None) -> dict[str, Any]:
+def rebuild_dataset(
+    config: PipelineConfig, shard_ids: SkipJsonSchema[list[list[str]] | None] = None
+) -> dict[str, Any]:
     """Plan, scrape, generate, localise, segment and gate; then push to review.
 
-    ``shard_ids`` is set only for child runs of a fan-out: they process exactly those shards.
+    ``shard_ids`` is set only for child runs of a fan-out: they process exactly those shards. It is left
+    out of the deployment's parameter schema (``SkipJsonSchema``), so the UI's run form does not offer it;
+    the server still accepts it from the parent (the schema allows properties it does not list).
     """
     config = run_config(config)
     logger = get_run_logger()

@@ -251,6 +251,13 @@ def test_all_deployments_exist(server):
     for name in DEPLOYMENTS:
         flow_name, deployment = name.split("/")
         assert flow_name in listed and deployment in listed, name
+    # the run form of each rebuild deployment offers `config` only: the fan-out's `shard_ids` is internal
+    rebuilds = [
+        d for d in api_filter(server, "deployments") if "shard_ids" in str(d["parameter_openapi_schema"])
+    ]
+    assert rebuilds == []
+    schemas = [d["parameter_openapi_schema"] for d in api_filter(server, "deployments")]
+    assert all(list(schema["properties"]) == ["config"] for schema in schemas), schemas
 
 
 def test_fan_out_processes_every_shard_once_then_survives_a_killed_worker(server, tmp_path):
