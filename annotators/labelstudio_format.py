@@ -15,7 +15,6 @@ Coordinates and encodings:
 from __future__ import annotations
 
 import colorsys
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
@@ -56,36 +55,51 @@ watermarked, a collage, not a photo; other) and add a comment if it helps.</li>
 
 
 def label_colour(index: int) -> str:
-    """A hex colour for the ``index``-th label: golden-angle hues, so labels added together
-    (the 2-3 concepts of one group) get far-apart colours."""
+    """A hex colour for the concept at position ``index`` of a task: golden-angle hues, so the 2-3
+    concepts of one group get far-apart colours (red, blue, green), the same in every task."""
     hue = (index * 0.618033988749895) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
 
-def label_config(concepts: list[str]) -> str:
-    """The labeling config for these concept names (order kept: it fixes each label's colour).
+MASK_LABELS = "mask_labels"
+BOX_LABELS = "box_labels"
+HOTKEYED_CONCEPTS = 3
+"""The first three concepts of a task get hotkeys: 1-3 select their mask label, 4-6 their box label."""
 
-    One brush label and one rectangle label per concept, a required verdict
-    (``accept`` / ``reject``), a required reason shown once ``reject`` is chosen
-    (``REJECT_REASONS``) and an optional free-text comment.
+
+def task_labels(concepts: list[str]) -> dict[str, list[dict[str, str]]]:
+    """The task data behind the dynamic labels of ``LABEL_CONFIG``: exactly this record's concepts.
+
+    ``{"mask_labels": [...], "box_labels": [...]}``, one Label Studio label (``value``, ``background``,
+    ``hotkey``) per concept in record order: the concept at position i has colour ``label_colour(i)`` in
+    every task (far apart for i = 0, 1, 2), mask hotkey ``i + 1`` and box hotkey ``i + 4`` (first three).
     """
     if not concepts:
-        raise ValueError("a labeling config needs at least one concept name")
-    labels = "\n".join(
-        f"    <Label value={quoteattr(name)} background={quoteattr(label_colour(i))}/>"
-        for i, name in enumerate(concepts)
-    )
+        raise ValueError("a review task needs at least one concept name")
+
+    def labels(first_hotkey: int) -> list[dict[str, str]]:
+        return [
+            {
+                "value": name,
+                "background": label_colour(i),
+                **({"hotkey": str(first_hotkey + i)} if i < HOTKEYED_CONCEPTS else {}),
+            }
+            for i, name in enumerate(concepts)
+        ]
+
+    return {MASK_LABELS: labels(1), BOX_LABELS: labels(1 + HOTKEYED_CONCEPTS)}
+
+
+def _label_config() -> str:
     reasons = "\n".join(f"    <Choice value={quoteattr(text)}/>" for text in REJECT_REASONS)
     return f"""<View>
   <Header value="Concepts: $concepts"/>
   <Image name="{IMAGE}" value="$image" zoom="true" zoomControl="true" brightnessControl="true"/>
-  <BrushLabels name="{MASK}" toName="{IMAGE}">
-{labels}
-  </BrushLabels>
-  <RectangleLabels name="{BOX}" toName="{IMAGE}" opacity="0.1" strokeWidth="2">
-{labels}
-  </RectangleLabels>
+  <Header value="Mask: select a concept (keys 1-3), paint with the brush, remove with the eraser" size="5"/>
+  <BrushLabels name="{MASK}" toName="{IMAGE}" value="${MASK_LABELS}"/>
+  <Header value="Box: select a concept (keys 4-6), move or redraw its box" size="5"/>
+  <RectangleLabels name="{BOX}" toName="{IMAGE}" value="${BOX_LABELS}" opacity="0.1" strokeWidth="2"/>
   <Header value="Verdict: accept the image with its (corrected) masks, or reject it"/>
   <Choices name="{VERDICT}" toName="{IMAGE}" choice="single" required="true" showInline="true">
     <Choice value="{ACCEPT}"/>
@@ -100,16 +114,11 @@ def label_config(concepts: list[str]) -> str:
 </View>"""
 
 
-def config_labels(config: str) -> list[str]:
-    """The brush label names of a labeling config, in order (empty for a config without one)."""
-    try:
-        root = ET.fromstring(config)
-    except ET.ParseError:
-        return []
-    for tag in root.iter("BrushLabels"):
-        if tag.get("name") == MASK:
-            return [label.get("value") for label in tag.iter("Label") if label.get("value")]
-    return []
+LABEL_CONFIG = _label_config()
+"""The labeling config of every MCC review project. Its brush and rectangle labels are dynamic (Label
+Studio's ``value="$field"``): each task offers exactly the concepts in its own data (``task_labels``),
+so no project-wide label list grows with the groups. Also a required verdict (``accept`` / ``reject``), a
+required reason once ``reject`` is chosen (``REJECT_REASONS``) and an optional free-text comment."""
 
 
 # -- masks ---------------------------------------------------------------------------------------

@@ -176,7 +176,8 @@ class ReviewPush:
         self.images = images
         self.report = PushReport(project_id=_find_project(client, project))
         self._existing: dict[str, int] | None = None
-        self._labels: list[str] | None = None  # the project's concept labels, once read
+        self._config_checked = False  # the project's labeling config, once per run
+        self._uploads_project_id: int | None = None  # where --images upload puts the files
         self._prefix = ""
 
     def takes(self, record: Record) -> bool:
@@ -185,13 +186,14 @@ class ReviewPush:
     def run(self, batch: list[Record], store: ManifestStore) -> list[Record]:
         for record in batch:
             _check_pushable(record)
-        project_id = self._project(batch)
+        project_id = self._project()
         if self._existing is None:  # the first batch of this run
             mode, self._prefix = _image_mode(
                 self.client, store, self.base_url, self.token, project_id, batch, self.images
             )
             self.report.images = mode
-            self._existing = _tasks_by_record(self.client, project_id)
+            self._existing, unlabelled = _tasks_by_record(self.client, project_id)
+            _add_task_labels(self.client, store, unlabelled)
         existing, mode = self._existing, self.report.images
         adopt = [r for r in batch if r.id in existing]
         new = [r for r in batch if r.id not in existing]
@@ -201,7 +203,7 @@ class ReviewPush:
             image_urls = (
                 {r.id: f"/data/local-files/?d={self._prefix}{r.image.path}" for r in new}
                 if mode == "local"
-                else _upload_images(self.client, store, self.base_url, self.token, project_id, new)
+                else _upload_images(self.client, store, self.base_url, self.token, self._image_project(), new)
             )
             tasks = [_task(r, store, image_urls[r.id]) for r in new]
             response = self.client.projects.import_tasks(project_id, request=tasks, return_task_ids=True)
@@ -235,16 +237,13 @@ class ReviewPush:
         logger.info("pushed %d records to project %d", len(self.report.task_ids), project_id)
         return batch
 
-    def _project(self, batch: list[Record]) -> int:
-        """The project's id, created on first use; its labels extended by the batch's new concepts.
-
-        The project's labels are read once per run; it is updated only when a batch brings a new concept.
-        """
-        concepts = _ordered_concepts(batch)
+    def _project(self) -> int:
+        """The project's id, created on first use with ``LABEL_CONFIG``. An existing project whose config is
+        not ``LABEL_CONFIG`` (an older MCC's project-wide label list, or a hand edit) gets it, once per run."""
         if self.report.project_id is None:
             self.report.project_id = self.client.projects.create(
                 title=self.project,
-                label_config=fmt.label_config(concepts),
+                label_config=fmt.LABEL_CONFIG,
                 description="MCC benchmark: check every concept mask; accept or reject the image.",
                 expert_instruction=fmt.INSTRUCTIONS,
                 show_instruction=True,
@@ -253,22 +252,38 @@ class ReviewPush:
                 show_skip_button=True,
                 maximum_annotations=1,
             ).id
-            self._labels = concepts
+            self._config_checked = True
             self.client.views.create(project=self.report.project_id, data=UNCERTAIN_FIRST_VIEW)
             logger.info("created Label Studio project %r (id %d)", self.project, self.report.project_id)
-            return self.report.project_id
-        if self._labels is None:
+        if not self._config_checked:
             current = self.client.projects.get(self.report.project_id)
-            self._labels = fmt.config_labels(current.label_config or "")
-            if not self._labels:  # a project without our labels yet: write the config even with nothing new
-                self._labels = concepts
-                self.client.projects.update(self.report.project_id, label_config=fmt.label_config(concepts))
-        missing = [c for c in concepts if c not in self._labels]
-        if missing:
-            self._labels = self._labels + missing
-            self.client.projects.update(self.report.project_id, label_config=fmt.label_config(self._labels))
+            if (current.label_config or "") != fmt.LABEL_CONFIG:
+                self.client.projects.update(self.report.project_id, label_config=fmt.LABEL_CONFIG)
+                logger.info("project %d: labeling config replaced by MCC's", self.report.project_id)
+            self._config_checked = True
         return self.report.project_id
 
+    def _image_project(self) -> int:
+        """The project that holds the uploaded images (``--images upload``), created on first use.
+
+        Label Studio accepts a direct file upload only into a project whose config reads one data key, and
+        the review config reads three (``image`` and the two per-task label lists), so the images go to a
+        companion project with a one-image config, titled ``IMAGE_PROJECT_PREFIX + project``; the review
+        tasks point at the files it serves (same organisation, same permissions)."""
+        if self._uploads_project_id is None:
+            title = (IMAGE_PROJECT_PREFIX + self.project)[:50]
+            self._uploads_project_id = _find_project(self.client, title) or (
+                self.client.projects.create(
+                    title=title,
+                    label_config=IMAGE_PROJECT_CONFIG,
+                    description=f"Images of the MCC review project {self.project!r} (uploaded by mcc review push).",
+                ).id
+            )
+        return self._uploads_project_id
+
+
+IMAGE_PROJECT_PREFIX = "images: "
+IMAGE_PROJECT_CONFIG = '<View><Image name="image" value="$image"/></View>'
 
 PUSH_ORDERS = ("uncertainty", "id")
 
@@ -323,22 +338,36 @@ def _check_pushable(record: Record) -> None:
         raise ValueError(f"record {record.id} is segmented but has no mask for {missing}")
 
 
-def _ordered_concepts(records: Iterable[Record]) -> list[str]:
-    seen: dict[str, None] = {}
-    for record in records:
-        for name in record.concept_names:
-            seen.setdefault(name, None)
-    return list(seen)
-
-
-def _tasks_by_record(client: LabelStudio, project_id: int) -> dict[str, int]:
-    """record id -> task id of the tasks already in the project (first task wins)."""
+def _tasks_by_record(client: LabelStudio, project_id: int) -> tuple[dict[str, int], dict[int, dict]]:
+    """record id -> task id of the tasks already in the project (first task wins), and the data of those
+    without per-task labels (pushed by an older MCC) by task id."""
     found: dict[str, int] = {}
+    unlabelled: dict[int, dict] = {}
     for task in _iter_tasks(client, project_id, fields="task_only"):
-        record_id = (task.get("data") or {}).get("record_id")
+        data = task.get("data") or {}
+        record_id = data.get("record_id")
         if record_id and record_id not in found:
             found[record_id] = int(task["id"])
-    return found
+            if fmt.MASK_LABELS not in data:
+                unlabelled[int(task["id"])] = data
+    return found, unlabelled
+
+
+def _add_task_labels(client: LabelStudio, store: ManifestStore, unlabelled: dict[int, dict]) -> None:
+    """Give tasks pushed before labels were per task their record's labels (``fmt.task_labels``)."""
+    for task_id, data in unlabelled.items():
+        try:
+            names = store.get(data["record_id"]).concept_names
+        except KeyError:
+            logger.warning(
+                "task %d: record %s is not in this work dir; its labels are left as they are",
+                task_id,
+                data["record_id"],
+            )
+            continue
+        client.tasks.update(str(task_id), data={**data, **fmt.task_labels(names)})
+    if unlabelled:
+        logger.info("added per-task labels to %d tasks pushed by an older MCC", len(unlabelled))
 
 
 def _iter_tasks(client: LabelStudio, project_id: int, *, fields: str) -> Iterable[dict]:
@@ -428,7 +457,8 @@ def _upload_images(
     project_id: int,
     records: list[Record],
 ) -> dict[str, str]:
-    """Upload the images (without creating tasks); returns record id -> the URL Label Studio serves."""
+    """Upload the images into project ``project_id`` (without creating tasks there); returns record id ->
+    the URL Label Studio serves."""
     headers = {"Authorization": _auth_header(client, token)}
     files = [
         ("file", (f"{r.id}.png", io.BytesIO(store.read_bytes(r.image.path)), "image/png")) for r in records
@@ -496,6 +526,7 @@ def _task(record: Record, store: ManifestStore, image_url: str) -> dict:
             "record_id": record.id,
             "group": record.group,
             "concepts": ", ".join(record.concept_names),
+            **fmt.task_labels(record.concept_names),
             "score": task_score(record),  # a Data Manager column to sort and filter by
             "scores": {c.name: c.scores.get(SAM_SCORE) for c in record.concepts},
             "mask_share": mask_share,

@@ -13,21 +13,45 @@ from manifests.masks import encode_mask
 from manifests.record import SAM_SCORE, Concept, GeneratedSource, Record, State
 
 
-def test_label_config_lists_each_concept_once_per_control_and_requires_a_verdict():
-    config = fmt.label_config(["husky", "wolf", "alaskan malamute"])
-    assert fmt.config_labels(config) == ["husky", "wolf", "alaskan malamute"]
-    assert config.count('value="wolf"') == 2  # one brush label, one rectangle label
-    assert 'name="verdict"' in config and 'required="true"' in config
-    assert '<Choice value="accept"/>' in config and '<Choice value="reject"/>' in config
-    assert "<TextArea" in config
-    # labels added together get distinct colours
-    colours = {fmt.label_colour(i) for i in range(3)}
-    assert len(colours) == 3
+def test_the_label_config_takes_its_labels_from_each_task_and_requires_a_verdict():
+    import xml.etree.ElementTree as ET
+
+    config = ET.fromstring(fmt.LABEL_CONFIG)
+    (brush,) = config.iter("BrushLabels")
+    (rectangle,) = config.iter("RectangleLabels")
+    assert (brush.get("name"), brush.get("value")) == (fmt.MASK, "$mask_labels")
+    assert (rectangle.get("name"), rectangle.get("value")) == (fmt.BOX, "$box_labels")
+    assert list(config.iter("Label")) == []  # no project-wide label list
+    headers = [h.get("value") for h in config.iter("Header")]
+    assert any(h.startswith("Mask:") and "1-3" in h for h in headers)
+    assert any(h.startswith("Box:") and "4-6" in h for h in headers)
+    (verdict,) = [c for c in config.iter("Choices") if c.get("name") == fmt.VERDICT]
+    assert verdict.get("required") == "true"
+    assert [c.get("value") for c in verdict.iter("Choice")] == [fmt.ACCEPT, fmt.REJECT]
+    assert len(list(config.iter("TextArea"))) == 1
 
 
-def test_label_config_escapes_names():
-    config = fmt.label_config(['a "quoted" & <odd> name', "plain"])
-    assert fmt.config_labels(config) == ['a "quoted" & <odd> name', "plain"]
+def test_task_labels_are_the_records_concepts_with_colours_and_hotkeys_by_position():
+    labels = fmt.task_labels(["husky", "wolf", "alaskan malamute"])
+    assert labels["mask_labels"] == [
+        {"value": "husky", "background": fmt.label_colour(0), "hotkey": "1"},
+        {"value": "wolf", "background": fmt.label_colour(1), "hotkey": "2"},
+        {"value": "alaskan malamute", "background": fmt.label_colour(2), "hotkey": "3"},
+    ]
+    assert [(b["value"], b["hotkey"]) for b in labels["box_labels"]] == [
+        ("husky", "4"), ("wolf", "5"), ("alaskan malamute", "6"),
+    ]  # fmt: skip
+    assert [b["background"] for b in labels["box_labels"]] == [m["background"] for m in labels["mask_labels"]]
+    # another group: its own names, the same colour at the same position
+    lemon = fmt.task_labels(["lemon", "lime"])
+    assert [m["value"] for m in lemon["mask_labels"]] == ["lemon", "lime"]
+    assert lemon["mask_labels"][1]["background"] == labels["mask_labels"][1]["background"]
+    assert len({fmt.label_colour(i) for i in range(3)}) == 3
+    # a fourth concept has a colour but no hotkey (7+ belong to the verdict)
+    fourth = fmt.task_labels(["a", "b", "c", "d"])
+    assert "hotkey" not in fourth["mask_labels"][3] and "hotkey" not in fourth["box_labels"][3]
+    with pytest.raises(ValueError, match="at least one concept"):
+        fmt.task_labels([])
 
 
 def test_brush_result_round_trips_a_mask_and_writes_alpha_255():
@@ -171,7 +195,7 @@ def test_push_order_puts_the_least_certain_records_first():
 def test_a_reject_needs_a_reason_from_fixed_choices_shown_only_on_reject():
     import xml.etree.ElementTree as ET
 
-    config = ET.fromstring(fmt.label_config(["husky", "wolf"]))
+    config = ET.fromstring(fmt.LABEL_CONFIG)
     (reasons,) = [c for c in config.iter("Choices") if c.get("name") == fmt.REJECT_REASON]
     assert [c.get("value") for c in reasons.iter("Choice")] == list(fmt.REJECT_REASONS)
     assert (reasons.get("visibleWhen"), reasons.get("whenTagName"), reasons.get("whenChoiceValue")) == (

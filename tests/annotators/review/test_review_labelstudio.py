@@ -128,9 +128,13 @@ def test_push_creates_one_task_per_record_with_masks_and_boxes_and_is_idempotent
     response = httpx.get(info.url + task["data"]["image"], headers={"Authorization": f"Token {info.token}"})
     assert response.status_code == 200 and response.content == store.read_bytes(records[3].image.path)
 
-    # labels of both groups are in the project's config
-    config = _client(info).projects.get(report.project_id).label_config
-    assert set(fmt.config_labels(config)) == {"husky", "wolf", "lemon", "lime", "citron"}
+    # the project's config has no label list: each task offers exactly its record's concepts
+    assert _client(info).projects.get(report.project_id).label_config == fmt.LABEL_CONFIG
+    for t in tasks:
+        names = store.get(t["data"]["record_id"]).concept_names
+        assert [m["value"] for m in t["data"]["mask_labels"]] == names
+        assert [b["value"] for b in t["data"]["box_labels"]] == names
+    assert [m["hotkey"] for m in task["data"]["mask_labels"]] == ["1", "2", "3"]
 
     # pushing again creates nothing; a new record gets exactly one new task
     again = push(store, url=info.url, token=info.token, project=project)
@@ -152,6 +156,32 @@ def test_push_adopts_a_task_that_a_crashed_push_created(labelstudio, review_stor
     assert again.pushed == 0 and again.adopted == 1
     assert store.get(record.id).review_task == report.task_ids[record.id]
     assert len(_tasks(info, report.project_id)) == 1
+
+
+OLD_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="mask" toName="image"><Label value="husky"/><Label value="wolf"/></BrushLabels>
+  <RectangleLabels name="box" toName="image"><Label value="husky"/><Label value="wolf"/></RectangleLabels>
+  <Choices name="verdict" toName="image"><Choice value="accept"/><Choice value="reject"/></Choices>
+</View>"""
+"""A project as an older MCC made it: one label list for the whole project, tasks without labels."""
+
+
+def test_push_to_a_project_of_an_older_mcc_gives_it_per_task_labels(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    record = make_segmented(store, "gen-old")
+    client = _client(info)
+    project_id = client.projects.create(title=project, label_config=OLD_CONFIG).id
+    old = {"image": "/data/local-files/?d=x.png", "record_id": record.id, "concepts": "husky, wolf"}
+    client.projects.import_tasks(project_id, request=[{"data": old}], return_task_ids=True)
+    make_segmented(store, "gen-new", seed=2)
+    report = push(store, url=info.url, token=info.token, project=project)
+    assert report.project_id == project_id and report.pushed == 1 and report.adopted == 1
+    assert client.projects.get(project_id).label_config == fmt.LABEL_CONFIG
+    tasks = {t["data"]["record_id"]: t["data"] for t in _tasks(info, project_id)}
+    assert tasks["gen-old"] == {**old, **fmt.task_labels(record.concept_names)}  # the rest of its data kept
+    assert [m["value"] for m in tasks["gen-new"]["mask_labels"]] == store.get("gen-new").concept_names
 
 
 def test_pull_applies_accept_edit_reject_and_leaves_untouched_tasks_in_review(labelstudio, review_store):
@@ -342,6 +372,13 @@ def test_upload_mode_serves_the_images_without_local_storage(labelstudio, review
     assert task["data"]["image"].startswith("/data/upload/")
     response = httpx.get(info.url + task["data"]["image"], headers={"Authorization": f"Token {info.token}"})
     assert response.status_code == 200 and response.content == store.read_bytes(record.image.path)
+    # the files sit in the companion project (a direct upload needs a one-data-key config), which has no tasks
+    title = f"images: {project}"[:50]  # Label Studio titles have at most 50 characters
+    (images,) = [p for p in _client(info).projects.list() if p.title == title]
+    assert task["data"]["image"].startswith(f"/data/upload/{images.id}/") and _tasks(info, images.id) == []
+    make_segmented(store, "gen-upload-2", seed=3)  # a second push reuses it
+    push(store, url=info.url, token=info.token, project=project, images="upload")
+    assert len([p for p in _client(info).projects.list() if p.title == title]) == 1
 
 
 def test_rejected_token_and_unreachable_server_change_nothing(labelstudio, review_store):

@@ -18,7 +18,7 @@ from review_records import disk_masks, make_segmented
 from annotators import labelstudio_format as fmt
 from annotators import review
 from manifests.masks import decode_mask, encode_mask
-from manifests.record import SAM_SCORE, Concept, GeneratedSource, Record, State
+from manifests.record import SAM_SCORE, Record, State
 from manifests.store import ManifestStore
 
 WIDTH, HEIGHT = 96, 64
@@ -121,16 +121,6 @@ def test_a_record_without_scores_gets_no_task_score_and_pushable_checks_name_wha
     with pytest.raises(ValueError, match="has no image"):
         review._check_pushable(record)
     review._check_pushable(make_segmented(store, "r2", size=(WIDTH, HEIGHT)))  # a complete record passes
-
-
-def test_the_label_set_keeps_the_first_seen_order_of_concepts():
-    def record(*names):
-        return Record(id="-".join(names), group="g", concepts=[Concept(name=n) for n in names],
-                      source=GeneratedSource(template="t", setting="s", seed=0))  # fmt: skip
-
-    assert review._ordered_concepts([record("lemon", "lime"), record("lime", "wolf"), record("husky", "wolf")]) == [
-        "lemon", "lime", "wolf", "husky",
-    ]  # fmt: skip
 
 
 # -- pull: reading and applying one annotation ---------------------------------------------------------
