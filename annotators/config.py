@@ -102,3 +102,17 @@ class ReviewConfig(BaseModel):
         description="Push order: 'uncertainty' (lowest task score first, so the least certain masks are "
         "reviewed first) or 'id'.",
     )
+    annotators: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="Annotations asked per task (Label Studio's overlap). With more than one, pull decides a "
+        "task only when that many annotators agree (same verdict, masks within agreement_iou).",
+    )
+    agreement_iou: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="With several annotators: the mask IoU at which two of them agree on a concept; a task "
+        "whose annotators disagree is sent back for one more annotation.",
+    )

@@ -24,7 +24,9 @@ How the images reach Label Studio (``images=``):
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import logging
 import os
 from collections.abc import Iterable
@@ -87,6 +89,7 @@ class PullReport:
     pending: int = 0  # still in review: no submitted annotation yet
     returned: int = 0  # task deleted in Label Studio: back to segmented
     revised: int = 0  # decided earlier, applied again because the annotation was updated since
+    disagreed: int = 0  # several annotators who disagree: the task was sent back for one more annotation
     warnings: list[str] = field(default_factory=list)
 
 
@@ -162,6 +165,7 @@ class ReviewPush:
         *,
         batch_size: int = 100,
         images: Images = "auto",
+        annotators: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -174,6 +178,7 @@ class ReviewPush:
         self.client, self.base_url, self.token, self.project = client, url.rstrip("/"), token, project
         self.batch_size = batch_size
         self.images = images
+        self.annotators = _check_annotators(annotators)
         self.report = PushReport(project_id=_find_project(client, project))
         self._existing: dict[str, int] | None = None
         self._config_checked = False  # the project's labeling config, once per run
@@ -238,8 +243,9 @@ class ReviewPush:
         return batch
 
     def _project(self) -> int:
-        """The project's id, created on first use with ``LABEL_CONFIG``. An existing project whose config is
-        not ``LABEL_CONFIG`` (an older MCC's project-wide label list, or a hand edit) gets it, once per run."""
+        """The project's id, created on first use with ``LABEL_CONFIG`` and ``annotators`` annotations per task.
+        An existing project whose config is not ``LABEL_CONFIG`` (an older MCC's project-wide label list, or a
+        hand edit) gets it, and the annotations per task are set to ``annotators``, once per run."""
         if self.report.project_id is None:
             self.report.project_id = self.client.projects.create(
                 title=self.project,
@@ -250,7 +256,7 @@ class ReviewPush:
                 model_version=MODEL_VERSION,
                 show_collab_predictions=True,
                 show_skip_button=True,
-                maximum_annotations=1,
+                maximum_annotations=self.annotators,
             ).id
             self._config_checked = True
             self.client.views.create(project=self.report.project_id, data=UNCERTAIN_FIRST_VIEW)
@@ -260,6 +266,9 @@ class ReviewPush:
             if (current.label_config or "") != fmt.LABEL_CONFIG:
                 self.client.projects.update(self.report.project_id, label_config=fmt.LABEL_CONFIG)
                 logger.info("project %d: labeling config replaced by MCC's", self.report.project_id)
+            if current.maximum_annotations != self.annotators:
+                self.client.projects.update(self.report.project_id, maximum_annotations=self.annotators)
+                logger.info("project %d: %d annotations per task", self.report.project_id, self.annotators)
             self._config_checked = True
         return self.report.project_id
 
@@ -286,6 +295,8 @@ IMAGE_PROJECT_PREFIX = "images: "
 IMAGE_PROJECT_CONFIG = '<View><Image name="image" value="$image"/></View>'
 
 PUSH_ORDERS = ("uncertainty", "id")
+AGREEMENT_IOU = 0.9
+"""With several annotators per task, two agree on a concept when their masks have at least this IoU."""
 
 UNCERTAIN_FIRST_VIEW = {"title": "Lowest score first", "ordering": ["tasks:predictions_score"]}
 """The Data Manager tab a new project opens on: tasks by ascending prediction score (``task_score``)."""
@@ -315,19 +326,31 @@ def push(
     images: Images = "auto",
     limit: int | None = None,
     order: str = "uncertainty",
+    annotators: int = 1,
     progress: Progress | None = None,
 ) -> PushReport:
     """Push every ``segmented`` record without a task (at most ``limit``) through ``ReviewPush``.
 
     ``order``: which records become tasks first (``push_order``), so that ``limit`` and task ids
-    follow it; a new project also opens on a tab sorted by ascending score. No empty project is
+    follow it; a new project also opens on a tab sorted by ascending score. ``annotators``: annotations
+    asked per task (Label Studio's overlap); with more than one, pull decides only when they agree. No empty project is
     created when there is nothing to push. A record the manifest holds inconsistently
     (segmented without an image or a mask) is rejected with reason ``error``.
     """
-    stage = ReviewPush(connect(url, token), url, token, project, batch_size=batch_size, images=images)
+    stage = ReviewPush(
+        connect(url, token), url, token, project, batch_size=batch_size, images=images, annotators=annotators
+    )
     records = push_order(select(store, tuple(State(s) for s in stage.accepts)), order)
     run_stage(stage, store, records, limit=limit, progress=progress)
     return stage.report
+
+
+def _check_annotators(annotators: int) -> int:
+    if isinstance(annotators, bool) or int(annotators) != annotators or not 1 <= annotators <= 10:
+        raise ValueError(
+            f"annotators (annotations per task) must be an integer from 1 to 10, got {annotators!r}"
+        )
+    return int(annotators)
 
 
 def _check_pushable(record: Record) -> None:
@@ -558,7 +581,13 @@ class ReviewPull:
     batch_size = 1_000_000  # the project's tasks are listed once per batch: one batch
 
     def __init__(
-        self, client: LabelStudio, url: str, project: str = DEFAULT_PROJECT, *, accept_iou: float = ACCEPT_IOU
+        self,
+        client: LabelStudio,
+        url: str,
+        project: str = DEFAULT_PROJECT,
+        *,
+        accept_iou: float = ACCEPT_IOU,
+        agreement_iou: float = AGREEMENT_IOU,
     ):
         self.client, self.accept_iou = client, accept_iou
         project_id = _find_project(client, project)
@@ -569,6 +598,10 @@ class ReviewPull:
             )
         self.report = PullReport(project_id=project_id)
         self._users: dict[int, str] = {}
+        self.agreement_iou = agreement_iou
+        # annotations asked per task (set by push --annotators): with more than one, a task is decided only
+        # once that many annotators agree
+        self.needed = int(getattr(client.projects.get(project_id), "maximum_annotations", None) or 1)
 
     def takes(self, record: Record) -> bool:
         if _pushed_project(record) != self.report.project_id:
@@ -599,19 +632,66 @@ class ReviewPull:
                 self.report.returned += 1
                 outputs.append(Output(record))
                 continue
-            annotation = _submitted(task)
+            annotation, agreement = self._decision(task, record)
+            if annotation is None and agreement is not None:
+                outputs.append(self._disagree(record, task, agreement))
+                continue
             if annotation is None:
                 self.report.pending += 1
                 outputs.append(Output(record, unchanged=True))
                 continue
             reviewer = _reviewer(self.client, annotation, self._users)
-            _apply(record, annotation, reviewer, project_id, self.accept_iou, self.report)
+            _apply(
+                record, annotation, reviewer, project_id, self.accept_iou, self.report, agreement=agreement
+            )
             outputs.append(Output(record))
         return outputs
 
+    def _decision(self, task: dict, record: Record) -> tuple[dict | None, dict | None]:
+        """The annotation to apply and, with several annotators, how well they agree.
+
+        One annotator per task: the latest submitted annotation (or None) and no agreement. Several: None
+        and None until ``needed`` annotators submitted; then ``consensus`` of their latest annotations: the
+        newest of the best-agreeing ``needed`` and the agreement, or None and the agreement when they differ.
+        """
+        if self.needed == 1:
+            return _submitted(task), None
+        latest = _latest_per_annotator(task)
+        if len(latest) < self.needed:
+            return None, None
+        chosen, agreement = consensus(latest, record, self.needed, self.agreement_iou)
+        agreement["reviewers"] = [
+            _reviewer(self.client, a, self._users) for a in latest if a.get("id") in agreement["annotations"]
+        ]
+        return chosen, agreement
+
+    def _disagree(self, record: Record, task: dict, agreement: dict) -> Output:
+        """Annotators who disagree: the task asks for one more annotation; the record stays in review with a
+        history event (once per set of submitted annotations)."""
+        submitted = [list(_annotation_key(a)) for a in _latest_per_annotator(task)]
+        if _last_disagreement(record) == submitted:
+            return Output(record, unchanged=True)
+        overlap = len(submitted) + 1
+        self.client.tasks.update(str(task["id"]), overlap=overlap)
+        record.log(
+            STAGE,
+            f"{len(submitted)} annotators disagree (best agreement of {self.needed}: {agreement['score']:.3f} < "
+            f"{self.agreement_iou}); task {task['id']} asks for annotation {overlap}",
+            params={
+                "action": "disagreement",
+                "project_id": self.report.project_id,
+                "task": task["id"],
+                "submitted": submitted,
+                "agreement": agreement,
+            },
+        )
+        self.report.disagreed += 1
+        return Output(record)
+
     def _revise(self, record: Record, task: dict | None) -> Output:
-        """A decided record: unchanged unless its task's latest annotation is a newer one."""
-        annotation = _submitted(task) if task is not None else None
+        """A decided record: unchanged unless its task's latest annotation (with several annotators: the one
+        their consensus picks) is a newer one. Annotators who disagree after a revision leave the decision."""
+        annotation, agreement = self._decision(task, record) if task is not None else (None, None)
         if annotation is None or _annotation_key(annotation) == _applied(record):
             return Output(record, unchanged=True)
         machine = _prediction_masks(task, record)
@@ -620,7 +700,14 @@ class ReviewPull:
                 concept.mask = encode_mask(machine[concept.name])
         reviewer = _reviewer(self.client, annotation, self._users)
         _apply(
-            record, annotation, reviewer, self.report.project_id, self.accept_iou, self.report, revised=True
+            record,
+            annotation,
+            reviewer,
+            self.report.project_id,
+            self.accept_iou,
+            self.report,
+            revised=True,
+            agreement=agreement,
         )
         self.report.revised += 1
         return Output(record)
@@ -637,6 +724,7 @@ def pull(
     token: str,
     project: str = DEFAULT_PROJECT,
     accept_iou: float = ACCEPT_IOU,
+    agreement_iou: float = AGREEMENT_IOU,
     progress: Progress | None = None,
 ) -> PullReport:
     """Bring the submitted reviews of ``project`` back into the records through ``ReviewPull``.
@@ -644,7 +732,7 @@ def pull(
     Each record is written as soon as it is done, so an interrupted pull re-run finishes
     the rest and changes nothing twice.
     """
-    stage = ReviewPull(connect(url, token), url, project, accept_iou=accept_iou)
+    stage = ReviewPull(connect(url, token), url, project, accept_iou=accept_iou, agreement_iou=agreement_iou)
     run_stage(stage, store, progress=progress)
     return stage.report
 
@@ -685,12 +773,92 @@ def _prediction_masks(task: dict, record: Record) -> dict[str, np.ndarray]:
     return masks
 
 
+def _version(annotation: dict) -> tuple[str, int]:
+    """Orders the annotations of a task from oldest to newest: by time, then id."""
+    return (
+        str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+        annotation.get("id") or 0,
+    )
+
+
 def _submitted(task: dict) -> dict | None:
     """The latest submitted (not skipped) annotation of a task, or None."""
     done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
     if not done:
         return None
-    return max(done, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+    return max(done, key=_version)
+
+
+def _latest_per_annotator(task: dict) -> list[dict]:
+    """The newest submitted (not skipped) annotation of each annotator (``completed_by``), newest first."""
+    newest: dict[object, dict] = {}
+    done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    for annotation in sorted(done, key=_version, reverse=True):
+        who = annotation.get("completed_by")
+        newest.setdefault(who.get("id") if isinstance(who, dict) else who, annotation)
+    return list(newest.values())
+
+
+def _last_disagreement(record: Record) -> list | None:
+    """The annotations (``[id, version]``) of the record's last disagreement since its push, or None."""
+    for event in reversed(record.history):
+        if event.stage == STAGE and event.params.get("action") == "disagreement":
+            return event.params.get("submitted")
+        if event.stage == STAGE and event.params.get("action") == "push":
+            return None
+    return None
+
+
+def _annotation_masks(annotation: dict, record: Record) -> dict[str, np.ndarray]:
+    """Each concept's (H, W) bool mask in one annotation: its strokes merged; empty without a usable stroke."""
+    height, width = record.image.height, record.image.width
+    brushes = fmt.read_annotation(annotation.get("result") or []).brushes
+    masks = {}
+    for name in record.concept_names:
+        mask = np.zeros((height, width), dtype=bool)
+        for stroke in brushes.get(name, []):
+            # a stroke of the wrong size or a corrupt RLE counts as nothing here; _apply rejects it with the reason
+            with contextlib.suppress(Exception):
+                mask |= fmt.decode_brush(stroke, height, width)
+        masks[name] = mask
+    return masks
+
+
+def consensus(
+    annotations: list[dict], record: Record, needed: int, agreement_iou: float = AGREEMENT_IOU
+) -> tuple[dict | None, dict]:
+    """Which of several annotators' annotations of one record to apply, and how well they agree.
+
+    Every group of ``needed`` annotations (one per annotator) is scored: 0 when their verdicts differ, 1 when
+    all reject, else the lowest pairwise mask IoU over the record's concepts. The best group (ties: the
+    newest) agrees when its score is at least ``agreement_iou``; then its newest annotation is returned.
+
+    Returns ``(annotation or None, agreement)``, ``agreement`` = ``{"score", "annotations": ids of the best
+    group, "verdicts", "iou": {concept: lowest pairwise IoU in that group} (empty for rejects)}``.
+    """
+    if len(annotations) < needed:
+        raise ValueError(f"consensus needs {needed} annotations, got {len(annotations)}")
+    reads = [fmt.read_annotation(a.get("result") or []) for a in annotations]
+    masks = [_annotation_masks(a, record) for a in annotations]
+    best: tuple[float, dict, tuple[int, ...]] | None = None
+    for group in itertools.combinations(range(len(annotations)), needed):  # annotations are newest first
+        verdicts = [reads[i].verdict for i in group]
+        iou: dict[str, float] = {}
+        if len(set(verdicts)) > 1:
+            score = 0.0
+        elif verdicts[0] == fmt.REJECT:
+            score = 1.0
+        else:
+            for name in record.concept_names:
+                pairs = [fmt.iou(masks[i][name], masks[j][name]) for i, j in itertools.combinations(group, 2)]
+                iou[name] = round(min(pairs), 6)
+            score = min(iou.values()) if iou else 1.0
+        if best is None or score > best[0]:
+            best = (score, {"verdicts": verdicts, "iou": iou}, group)
+    score, found, group = best
+    agreement = {"score": round(score, 6), "annotations": [annotations[i].get("id") for i in group], **found}
+    newest = annotations[min(group)]
+    return (newest if score >= agreement_iou else None), agreement
 
 
 def _reviewer(client: LabelStudio, annotation: dict, cache: dict[int, str]) -> str:
@@ -716,9 +884,11 @@ def _apply(
     report: PullReport,
     *,
     revised: bool = False,
+    agreement: dict | None = None,
 ) -> None:
     """Apply one submitted annotation to its record (in memory); ``revised``: it replaces the
-    decision of an earlier pull (the reviewer updated the annotation since)."""
+    decision of an earlier pull (the reviewer updated the annotation since); ``agreement``: how well
+    several annotators agreed (``consensus``), kept in the event."""
     read = fmt.read_annotation(annotation.get("result") or [])
     params = {
         "action": "pull",
@@ -732,6 +902,8 @@ def _apply(
         "revised": revised,
         "lead_time": annotation.get("lead_time"),  # seconds the annotator spent (Label Studio's measure)
     }
+    if agreement is not None:
+        params["agreement"] = agreement
     if read.verdict == fmt.REJECT:
         reason = ReviewReason(read.reject_reason) if read.reject_reason else ReviewReason.rejected_by_reviewer
         record.reject(

@@ -35,7 +35,10 @@ def compute_stats(records: list[Record]) -> dict:
     ``iou_by_group`` / ``iou_by_concept``: mean / min IoU of machine vs reviewed mask and the count;
     ``iou_mean``: over all reviewed masks; ``rejection_reasons``: reason -> records rejected in review;
     ``time_per_task``: Label Studio's ``lead_time`` of the decided tasks (seconds: mean, median);
-    ``annotators``: per reviewer, records reviewed / rejected, masks and boxes edited, mean seconds.
+    ``annotators``: per reviewer, records reviewed / rejected, masks and boxes edited, mean seconds;
+    ``inter_annotator`` (tasks with several annotators): records decided by agreement, the lowest pairwise
+    mask IoU between the agreeing annotators by group and by concept, and the records whose annotators
+    disagreed (ever, and now waiting in review for one more annotation).
     """
     reviewed = [r for r in records if r.state == State.reviewed and _last_pull(r)]
     rejected = [
@@ -74,6 +77,7 @@ def compute_stats(records: list[Record]) -> dict:
         "rejection_reasons": dict(Counter(r.rejection.reason for r in rejected).most_common()),
         "time_per_task": _seconds([_last_pull(r) for r in reviewed + rejected]),
         "annotators": _annotators(reviewed, rejected),
+        "inter_annotator": _inter_annotator(records, reviewed),
     }
 
 
@@ -85,6 +89,35 @@ def _iou_table(values_by_key: dict[str, list[float]]) -> dict[str, dict]:
             "min_iou": round(min(values), 4),
         }
         for key, values in sorted(values_by_key.items())
+    }
+
+
+def _inter_annotator(records: list[Record], reviewed: list[Record]) -> dict:
+    """Agreement of several annotators per task, from the pull events' ``agreement`` (``review.consensus``)."""
+    by_group: dict[str, list[float]] = defaultdict(list)
+    by_concept: dict[str, list[float]] = defaultdict(list)
+    decided = 0
+    for record in reviewed:
+        agreement = (_last_pull(record) or {}).get("agreement")
+        if not agreement:
+            continue
+        decided += 1
+        for name, value in (agreement.get("iou") or {}).items():
+            by_group[record.group].append(float(value))
+            by_concept[name].append(float(value))
+    disagreed = waiting = 0
+    for record in records:
+        events = [
+            e for e in record.history if e.stage == "review" and e.params.get("action") == "disagreement"
+        ]
+        disagreed += bool(events)
+        waiting += bool(events) and record.history[-1] is events[-1]  # nothing since: still in review
+    return {
+        "records_decided_by_agreement": decided,
+        "iou_by_group": _iou_table(by_group),
+        "iou_by_concept": _iou_table(by_concept),
+        "records_with_disagreement": disagreed,
+        "waiting_for_another_annotation": waiting,
     }
 
 

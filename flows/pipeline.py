@@ -231,7 +231,11 @@ def push_reviews_task(config: PipelineConfig) -> dict[str, Any]:
             url=_labelstudio_url(config),
             token=_labelstudio_token(),
             project=config.review.project,
+            batch_size=config.review.batch_size,
+            images=config.review.images,
             limit=config.review.limit,
+            order=config.review.order,
+            annotators=config.review.annotators,
             progress=progress,
         )
     return _as_dict(report)
@@ -247,6 +251,7 @@ def pull_reviews_task(config: PipelineConfig) -> dict[str, Any]:
             url=_labelstudio_url(config),
             token=_labelstudio_token(),
             project=config.review.project,
+            agreement_iou=config.review.agreement_iou,
             progress=progress,
         )
     return _as_dict(report)

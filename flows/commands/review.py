@@ -123,8 +123,14 @@ REVIEW_FLAGS: dict[str, Flag] = {
     "images": "review.images",
     "limit": "review.limit",
     "order": "review.order",
+    "annotators": "review.annotators",
 }
-PULL_FLAGS: dict[str, Flag] = {"workdir": "workdir", "url": "review.url", "project": "review.project"}
+PULL_FLAGS: dict[str, Flag] = {
+    "workdir": "workdir",
+    "url": "review.url",
+    "project": "review.project",
+    "agreement_iou": "review.agreement_iou",
+}
 SECRET_FLAGS = {"token": "a secret: from --token or LABEL_STUDIO_API_KEY, never a profile"}
 
 
@@ -155,6 +161,14 @@ def review_push(
             help="uncertainty (default: lowest SAM score first) | id: which records become tasks first."
         ),
     ] = None,
+    annotators: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=10,
+            help="Annotations per task (default 1); with more, pull decides a task when that many agree.",
+        ),
+    ] = None,
 ) -> None:
     """Create one Label Studio task per segmented record (machine masks as pre-annotations)."""
     from annotators.review import LabelStudioUnavailable, push
@@ -174,6 +188,7 @@ def review_push(
                 images=c.images,
                 limit=c.limit,
                 order=c.order,
+                annotators=c.annotators,
                 progress=progress,
             )
     except (LabelStudioUnavailable, ValueError) as error:
@@ -198,6 +213,15 @@ def review_pull(
     url: UrlOption = None,
     token: TokenOption = "",
     project: ProjectOption = None,
+    agreement_iou: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Several annotators per task: the mask IoU at which two agree (default 0.9); a task whose "
+            "annotators disagree is sent back for one more annotation.",
+        ),
+    ] = None,
 ) -> None:
     """Bring submitted reviews back: reviewed (accepted/edited masks) or rejected records."""
     from annotators.review import LabelStudioUnavailable, pull
@@ -207,14 +231,22 @@ def review_pull(
     store = ManifestStore(config.workdir)
     try:
         with StageProgress("pull") as progress:
-            report = pull(store, url=url, token=token, project=config.review.project, progress=progress)
+            report = pull(
+                store,
+                url=url,
+                token=token,
+                project=config.review.project,
+                agreement_iou=config.review.agreement_iou,
+                progress=progress,
+            )
     except LabelStudioUnavailable as error:
         raise fail(str(error)) from None
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(
         f"reviewed {report.reviewed}, rejected {report.rejected}, still in review {report.pending}, "
-        f"back to segmented (task deleted) {report.returned}",
+        f"back to segmented (task deleted) {report.returned}"
+        + (f", annotators disagree (sent back for one more) {report.disagreed}" if report.disagreed else ""),
         soft_wrap=True,
         highlight=False,
     )
@@ -275,6 +307,21 @@ def review_stats(
             table.add_row(who, str(row["reviewed"]), str(row["rejected"]), str(row["masks_edited"]),
                           str(row["boxes_edited"]), seconds)  # fmt: skip
         console.print(table)
+    agree = stats["inter_annotator"]
+    if agree["records_decided_by_agreement"] or agree["records_with_disagreement"]:
+        console.print(
+            f"several annotators: {agree['records_decided_by_agreement']} records decided by agreement, "
+            f"{agree['records_with_disagreement']} with a disagreement "
+            f"({agree['waiting_for_another_annotation']} waiting for one more annotation)"
+        )
+        for key, title in (("iou_by_group", "concept group"), ("iou_by_concept", "concept")):
+            if agree[key]:
+                table = Table(title=f"inter-annotator mask IoU (lowest pair) by {title}")
+                for column in (title, "masks", "mean IoU", "min IoU"):
+                    table.add_column(column, justify="left" if column == title else "right")
+                for name, row in agree[key].items():
+                    table.add_row(name, str(row["masks"]), f"{row['mean_iou']:.3f}", f"{row['min_iou']:.3f}")
+                console.print(table)
     if stats["rejection_reasons"]:
         table = Table(title="rejected in review")
         table.add_column("reason")

@@ -381,6 +381,47 @@ def test_upload_mode_serves_the_images_without_local_storage(labelstudio, review
     assert len([p for p in _client(info).projects.list() if p.title == title]) == 1
 
 
+def _annotator(info, name: str) -> int:
+    """The id of a Label Studio user ``name`` (created once per server)."""
+    client = _client(info)
+    email = f"{name}@mcc.local"
+    for user in client.users.list():
+        if user.email == email:
+            return user.id
+    return client.users.create(username=name, email=email, password="annotator-pass-1").id
+
+
+def test_two_annotators_per_task_a_disagreement_asks_a_third_who_decides(labelstudio, review_store):
+    info, _ = labelstudio
+    store, project = review_store
+    record = make_segmented(store, "gen-two")
+    report = push(store, url=info.url, token=info.token, project=project, annotators=2)
+    assert _client(info).projects.get(report.project_id).maximum_annotations == 2
+    task_id = report.task_ids["gen-two"]
+    machine = _prediction(info, task_id)
+    husky = decode_mask(record.concept("husky").mask)
+    husky[:, 24:] = False  # the annotator keeps the left half of the husky (a disk around x = 24)
+    halved = [r for r in machine if r["value"].get("brushlabels") != ["husky"]] + [
+        fmt.brush_result("husky", husky, "h")
+    ]
+    ann, bea, cal = (_annotator(info, name) for name in ("ann", "bea", "cal"))
+    _annotate(info, task_id, [*machine, _verdict("accept")], completed_by=ann)
+    assert pull(store, url=info.url, token=info.token, project=project).pending == 1  # one of two so far
+    _annotate(info, task_id, [*halved, _verdict("accept")], completed_by=bea)
+    first = pull(store, url=info.url, token=info.token, project=project)
+    assert first.disagreed == 1 and store.get("gen-two").state == State.in_review
+    assert _client(info).tasks.get(str(task_id)).overlap == 3  # back in the queue for a third annotator
+    assert pull(store, url=info.url, token=info.token, project=project).disagreed == 0  # said once
+    _annotate(info, task_id, [*machine, _verdict("accept")], completed_by=cal)
+    pull(store, url=info.url, token=info.token, project=project)
+    decided = store.get("gen-two")
+    assert decided.state == State.reviewed
+    agreement = decided.history[-1].params["agreement"]
+    assert agreement["score"] == 1.0 and agreement["reviewers"] == ["cal@mcc.local", "ann@mcc.local"]
+    inter = read_stats(store)["inter_annotator"]
+    assert inter["records_decided_by_agreement"] == 1 and inter["records_with_disagreement"] == 1
+
+
 def test_rejected_token_and_unreachable_server_change_nothing(labelstudio, review_store):
     info, _ = labelstudio
     store, project = review_store

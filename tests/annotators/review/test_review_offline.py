@@ -316,12 +316,18 @@ def test_the_reviewer_is_named_by_email_from_the_annotation_or_the_users_api_onc
 class Client:
     """Answers the calls ReviewPull makes with fixed projects and task dicts."""
 
-    def __init__(self, tasks: list[dict], projects=((PROJECT, review.DEFAULT_PROJECT),)):
+    def __init__(self, tasks: list[dict], projects=((PROJECT, review.DEFAULT_PROJECT),), annotators=1):
         self._tasks, self._projects = tasks, projects
         self.users = SimpleNamespace(get=lambda user_id: SimpleNamespace(email=f"u{user_id}@example.org"))
-        self.projects = SimpleNamespace(list=self._list_projects)
-        self.tasks = SimpleNamespace(list=self._list_tasks)
+        self.projects = SimpleNamespace(
+            list=self._list_projects, get=lambda project_id: SimpleNamespace(maximum_annotations=annotators)
+        )
+        self.tasks = SimpleNamespace(list=self._list_tasks, update=self._update_task)
         self.listed: list[dict] = []
+        self.updated: list[tuple[str, dict]] = []
+
+    def _update_task(self, task_id, **fields):
+        self.updated.append((task_id, fields))
 
     def _list_projects(self, *, title, page_size):
         return [SimpleNamespace(id=i, title=t) for i, t in self._projects if t == title]
@@ -380,6 +386,102 @@ def test_pull_decides_pending_deleted_reused_and_revised_tasks(store):
     elsewhere.history[-1].params["project_id"] = 99
     assert not stage.takes(elsewhere)
     assert not stage.takes(make_segmented(store, "r10", size=(WIDTH, HEIGHT)))
+
+
+# -- several annotators per task ----------------------------------------------------------------------
+def half_husky(record: Record) -> list[dict]:
+    """An accept whose husky mask is the machine mask's left half (IoU about 0.5 with it)."""
+    husky = machine(record, "husky")
+    columns = np.nonzero(husky.any(axis=0))[0]
+    husky[:, (columns.min() + columns.max()) // 2 :] = False
+    return [fmt.brush_result("husky", husky, "h"), fmt.brush_result("wolf", machine(record, "wolf"), "w"),
+            verdict("accept")]  # fmt: skip
+
+
+def test_consensus_applies_the_newest_of_the_best_agreeing_annotators(store):
+    record = in_review(store)
+    same_a = annotation(
+        [*accepted_as_is(record), verdict("accept")], id=1, who=1, updated="2026-12-01T01:00:00Z"
+    )
+    same_b = annotation(
+        [*accepted_as_is(record), verdict("accept")], id=2, who=2, updated="2026-12-01T02:00:00Z"
+    )
+    half = annotation(half_husky(record), id=3, who=3, updated="2026-12-01T03:00:00Z")
+    rejects = [annotation([verdict("reject"), reason("unusable image")], id=i, who=i) for i in (4, 5)]
+
+    chosen, agreement = review.consensus([same_b, same_a], record, 2)
+    assert chosen is same_b and agreement == {"score": 1.0, "annotations": [2, 1], "verdicts": ["accept"] * 2,
+                                              "iou": {"husky": 1.0, "wolf": 1.0}}  # fmt: skip
+    chosen, agreement = review.consensus([half, same_b], record, 2)
+    assert chosen is None and 0.4 < agreement["iou"]["husky"] < 0.6 and agreement["iou"]["wolf"] == 1.0
+    assert agreement["score"] == agreement["iou"]["husky"]
+    assert review.consensus([half, same_b], record, 2, agreement_iou=0.4)[0] is half  # a looser threshold
+    # a third annotator who agrees with one of the two: that pair decides, its newest annotation applies
+    chosen, agreement = review.consensus([half, same_b, same_a], record, 2)
+    assert chosen is same_b and agreement["annotations"] == [2, 1] and agreement["score"] == 1.0
+    assert review.consensus([half, same_b, same_a], record, 3)[0] is None  # all three must agree
+    same_c = annotation(
+        [*accepted_as_is(record), verdict("accept")], id=6, who=6, updated="2026-12-01T04:00:00Z"
+    )
+    assert review.consensus([same_c, same_b, same_a], record, 2)[0] is same_c  # ties: the newest group
+    # verdicts: accept vs reject never agree; two rejects do (no masks to compare)
+    assert review.consensus([rejects[0], same_a], record, 2)[1]["score"] == 0.0
+    chosen, agreement = review.consensus(rejects, record, 2)
+    assert chosen is rejects[0] and agreement["iou"] == {} and agreement["verdicts"] == ["reject"] * 2
+    with pytest.raises(ValueError, match="needs 2 annotations, got 1"):
+        review.consensus([same_a], record, 2)
+
+
+def test_pull_with_two_annotators_waits_then_sends_a_disagreement_back_once_then_decides(store):
+    waiting, split, agreed = (in_review(store, f"r{i}", task=40 + i) for i in range(3))
+    first = annotation(
+        [*accepted_as_is(split), verdict("accept")], id=11, who=1, updated="2026-12-01T01:00:00Z"
+    )
+    tasks = [
+        {"id": 40, "data": {"record_id": "r0"}, "annotations": [first]},
+        {"id": 41, "data": {"record_id": "r1"},
+         "annotations": [first, annotation(half_husky(split), id=12, who=2, updated="2026-12-01T02:00:00Z")]},
+        {"id": 42, "data": {"record_id": "r2"},
+         "annotations": [annotation([*accepted_as_is(agreed), verdict("accept")], id=i, who=i,
+                                    updated=f"2026-12-01T0{i - 20}:00:00Z") for i in (21, 22)]},
+    ]  # fmt: skip
+    client = Client(tasks, annotators=2)
+    stage = review.ReviewPull(client, "http://ls")
+    assert stage.needed == 2
+    outputs = stage.run([waiting, split, agreed], store)
+    assert [o.unchanged for o in outputs] == [True, False, False]
+    assert waiting.state == State.in_review and stage.report.pending == 1  # one of two annotators so far
+    assert split.state == State.in_review and stage.report.disagreed == 1
+    assert client.updated == [("41", {"overlap": 3})]  # one more annotator gets the task
+    event = split.history[-1]
+    assert event.params["action"] == "disagreement" and event.params["submitted"][0][0] == 12
+    assert 0.4 < event.params["agreement"]["iou"]["husky"] < 0.6
+    assert agreed.state == State.reviewed and stage.report.reviewed == 1
+    decided = agreed.history[-1].params
+    assert decided["annotation"] == 22 and decided["agreement"]["score"] == 1.0
+    assert decided["agreement"]["reviewers"] == ["u22@example.org", "u21@example.org"]
+    # the same annotations again: nothing new to say, nothing sent
+    again = review.ReviewPull(client, "http://ls").run([split], store)
+    assert again[0].unchanged and client.updated == [("41", {"overlap": 3})]
+
+    from annotators.review_stats import compute_stats
+
+    inter = compute_stats([waiting, split, agreed])["inter_annotator"]
+    assert inter["records_decided_by_agreement"] == 1 and inter["records_with_disagreement"] == 1
+    assert inter["waiting_for_another_annotation"] == 1
+    assert inter["iou_by_concept"] == {"husky": {"masks": 1, "mean_iou": 1.0, "min_iou": 1.0},
+                                       "wolf": {"masks": 1, "mean_iou": 1.0, "min_iou": 1.0}}  # fmt: skip
+    assert inter["iou_by_group"]["husky-wolf"]["masks"] == 2
+
+    # a third annotator agrees with the first: the pair decides, and the record no longer waits
+    tasks[1]["annotations"].append(
+        annotation([*accepted_as_is(split), verdict("accept")], id=13, who=3, updated="2026-12-01T03:00:00Z")
+    )
+    review.ReviewPull(client, "http://ls").run([split], store)
+    assert split.state == State.reviewed and split.history[-1].params["agreement"]["annotations"] == [13, 11]
+    inter = compute_stats([waiting, split, agreed])["inter_annotator"]
+    assert inter["records_with_disagreement"] == 1 and inter["waiting_for_another_annotation"] == 0
+    assert inter["records_decided_by_agreement"] == 2
 
 
 # -- statistics ----------------------------------------------------------------------------------------
