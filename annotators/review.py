@@ -332,9 +332,9 @@ def push(
     """Push every ``segmented`` record without a task (at most ``limit``) through ``ReviewPush``.
 
     ``order``: which records become tasks first (``push_order``), so that ``limit`` and task ids
-    follow it; a new project also opens on a tab sorted by ascending score. ``annotators``: annotations
-    asked per task (Label Studio's overlap); with more than one, pull decides only when they agree. No empty project is
-    created when there is nothing to push. A record the manifest holds inconsistently
+    follow it; a new project also opens on a tab sorted by ascending score. ``annotators``:
+    annotations asked per task (Label Studio's overlap); with more than one, pull decides only when
+    they agree. No empty project is created when there is nothing to push. A record the manifest holds inconsistently
     (segmented without an image or a mask) is rejected with reason ``error``.
     """
     stage = ReviewPush(

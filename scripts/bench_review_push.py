@@ -9,6 +9,11 @@ afterwards; starting it is not timed, nor is building the manifest. Records: 70%
 30% three-concept, each concept an ellipse mask with its box; images are small noise PNGs
 (the image bytes are not sent: local storage). A second push (nothing to do) and a pull with
 no submitted annotation are timed too. CPU only.
+
+The reference, in the same run: the same task payloads (built beforehand, not timed) imported with the
+raw SDK call ``client.projects.import_tasks(project, request=batch, return_task_ids=True)`` in batches
+of ``--batch-size`` into a fresh project with the same labeling config, before and after the push; the
+table gives push's time over the faster of the two.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from annotators import labelstudio_format as fmt
 from annotators import labelstudio_server
-from annotators.review import pull, push
+from annotators.review import _task, connect, pull, push
 from manifests import Concept, GeneratedSource, ManifestStore, Record, State, encode_mask
 
 CONCEPTS = [("husky", "wolf", "alaskan malamute"), ("lemon", "lime", "citron"), ("crow", "raven", "rook")]
@@ -57,6 +63,24 @@ def build_records(store: ManifestStore, n: int, size: int, seed: int = 0) -> int
     return masks
 
 
+def raw_import(url: str, token: str, store: ManifestStore, batch_size: int) -> tuple[int, float]:
+    """The reference: the records' task payloads imported with the plain SDK call, batch by batch, into a new
+    project. Returns (tasks, seconds of the import calls)."""
+    client = connect(url, token)
+    project_id = client.projects.create(
+        title=f"raw {time.strftime('%H%M%S')}", label_config=fmt.LABEL_CONFIG
+    ).id
+    records = sorted(store.iter(), key=lambda r: r.id)
+    tasks = [_task(r, store, f"/data/local-files/?d=bench/{r.image.path}") for r in records]
+    started = time.perf_counter()
+    for i in range(0, len(tasks), batch_size):
+        response = client.projects.import_tasks(
+            project_id, request=tasks[i : i + batch_size], return_task_ids=True
+        )
+        assert len(response.task_ids) == len(tasks[i : i + batch_size])
+    return len(tasks), time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1000)
@@ -83,9 +107,14 @@ def main() -> None:
         masks = build_records(store, args.records, args.size)
         project = f"bench {time.strftime('%H%M%S')}"
         rows = []
+        raw_before = raw_import(url, token, store, args.batch_size)
+        rows.append(("raw SDK import (before)", *raw_before))
         t = time.perf_counter()
         report = push(store, url=url, token=token, project=project, batch_size=args.batch_size)
         rows.append(("push (new tasks)", report.pushed, time.perf_counter() - t))
+        pushed_s = rows[-1][2]
+        raw_after = raw_import(url, token, store, args.batch_size)
+        rows.append(("raw SDK import (after)", *raw_after))
         t = time.perf_counter()
         again = push(store, url=url, token=token, project=project, batch_size=args.batch_size)
         rows.append(("push again (no-op)", again.pushed, time.perf_counter() - t))
@@ -103,6 +132,8 @@ def main() -> None:
     print(f"{'step':<26}{'tasks':>8}{'seconds':>10}{'tasks/s':>10}")
     for step, tasks, seconds in rows:
         print(f"{step:<26}{tasks:>8}{seconds:>10.1f}{(tasks / seconds if tasks else 0):>10.0f}")
+    reference = min(raw_before[1], raw_after[1])
+    print(f"push / raw SDK import: {pushed_s / reference:.2f}x (target <= 1.5x)")
 
 
 if __name__ == "__main__":

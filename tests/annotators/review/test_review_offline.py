@@ -432,6 +432,12 @@ def test_consensus_applies_the_newest_of_the_best_agreeing_annotators(store):
         review.consensus([same_a], record, 2)
 
 
+@pytest.mark.parametrize("bad", [0, 11, 1.5, True, "2"])
+def test_annotations_per_task_must_be_an_integer_from_1_to_10(bad):
+    with pytest.raises((ValueError, TypeError), match="annotators|int"):
+        review.ReviewPush(None, "http://ls", "token", annotators=bad)
+
+
 def test_pull_with_two_annotators_waits_then_sends_a_disagreement_back_once_then_decides(store):
     waiting, split, agreed = (in_review(store, f"r{i}", task=40 + i) for i in range(3))
     first = annotation(
