@@ -91,7 +91,7 @@ class ReviewConfig(BaseModel):
         "published with review status 'machine' (offline smoke runs only).",
     )
     url: str | None = Field(None, description="Label Studio URL (default: $LABEL_STUDIO_URL).")
-    project: str = Field("MCC review", min_length=1, max_length=50, description="Label Studio project title.")
+    project: str = Field("MCC review", min_length=3, max_length=50, description="Label Studio project title.")
     batch_size: int = Field(100, ge=1, description="Tasks per import request.")
     images: Literal["auto", "local", "upload"] = Field(
         "auto", description="auto | local (the server reads the work dir) | upload."

@@ -29,7 +29,7 @@ from PIL import Image
 
 from annotators import labelstudio_format as fmt
 from annotators import labelstudio_server
-from annotators.review import _task, connect, pull, push
+from annotators.review import _import_tasks, _task, connect, pull, push
 from manifests import Concept, GeneratedSource, ManifestStore, Record, State, encode_mask
 
 CONCEPTS = [("husky", "wolf", "alaskan malamute"), ("lemon", "lime", "citron"), ("crow", "raven", "rook")]
@@ -63,21 +63,26 @@ def build_records(store: ManifestStore, n: int, size: int, seed: int = 0) -> int
     return masks
 
 
-def raw_import(url: str, token: str, store: ManifestStore, batch_size: int) -> tuple[int, float]:
-    """The reference: the records' task payloads imported with the plain SDK call, batch by batch, into a new
-    project. Returns (tasks, seconds of the import calls)."""
+def raw_import(
+    url: str, token: str, store: ManifestStore, batch_size: int, via: str = "sdk"
+) -> tuple[int, float]:
+    """The reference: the records' task payloads imported batch by batch into a new project, with the plain
+    SDK call (``via="sdk"``) or as push sends them (``"http"``: one ``json.dumps`` body per batch, without
+    push's record work). Returns (tasks, seconds of the import calls)."""
     client = connect(url, token)
     project_id = client.projects.create(
-        title=f"raw {time.strftime('%H%M%S')}", label_config=fmt.LABEL_CONFIG
+        title=f"raw {via} {time.strftime('%H%M%S')}", label_config=fmt.LABEL_CONFIG
     ).id
     records = sorted(store.iter(), key=lambda r: r.id)
     tasks = [_task(r, store, f"/data/local-files/?d=bench/{r.image.path}") for r in records]
     started = time.perf_counter()
     for i in range(0, len(tasks), batch_size):
-        response = client.projects.import_tasks(
-            project_id, request=tasks[i : i + batch_size], return_task_ids=True
-        )
-        assert len(response.task_ids) == len(tasks[i : i + batch_size])
+        batch = tasks[i : i + batch_size]
+        if via == "sdk":
+            ids = client.projects.import_tasks(project_id, request=batch, return_task_ids=True).task_ids
+        else:
+            ids = _import_tasks(client, url, token, project_id, batch)
+        assert len(ids) == len(batch)
     return len(tasks), time.perf_counter() - started
 
 
@@ -115,6 +120,8 @@ def main() -> None:
         pushed_s = rows[-1][2]
         raw_after = raw_import(url, token, store, args.batch_size)
         rows.append(("raw SDK import (after)", *raw_after))
+        http = raw_import(url, token, store, args.batch_size, via="http")
+        rows.append(("raw JSON import (as push)", *http))
         t = time.perf_counter()
         again = push(store, url=url, token=token, project=project, batch_size=args.batch_size)
         rows.append(("push again (no-op)", again.pushed, time.perf_counter() - t))
@@ -134,6 +141,7 @@ def main() -> None:
         print(f"{step:<26}{tasks:>8}{seconds:>10.1f}{(tasks / seconds if tasks else 0):>10.0f}")
     reference = min(raw_before[1], raw_after[1])
     print(f"push / raw SDK import: {pushed_s / reference:.2f}x (target <= 1.5x)")
+    print(f"push / raw JSON import of the same bodies: {pushed_s / http[1]:.2f}x (push's own record work)")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,32 @@ def test_task_labels_are_the_records_concepts_with_colours_and_hotkeys_by_positi
         fmt.task_labels([])
 
 
+def test_the_brush_rle_is_byte_for_byte_label_studios():
+    """``encode_brush_rle`` (from the mask's runs) = the SDK's ``mask2rle`` of the 0/255 mask (4x expanded):
+    empty and full masks, one pixel, runs over 2^16 RGBA values (split), every length class, random masks,
+    and sizes whose bit string ends on a byte boundary (Label Studio then pads a whole zero byte)."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((5, 7), bool), np.ones((5, 7), bool), np.ones((1, 1), bool), np.ones((512, 512), bool)]
+    runs = np.zeros((1, 200), bool)
+    runs[0, [3, 10, 11, 30, 31, 32, 33, 34, 35, 36, 37, 38]] = True  # runs of 1, 2 and 9 pixels
+    masks.append(runs)
+    for _ in range(200):
+        height, width = (int(v) for v in rng.integers(1, 60, 2))
+        masks.append(rng.random((height, width)) < rng.random())
+        block = np.zeros((height, width), bool)
+        block[rng.integers(0, height) :, rng.integers(0, width) :] = True
+        masks.append(block)
+    aligned = 0
+    for mask in masks:
+        expected = mask2rle(mask.astype(np.uint8) * 255)
+        assert fmt.encode_brush_rle(mask) == list(expected), mask.shape
+        aligned += expected[-1] == 0
+    assert aligned > 10  # the padding cases occur
+    assert fmt.brush_result("wolf", masks[3], "r")["value"]["rle"] == fmt.encode_brush_rle(masks[3])
+
+
 def test_brush_result_round_trips_a_mask_and_writes_alpha_255():
     mask = disk_masks(40, 70, 2)[1]
     result = fmt.brush_result("wolf", mask, "r1")

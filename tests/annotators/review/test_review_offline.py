@@ -432,6 +432,12 @@ def test_consensus_applies_the_newest_of_the_best_agreeing_annotators(store):
         review.consensus([same_a], record, 2)
 
 
+@pytest.mark.parametrize("title", ["", "p1", "x" * 51])
+def test_a_project_title_label_studio_would_refuse_is_refused_first(title):
+    with pytest.raises(ValueError, match="3 to 50 characters"):
+        review.ReviewPush(None, "http://ls", "token", project=title)
+
+
 @pytest.mark.parametrize("bad", [0, 11, 1.5, True, "2"])
 def test_annotations_per_task_must_be_an_integer_from_1_to_10(bad):
     with pytest.raises((ValueError, TypeError), match="annotators|int"):
