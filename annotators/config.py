@@ -102,12 +102,13 @@ class ReviewConfig(BaseModel):
         description="Push order: 'uncertainty' (lowest task score first, so the least certain masks are "
         "reviewed first) or 'id'.",
     )
-    annotators: int = Field(
-        1,
+    annotators: int | None = Field(
+        None,
         ge=1,
         le=10,
-        description="Annotations asked per task (Label Studio's overlap). With more than one, pull decides a "
-        "task only when that many annotators agree (same verdict, masks within agreement_iou).",
+        description="Annotations asked per task (Label Studio's overlap); unset: 1 for a new project, an "
+        "existing project keeps its own. With more than one, pull decides a task only when that many "
+        "annotators agree (same verdict, masks within agreement_iou).",
     )
     agreement_iou: float = Field(
         0.9,

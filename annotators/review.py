@@ -166,7 +166,7 @@ class ReviewPush:
         *,
         batch_size: int = 100,
         images: Images = "auto",
-        annotators: int = 1,
+        annotators: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -179,7 +179,7 @@ class ReviewPush:
         self.client, self.base_url, self.token, self.project = client, url.rstrip("/"), token, project
         self.batch_size = batch_size
         self.images = images
-        self.annotators = _check_annotators(annotators)
+        self.annotators = None if annotators is None else _check_annotators(annotators)
         self.report = PushReport(project_id=_find_project(client, project))
         self._existing: dict[str, int] | None = None
         self._config_checked = False  # the project's labeling config, once per run
@@ -243,9 +243,10 @@ class ReviewPush:
         return batch
 
     def _project(self) -> int:
-        """The project's id, created on first use with ``LABEL_CONFIG`` and ``annotators`` annotations per task.
-        An existing project whose config is not ``LABEL_CONFIG`` (an older MCC's project-wide label list, or a
-        hand edit) gets it, and the annotations per task are set to ``annotators``, once per run."""
+        """The project's id, created on first use with ``LABEL_CONFIG`` and ``annotators`` (default 1)
+        annotations per task. An existing project whose config is not ``LABEL_CONFIG`` (an older MCC's
+        project-wide label list, or a hand edit) gets it, and its annotations per task are set to
+        ``annotators`` when given (None keeps the project's), once per run."""
         if self.report.project_id is None:
             self.report.project_id = self.client.projects.create(
                 title=self.project,
@@ -256,7 +257,7 @@ class ReviewPush:
                 model_version=MODEL_VERSION,
                 show_collab_predictions=True,
                 show_skip_button=True,
-                maximum_annotations=self.annotators,
+                maximum_annotations=self.annotators or 1,
             ).id
             self._config_checked = True
             self.client.views.create(project=self.report.project_id, data=UNCERTAIN_FIRST_VIEW)
@@ -266,7 +267,7 @@ class ReviewPush:
             if (current.label_config or "") != fmt.LABEL_CONFIG:
                 self.client.projects.update(self.report.project_id, label_config=fmt.LABEL_CONFIG)
                 logger.info("project %d: labeling config replaced by MCC's", self.report.project_id)
-            if current.maximum_annotations != self.annotators:
+            if self.annotators is not None and current.maximum_annotations != self.annotators:
                 self.client.projects.update(self.report.project_id, maximum_annotations=self.annotators)
                 logger.info("project %d: %d annotations per task", self.report.project_id, self.annotators)
             self._config_checked = True
@@ -326,15 +327,15 @@ def push(
     images: Images = "auto",
     limit: int | None = None,
     order: str = "uncertainty",
-    annotators: int = 1,
+    annotators: int | None = None,
     progress: Progress | None = None,
 ) -> PushReport:
     """Push every ``segmented`` record without a task (at most ``limit``) through ``ReviewPush``.
 
     ``order``: which records become tasks first (``push_order``), so that ``limit`` and task ids
     follow it; a new project also opens on a tab sorted by ascending score. ``annotators``:
-    annotations asked per task (Label Studio's overlap); with more than one, pull decides only when
-    they agree. No empty project is created when there is nothing to push. A record the manifest holds inconsistently
+    annotations asked per task (Label Studio's overlap; None: 1 for a new project, an existing one keeps
+    its setting); with more than one, pull decides only when they agree. No empty project is created when there is nothing to push. A record the manifest holds inconsistently
     (segmented without an image or a mask) is rejected with reason ``error``.
     """
     stage = ReviewPush(

@@ -166,7 +166,8 @@ def review_push(
         typer.Option(
             min=1,
             max=10,
-            help="Annotations per task (default 1); with more, pull decides a task when that many agree.",
+            help="Annotations per task (default: 1 for a new project, an existing one keeps its own); "
+            "with more than one, pull decides a task when that many agree.",
         ),
     ] = None,
 ) -> None:

@@ -420,9 +420,10 @@ def test_two_annotators_per_task_a_disagreement_asks_a_third_who_decides(labelst
     assert agreement["score"] == 1.0 and agreement["reviewers"] == ["cal@mcc.local", "ann@mcc.local"]
     inter = read_stats(store)["inter_annotator"]
     assert inter["records_decided_by_agreement"] == 1 and inter["records_with_disagreement"] == 1
-    make_segmented(
-        store, "gen-one", seed=5
-    )  # a later push asking one annotation per task changes the project
+    make_segmented(store, "gen-kept", seed=6)  # a push that does not say keeps the project's two
+    push(store, url=info.url, token=info.token, project=project)
+    assert _client(info).projects.get(report.project_id).maximum_annotations == 2
+    make_segmented(store, "gen-one", seed=5)  # a push that asks for one changes the project
     push(store, url=info.url, token=info.token, project=project, annotators=1)
     assert _client(info).projects.get(report.project_id).maximum_annotations == 1
 
