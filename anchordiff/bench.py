@@ -6,7 +6,8 @@ Writes ``DIR/anchordiff_bench.json`` and ``DIR/anchordiff_bench.md`` (default DI
 ``bench-results/anchordiff``) and prints the Markdown tables. Figures only, no assertions.
 
 CPU section (always): the graph and propagation of ``anchordiff.graph`` (blockwise symmetric
-``W_attn``, exact quantile by selection, ``W_cos`` only on the gated pairs, sparse ``W_hat``,
+``W_attn``, screened in bfloat16 where the CPU has bfloat16 dot products, exact quantile by
+selection, ``W_cos`` only on the gated pairs, sparse ``W_hat``,
 all K concepts propagated together) against a literal dense implementation of eqs. 8-13
 written here (dense ``W_attn``, the percentile by sorting all ``N^2`` entries, dense ``W_cos``,
 ``G``, ``W`` and ``W_hat``, 160 dense products ``W_hat^T s`` for the ``N x K`` seeds, ``W_hat^T`` made contiguous once), on the
@@ -15,7 +16,7 @@ same inputs in the same run: N = 4096 tokens (64 x 64 grid), K = 3 concepts, D =
 three look-alike objects (:mod:`anchordiff.synthetic`) and unstructured random attention
 (softmax of random 64-d queries and keys). The runs alternate dense / fast; each time is the
 median of ``--repeats`` runs. Reported: both times (with the stages), their ratio (target
->= 5x) and the max |heatmap difference| (target <= 1e-4).
+>= 10x) and the max |heatmap difference| (target <= 1e-4).
 
 GPU section (only when ``torch.cuda.is_available()``): ``AnchorDiff.from_pretrained("random-sd3",
 preset="sd3", device="cuda", dtype=torch.bfloat16)`` (random weights of the real SD3-medium
@@ -57,7 +58,7 @@ NUM_CONCEPTS = 3
 VALUE_DIM = 1536  # SD3-medium: 24 heads x 64, concatenated
 STEPS = 160
 GATE_QUANTILE = 0.98
-SPEEDUP_TARGET = 5.0
+SPEEDUP_TARGET = 10.0  # issue 17: >= 10x the literal dense form on CPU at N = 4096, K = 3
 DIFF_TARGET = 1e-4
 GATE_ROUNDING = 64 * torch.finfo(torch.float32).eps
 """How far from tau_W an entry of W_attn (a cosine, |w| <= 1) may be and still fall on different sides of
@@ -398,7 +399,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["graph"]:
         d, f = row["dense_s"], row["fast_s"]
-        speed_ok = "(>= 5x)" if row["speedup"] >= SPEEDUP_TARGET else "(< 5x)"
+        speed_ok = f"({'>=' if row['speedup'] >= SPEEDUP_TARGET else '<'} {SPEEDUP_TARGET:g}x)"
         diff_ok = "(agrees)" if agrees_with_dense(row) else "(DIFFERS)"
         lines.append(
             f"| {row['device']} | {row['threads']} | {row['inputs']} | {d['total']:.3f} ({d['w_attn']:.3f} / "

@@ -16,7 +16,9 @@ items are keyword arguments whose defaults are the documented choices:
   2^24 entries). The gate is the strict ``W_attn > tau_W`` of eq. 9.
 
 Performance: with the gate on, ``W_attn`` is computed block by block over its upper triangle
-(it is symmetric), only the entries at or above a sampled lower bound of ``tau_W`` are
+(it is symmetric; on a CPU with bfloat16 dot products it is screened in bfloat16 under a
+rigorous error bound and only the entries near ``tau_W`` are recomputed in float32, see
+``_screened_upper``), only the entries at or above a sampled lower bound of ``tau_W`` are
 kept, ``W_cos`` is evaluated only on the open gate entries (a sampled dense-dense product),
 and ``W_hat`` is a sparse CSR matrix with ``<= 2% * N^2`` non-zeros; ``W`` is symmetric, so
 ``W_hat^T`` shares ``W_hat``'s sparsity pattern, and the K seeds propagate together as one
@@ -27,8 +29,10 @@ side of the gate (``python -m anchordiff.bench`` compares both).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -192,7 +196,7 @@ def gate_threshold(w_attn: torch.Tensor, gate_quantile: float = 0.98) -> float:
 def _upper_blocks(xn: torch.Tensor, lower_bound: float | None):
     """Yield the entries of ``xn @ xn.T`` on or above the diagonal that are ``>= lower_bound``.
 
-    Each yielded item is ``(rows, cols, values)`` (int64, int64, float32) with ``rows <= cols``,
+    Each yielded item is ``(rows, cols, values)`` (int64, int64, ``xn``'s dtype) with ``rows <= cols``,
     in row-major order; successive items continue that order. The matrix is symmetric, so only
     ``~N^2 / 2`` entries are computed.
     """
@@ -209,53 +213,178 @@ def _upper_blocks(xn: torch.Tensor, lower_bound: float | None):
         yield r + i0, c + i0, block[r, c]
 
 
-def _gated_upper(xn: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """The gate of eq. 9 on ``W_attn = xn @ xn.T``, upper triangle only, without the dense matrix.
+def _sample_bounds(xn: torch.Tensor, q: float) -> list[float | None]:
+    """Lower bounds of ``tau_W`` from a few random rows of ``xn @ xn.T`` (in ``xn``'s dtype), then ``None``.
 
-    Args:
-        xn: ``(N, D)`` float32 rows with unit (or zero) norm.
-        q: the gate quantile.
-
-    Returns:
-        ``rows <= cols`` (int64, sorted row-major) of the open gate entries on or above the
-        diagonal, their ``W_attn`` values (float32) and ``tau_W``. ``G`` is symmetric: the
-        entries below the diagonal are the transposes of the off-diagonal ones.
-    """
+    The callers check the rank of what each bound keeps, so a bad sample costs another pass, never a
+    wrong gate."""
     n = xn.shape[0]
-    total = n * n
-    lo, hi, frac = _quantile_position(total, q)
-
-    # A lower bound of tau_W from a few random rows; the exact rank check below makes the
-    # result independent of the sample (a bad sample only costs another pass).
     generator = torch.Generator().manual_seed(0)
     sample_rows = torch.randperm(n, generator=generator)[: min(n, _SAMPLE_ROWS)].to(xn.device)
-    sample = (xn[sample_rows] @ xn.T).reshape(-1)
+    sample = (xn[sample_rows] @ xn.T).float().reshape(-1)
     bounds: list[float | None] = []
     for level in (q - 0.5 * (1.0 - q), q - 4.0 * (1.0 - q)):
         if level > 0:
             k = int(level * (sample.numel() - 1))
             bounds.append(float(sample.kthvalue(k + 1).values))
     bounds.append(None)
+    return bounds
 
-    for bound in bounds:
-        parts = list(_upper_blocks(xn, bound))
-        r = torch.cat([p[0] for p in parts])
-        c = torch.cat([p[1] for p in parts])
-        v = torch.cat([p[2] for p in parts])
-        off = r != c
-        # The kept entries as a multiset of all N^2 entries: off-diagonal ones count twice.
-        below = total - (2 * int(off.sum()) + int((~off).sum()))
-        if below <= lo:
+
+def _kept_upper(xn: torch.Tensor, bound: float | None):
+    """The upper-triangle entries of ``xn @ xn.T`` at or above ``bound`` -> ``rows, cols, float32 values,
+    off-diagonal mask, and how many of the N^2 entries (both orientations) were not kept``."""
+    parts = list(_upper_blocks(xn, bound))
+    r = torch.cat([p[0] for p in parts])
+    c = torch.cat([p[1] for p in parts])
+    v = torch.cat([p[2] for p in parts]).float()
+    off = r != c
+    # The kept entries as a multiset of all N^2 entries: off-diagonal ones count twice.
+    dropped = xn.shape[0] ** 2 - (2 * int(off.sum()) + int((~off).sum()))
+    return r, c, v, off, dropped
+
+
+def _order_statistics(v: torch.Tensor, off: torch.Tensor, lo: int, hi: int) -> tuple[float, float]:
+    """The ``lo``-th and ``hi``-th (0-based) smallest of ``v`` as a multiset in which the entries
+    where ``off`` is set count twice (they stand for ``(i, j)`` and ``(j, i)``)."""
+    multiset = torch.cat([v, v[off]])
+    v_lo = float(multiset.kthvalue(lo + 1).values)
+    v_hi = float(multiset.kthvalue(hi + 1).values) if hi != lo else v_lo
+    return v_lo, v_hi
+
+
+def _exact_products(xn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """float32 ``(xn @ xn.T)[rows, cols]`` for unique pairs sorted row-major, without the dense product."""
+    pattern = _csr(rows, cols, torch.ones(rows.numel(), dtype=xn.dtype, device=xn.device), xn.shape[0])
+    return torch.sparse.sampled_addmm(pattern, xn, xn.T, beta=0.0, alpha=1.0).values()
+
+
+def _gated_upper(
+    xn: torch.Tensor, q: float, *, need_values: bool = True, screen: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+    """The gate of eq. 9 on ``W_attn = xn @ xn.T``, upper triangle only, without the dense matrix.
+
+    Args:
+        xn: ``(N, D)`` float32 rows with unit (or zero) norm.
+        q: the gate quantile.
+        need_values: ``False`` when the caller needs the gate only (the values then may be ``None``).
+        screen: screen ``W_attn`` in bfloat16 (:func:`_screened_upper`); ``None`` decides by
+            :func:`_screening_pays`.
+
+    Returns:
+        ``rows <= cols`` (int64, sorted row-major) of the open gate entries on or above the
+        diagonal, their ``W_attn`` values (float32, or ``None`` when not needed) and ``tau_W``.
+        ``G`` is symmetric: the entries below the diagonal are the transposes of the off-diagonal ones.
+    """
+    if screen is None:
+        screen = _screening_pays(xn)
+    if screen:
+        return _screened_upper(xn, q, need_values=need_values)
+    lo, hi, frac = _quantile_position(xn.shape[0] ** 2, q)
+    for bound in _sample_bounds(xn, q):
+        r, c, v, off, dropped = _kept_upper(xn, bound)
+        if dropped <= lo:
             break
     else:  # pragma: no cover - the last bound (None) keeps every entry
         raise RuntimeError("gate selection failed")
-
-    multiset = torch.cat([v, v[off]])
-    v_lo = float(multiset.kthvalue(lo - below + 1).values)
-    v_hi = float(multiset.kthvalue(hi - below + 1).values) if hi != lo else v_lo
+    v_lo, v_hi = _order_statistics(v, off, lo - dropped, hi - dropped)
     tau = v_lo + frac * (v_hi - v_lo)
     gated = v.double() > tau  # strict, eq. 9; float64 so that tau is not rounded
     return r[gated], c[gated], v[gated], tau
+
+
+# -- bfloat16 screening of W_attn -----------------------------------------------------------------------
+# The float32 product xn @ xn.T over the upper triangle is most of the graph's time on CPU. Where the CPU
+# has bfloat16 dot products (AVX512-BF16, AMX) the same product in bfloat16 takes about a third of it,
+# and for non-negative rows (attention rows are) its error has a rigorous relative bound: every entry
+# whose bound interval lies clear of the interval that must hold tau_W is on a known side of the gate,
+# and only the rest (the "band", typically 1-50% of the gate's size) is recomputed in float32. The gate
+# is then the float32 gate, up to the rounding of entries within float32 rounding of tau_W, as before.
+_BF16_UNIT_ROUNDOFF = 2.0**-8  # bfloat16 keeps 8 significant bits; round-to-nearest-even
+_FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+_BF16_FLUSH = 2.0**-126  # bfloat16 dot-product instructions flush subnormal inputs and results to 0
+_SCREEN_MIN_ROWS = 1024  # below this the float32 product takes milliseconds; screening does not pay
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def _bf16_error_bound(d: int) -> tuple[float, float]:
+    """``(m, a)`` with ``|W_bf16 - W_f32| <= m * W_f32 + a`` for every entry of ``xn @ xn.T``, ``xn``
+    ``(N, d)`` non-negative unit rows.
+
+    ``W_bf16`` rounds both inputs to bfloat16 (relative ``u = 2^-8`` each), multiplies exactly and
+    accumulates ``d`` non-negative terms in float32 (relative ``gamma = d * 2^-24 / (1 - d * 2^-24)`` in
+    any summation order), and rounds the result to bfloat16 (``u``); the float32 product it is compared
+    with accumulates in float32 too (``gamma``). With all terms non-negative the errors are relative to
+    the value: ``W_bf16 / W_f32`` lies in ``[(1 - u)^3 (1 - gamma) / (1 + gamma), (1 + u)^3 (1 + gamma) /
+    (1 - gamma)]``, so ``m = (1 + u)^3 (1 + gamma) / (1 - gamma) - 1`` (1.23e-2 at d = 4096). ``a``
+    covers the terms and results flushed to zero as subnormals (``2^-126`` each)."""
+    gamma = d * _FLOAT32_UNIT_ROUNDOFF / (1.0 - d * _FLOAT32_UNIT_ROUNDOFF)
+    m = (1.0 + _BF16_UNIT_ROUNDOFF) ** 3 * (1.0 + gamma) / (1.0 - gamma) - 1.0
+    return m, (d + 1) * _BF16_FLUSH
+
+
+@functools.cache
+def _cpu_has_bf16_dot_products() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        flags = _CPUINFO.read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _screening_pays(xn: torch.Tensor) -> bool:
+    """Screen in bfloat16 on a CPU with bfloat16 hardware, for non-negative rows, from 1,024 rows up.
+
+    On CUDA the float32 path stays (a few ms; it is the one checked on an H200); rows with negative
+    entries have no relative error bound."""
+    return (
+        xn.device.type == "cpu"
+        and xn.shape[0] >= _SCREEN_MIN_ROWS
+        and _cpu_has_bf16_dot_products()
+        and bool(xn.min() >= 0)
+    )
+
+
+def _screened_upper(
+    xn: torch.Tensor, q: float, *, need_values: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+    """:func:`_gated_upper` with ``W_attn`` screened in bfloat16; ``xn`` must be non-negative.
+
+    With ``m, a`` from :func:`_bf16_error_bound`, each screened value ``w`` brackets the float32 value
+    in ``[(w - a) / (1 + m), (w + a) / (1 - m)]``, and the order statistics around ``tau_W`` are
+    bracketed alike by those of the screened values. Entries whose bracket lies wholly below or above
+    the bracket of ``tau_W`` are decided; the others are recomputed in float32 (a sampled product) and
+    ``tau_W`` is selected among them at its exact rank. A lower bound that might have dropped an entry
+    of the band is retried lower, as in the float32 path.
+    """
+    n = xn.shape[0]
+    lo, hi, frac = _quantile_position(n * n, q)
+    m, a = _bf16_error_bound(xn.shape[1])
+    xb = xn.to(torch.bfloat16)
+    for bound in _sample_bounds(xb, q):
+        r, c, w, off, dropped = _kept_upper(xb, bound)
+        if dropped > lo:
+            continue
+        w_lo, w_hi = _order_statistics(w, off, lo - dropped, hi - dropped)
+        band_lo, band_hi = (w_lo - a) / (1.0 + m), (w_hi + a) / (1.0 - m)  # tau_W lies in here
+        # A dropped entry (w < bound) is below (bound + a) / (1 - m) in float32: below the band.
+        if bound is None or (bound + a) / (1.0 - m) < band_lo:
+            break
+    else:  # pragma: no cover - the last bound (None) keeps every entry
+        raise RuntimeError("gate selection failed")
+    above = (w - a) / (1.0 + m) > band_hi
+    band = ((w + a) / (1.0 - m) >= band_lo) & ~above
+    below = ~(above | band)
+    exact = _exact_products(xn, r[band], c[band])
+    band_off = off[band]
+    below_count = dropped + 2 * int((below & off).sum()) + int((below & ~off).sum())
+    v_lo, v_hi = _order_statistics(exact, band_off, lo - below_count, hi - below_count)
+    tau = v_lo + frac * (v_hi - v_lo)
+    gated = above
+    gated[band] = exact.double() > tau  # strict, eq. 9; float64 so that tau is not rounded
+    rows, cols = r[gated], c[gated]
+    return rows, cols, (_exact_products(xn, rows, cols) if need_values else None), tau
 
 
 def _mirror(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int):
@@ -332,12 +461,10 @@ def _sparse_graph(
     (``W[i, j] / rowsum_i`` vs ``W[i, j] / rowsum_j``): the transpose costs no sort.
     """
     n = a_ii.shape[0]
-    rows, cols, vals, _ = _gated_upper(_normalize_rows(a_ii), q)
+    rows, cols, vals, _ = _gated_upper(_normalize_rows(a_ii), q, need_values=not use_wcos)
     if use_wcos:
         # W_cos only where the gate is open (upper triangle): a sampled dense-dense product.
-        on = _normalize_rows(o_ii)
-        pattern = _csr(rows, cols, torch.ones_like(vals), n)
-        vals = torch.sparse.sampled_addmm(pattern, on, on.T, beta=0.0, alpha=1.0).values()
+        vals = _exact_products(_normalize_rows(o_ii), rows, cols)
     if clamp_negative:
         vals = vals.clamp(min=0)
     stored = vals != 0
