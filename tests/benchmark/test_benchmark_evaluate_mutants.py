@@ -499,3 +499,148 @@ def test_evaluate_together_refuses_inconsistent_arguments_naming_the_fix(tmp_pat
         with pytest.raises(ValueError, match=message):
             evaluate_together(dataset=data, progress=False, figures=False, **kwargs)
     assert not (tmp_path / "a").exists()
+
+
+def test_anchordiff_method_loads_the_pipeline_with_every_requested_option(monkeypatch):
+    """Without a pipeline, ``AnchorDiff.from_pretrained`` gets the model, preset, device, dtype and revision."""
+    import anchordiff
+
+    loaded = []
+
+    def from_pretrained(model, **kwargs):
+        loaded.append((model, kwargs))
+        return RecordingPipeline()
+
+    monkeypatch.setattr(anchordiff.AnchorDiff, "from_pretrained", staticmethod(from_pretrained))
+    AnchorDiffMethod("org/model", preset="sd35", device="cuda:1", dtype="bfloat16", revision="r2")
+    assert loaded == [
+        ("org/model", {"preset": "sd35", "device": "cuda:1", "dtype": "bfloat16", "revision": "r2"})
+    ]
+
+
+def test_seg4diff_layers_default_to_the_presets_when_the_pipeline_reports_none():
+    seg4diff = AnchorDiffMethod(pipeline=RecordingPipeline({"seg4diff_layers": [9]}), method="seg4diff")
+    assert seg4diff.config()["layers"] == [9]
+    assert (
+        AnchorDiffMethod(pipeline=RecordingPipeline(), method="seg4diff").config()["layers"]
+        == "preset default"
+    )
+
+
+def test_scored_anchordiff_methods_carry_every_score_option():
+    from benchmark.config import ScoreConfig
+    from benchmark.evaluate import SharedRecording, scored_anchordiff_methods
+
+    score = ScoreConfig(preset="sd35", revision="r1", mode="noise", layers=[4], steps=12, gate_quantile=0.9,
+                        seed=5, prompt_template="see {concepts}")  # fmt: skip
+    stub = RecordingStub()
+    methods = scored_anchordiff_methods(score, ["anchordiff", "seg4diff"], SharedRecording(stub), "tiny")
+    assert [m.method for m in methods] == ["anchordiff", "seg4diff"]
+    for method in methods:
+        assert method.pipeline is stub and method.recording is methods[0].recording
+        assert (method.mode, method.layers, method.steps, method.gate_quantile, method.seed) == (
+            "noise", (4,), 12, 0.9, 5,
+        )  # fmt: skip
+        assert method.prompt(["a", "b"]) == "see a and b"
+        assert method._requested == {"model": "tiny", "preset": "sd35", "revision": "r1"}
+
+
+def test_limited_selection_makes_untagged_keys_a_stratum_that_sorts_first():
+    """A key without a subset tag counts as the empty string: with one image of each stratum and a
+    limit of one, the tie goes to the first stratum in sorted order, the untagged one."""
+    from benchmark.datasets import SampleKey
+    from benchmark.evaluate import limited_selection
+
+    tagged = SampleKey("tagged", 2, {"num_concepts": "2", "source": "web"})
+    untagged = SampleKey("untagged", 2, {})
+    assert [key.sample_id for _, key in limited_selection([tagged, untagged], 1)] == ["untagged"]
+
+
+def test_run_sample_counts_invalid_pairs_across_samples_and_passes_the_ap_channels(tmp_path):
+    """Invalid pairs add up over samples (a reason per pair, or the whole sample); the binary
+    protocol scores with the run's AP channels."""
+    from benchmark.datasets import InvalidSample, SampleKey
+    from benchmark.evaluate import PairLog, RunState, _run_sample
+    from benchmark.metrics import binary_image_scores
+
+    sample = three_concept_sample()
+    empty_wolf = dataclasses.replace(sample, masks=sample.masks.copy())
+    empty_wolf.masks[1] = False
+    state = RunState(invalid=5)
+    with PairLog(tmp_path / "pairs.jsonl") as log:
+        _run_sample(stripes, empty_wolf, SampleKey("img/1", 3), [0, 1], log, state, protocol="fg",
+                    ap_channels="both", heatmap_path=None)  # fmt: skip
+        assert state.invalid == 6 and state.scored == 1
+        _run_sample(stripes, InvalidSample("unreadable"), SampleKey("x", 3), [0, 1, 2], log, state,
+                    protocol="fg", ap_channels="both", heatmap_path=None)  # fmt: skip
+        assert state.invalid == 9
+        noisy = np.random.default_rng(3).random((3, 12, 12))
+        _run_sample(lambda image, concepts: noisy, sample, SampleKey("img/1", 3), [2], log, state,
+                    protocol="binary", ap_channels="foreground", heatmap_path=None)  # fmt: skip
+        binary = log.rows[-1]["binary"]
+    expected = binary_image_scores(noisy[2], sample.masks[2], ignore=None, ap_channels="foreground").as_dict()
+    assert binary == expected
+    assert binary != binary_image_scores(noisy[2], sample.masks[2], ignore=None, ap_channels="both").as_dict()
+
+
+def test_evaluate_together_drives_the_progress_bar_with_the_pairs_done_and_to_do(tmp_path, monkeypatch):
+    """The bar's total counts every selected pair of every method, its start the pairs already done,
+    each step the pairs scored on that image; it is enabled as asked and titled with the method."""
+    import benchmark.evaluate as evaluate_module
+    from benchmark.datasets import SampleList
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total, completed, description, enabled):
+            bars.append(self)
+            self.args, self.steps = (total, completed, description, enabled), []
+
+        def advance(self, pairs, failed):
+            self.steps.append((pairs, failed))
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(evaluate_module, "ProgressBar", RecordingBar)
+    samples = [dataclasses.replace(three_concept_sample(), sample_id=f"s{i}") for i in range(2)]
+    data = SampleList(samples, name="two")
+    out = tmp_path / "a"
+    evaluate_module.evaluate(stripes, data, out_dir=out, limit=1, name="A", progress=True, figures=False)
+    evaluate_module.evaluate(stripes, data, out_dir=out, name="A", progress=False, figures=False)
+    first, second = bars
+    assert first.args == (3, 0, "A on two", True) and first.steps == [(3, 0)] and first.closed
+    assert second.args == (6, 3, "A on two", False) and sorted(second.steps) == [(0, 0), (3, 0)]
+
+
+def test_a_binary_run_reports_its_ap_channels(tmp_path):
+    from benchmark.datasets import SampleList
+    from benchmark.evaluate import evaluate
+
+    data = SampleList([three_concept_sample()], name="voc-like", protocol="binary")
+    report = evaluate(
+        stripes, data, out_dir=tmp_path / "r", progress=False, figures=False, ap_channels="foreground"
+    )
+    assert report.metric_settings["ap_channels"] == "foreground"
+
+
+def test_progress_bar_shows_pairs_done_of_total_eta_and_failures():
+    from rich.console import Console
+
+    from benchmark.evaluate import ProgressBar
+
+    def shown(bar):
+        console = Console(record=True, width=150, color_system=None)
+        console.print(bar._progress.get_renderable())
+        return console.export_text()
+
+    bar = ProgressBar(10, 3, "A on two", enabled=True, unit="pairs")
+    try:
+        text = shown(bar)
+        assert "A on two" in text and "3/10 pairs" in text and "--/s" in text and "eta" in text
+        assert "0 failed" in text
+        bar.advance(2, 1)
+        assert "5/10 pairs" in shown(bar) and "1 failed" in shown(bar)
+    finally:
+        bar.close()
+    ProgressBar(10, 3, "off", enabled=False).advance(1, 0)  # disabled: nothing to show, nothing fails
