@@ -217,3 +217,158 @@ def test_synthetic_background_feature_has_the_asked_cosine_with_the_object_featu
             1.0, abs=1e-4
         )
         assert float(a @ b) == pytest.approx(similarity, abs=1e-4)
+
+
+def test_empty_row_option_reaches_the_graph():
+    """``AnchorDiffOptions.empty_row="zero"`` changes the maps, exactly as in ``anchordiff_heatmaps``
+    (a zero O_II row at each anchor leaves its row of W empty)."""
+    record = _synthetic_record(seed=1)
+    record.o_ii[1][select_anchors(record.a_ci.mean(dim=0))] = 0.0  # W_cos 0 on the anchors' rows: empty rows
+    zero = AnchorDiff.from_pretrained("tiny", num_inference_steps=4, empty_row="zero")
+    out = zero.heatmaps_from_record(record, layers=(1,), steps=20)
+    graph = (record.a_ii[1], record.o_ii[1], record.a_ci.mean(dim=0))
+    expected, _ = minmax(anchordiff_heatmaps(*graph, steps=20, empty_row="zero"))
+    assert torch.allclose(out.token_heatmaps.reshape(2, -1), expected, atol=1e-5)
+    self_loop, _ = minmax(anchordiff_heatmaps(*graph, steps=20, empty_row="self_loop"))
+    assert not torch.allclose(self_loop, expected, atol=1e-3)
+
+
+def test_a_call_records_the_graph_layers_it_maps_and_none_for_a_baseline(tiny):
+    """``ad(..., layers=(2,))`` records A_II at block 2 only (the default would be the preset's 1 and 2);
+    a baseline records no A_II at all."""
+    image = Image.new("RGB", (64, 64), (120, 90, 60))
+    assert tiny.graph_layers == (1, 2)
+    out = tiny(image, ["husky", "wolf"], mode="noise", layers=(2,), steps=3, return_record=True)
+    assert out.record.graph_layers == (2,) and set(out.record.a_ii) == {2}
+    baseline = tiny(image, ["husky", "wolf"], mode="noise", method="cross_attention", return_record=True)
+    assert baseline.record.a_ii == {} and baseline.record.graph_layers == ()
+
+
+def test_check_prompt_keeps_a_given_prompt_and_fills_the_template_otherwise(tiny):
+    assert tiny._check_prompt("two dogs", ["husky", "wolf"]) == "two dogs"
+    assert tiny._check_prompt(None, ["husky", "wolf"]) == "a photo of husky and wolf"
+    for bad in ("  ", 3):
+        with pytest.raises(ValueError, match="prompt must be a non-empty string or None"):
+            tiny._check_prompt(bad, ["husky"])
+
+
+def test_bad_anchor_layers_are_named_in_the_error(tiny):
+    with pytest.raises(ValueError, match=r"^anchor_layers \[99\] out of range"):
+        tiny.heatmaps_from_record(_synthetic_record(), anchor_layers=(99,))
+
+
+def test_dynamic_shifting_schedulers_get_mu_from_the_latent_token_count(tiny, monkeypatch):
+    """A scheduler with ``use_dynamic_shifting`` (SD3.5-style configs) gets diffusers' ``calculate_shift``
+    of the latent's (H / p) * (W / p) tokens with the config's own sequence lengths and shifts."""
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+    settings = {"base_image_seq_len": 64, "max_image_seq_len": 1024, "base_shift": 0.3, "max_shift": 1.4}
+    public = {k: v for k, v in tiny.pipe.scheduler.config.items() if not k.startswith("_")}  # no default list
+    config = {**public, "use_dynamic_shifting": True, "time_shift_type": "exponential", **settings}
+    scheduler = type(tiny.pipe.scheduler).from_config(config)
+    monkeypatch.setattr(tiny.pipe, "scheduler", scheduler)
+    p = tiny.patch_size
+    latents = torch.zeros(1, 4, 12 * p, 20 * p)
+    _, timesteps = tiny._schedule(latents)
+    reference = type(scheduler).from_config(config)
+    mu = calculate_shift(240, 64, 1024, 0.3, 1.4)
+    reference.set_timesteps(tiny.options.num_inference_steps, mu=mu)
+    assert torch.allclose(timesteps, reference.timesteps)
+    for wrong_mu in (calculate_shift(240, 256, 4096, 0.5, 1.16), calculate_shift(4 * 20, 64, 1024, 0.3, 1.4)):
+        wrong = type(scheduler).from_config(config)
+        wrong.set_timesteps(tiny.options.num_inference_steps, mu=wrong_mu)
+        assert not torch.allclose(timesteps, wrong.timesteps)
+
+
+def test_the_default_device_is_cuda_when_available(monkeypatch):
+    from anchordiff.pipeline import _default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _default_device() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _default_device() == torch.device("cpu")
+
+
+def test_options_accept_a_one_megabyte_head_chunk_and_name_a_bad_o_ii_mode():
+    from anchordiff.pipeline import AnchorDiffOptions
+
+    assert AnchorDiffOptions(head_chunk_mb=1).head_chunk_mb == 1
+    with pytest.raises(ValueError, match=r"^head_chunk_mb must be >= 1, got 0"):
+        AnchorDiffOptions(head_chunk_mb=0)
+    with pytest.raises(ValueError, match=r"^o_ii_heads must be one of"):
+        AnchorDiffOptions(o_ii_heads="sum")
+
+
+def test_from_pretrained_refuses_a_missing_model_and_a_preset_other_than_the_random_models_own():
+    for bad in (None, ""):
+        with pytest.raises(TypeError, match="model must be a repo id, a folder, 'tiny'"):
+            AnchorDiff.from_pretrained(bad)
+    with pytest.raises(ValueError, match=r"model 'random-sd3' is the 'sd3' architecture; drop preset='sd35'"):
+        AnchorDiff.from_pretrained("random-sd3", preset="sd35")
+
+
+def test_from_pretrained_infers_the_preset_from_the_block_count_except_for_tiny(monkeypatch):
+    """A folder or repo without ``preset``: SD3.5-large's block count means sd35, anything else sd3; the tiny
+    model is always sd3."""
+    from types import SimpleNamespace
+
+    import anchordiff.pipeline as pipeline_module
+    from anchordiff.backbones import PRESETS
+
+    class Probe(AnchorDiff):
+        def __init__(self, pipe, **kwargs):
+            self.kwargs = kwargs
+
+    def fake_pipe(num_layers):
+        config = SimpleNamespace(num_layers=num_layers)
+        return SimpleNamespace(
+            transformer=SimpleNamespace(config=config), set_progress_bar_config=lambda **k: None
+        )
+
+    blocks = {"org/large": PRESETS["sd35"].num_layers, "org/medium": PRESETS["sd3"].num_layers,
+              "tiny": PRESETS["sd35"].num_layers}  # fmt: skip
+    monkeypatch.setattr(pipeline_module, "load_pipeline", lambda model, *args: fake_pipe(blocks[model]))
+    assert PRESETS["sd35"].num_layers != PRESETS["sd3"].num_layers
+    assert Probe.from_pretrained("org/large", device="cpu").kwargs["preset"] == "sd35"
+    assert Probe.from_pretrained("org/medium", device="cpu").kwargs["preset"] == "sd3"
+    assert Probe.from_pretrained("tiny", device="cpu").kwargs["preset"] == "sd3"
+
+
+def test_an_idle_recording_processor_hands_every_argument_to_the_original():
+    from anchordiff.attention import RecordingJointAttnProcessor, RecordingState
+
+    calls = []
+    state = RecordingState(
+        graph_layers=frozenset(), concepts=None, cfg=False, o_ii_mode="concat", head_chunk_bytes=1
+    )
+    processor = RecordingJointAttnProcessor(
+        0, state, lambda *args, **kwargs: calls.append((args, kwargs)) or "out"
+    )
+    assert processor("attn", "hidden", "context", "mask", "extra", scale=2.0) == "out"
+    assert calls == [(("attn", "hidden", "context", "mask", "extra"), {"scale": 2.0})]
+
+
+def test_a_transformer_called_with_positional_latents_is_recorded_alike():
+    """``transformer(latents, ...)``: the recorder reads the batch from the first positional argument (CFG
+    batch of 2, the conditional half)."""
+    from anchordiff.attention import AttentionRecorder
+    from anchordiff.backbones import build_tiny_pipeline
+
+    transformer = build_tiny_pipeline("sd3").transformer
+    config = transformer.config
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "encoder_hidden_states": torch.randn(2, 7, config.joint_attention_dim, generator=g),
+        "pooled_projections": torch.randn(2, config.pooled_projection_dim, generator=g),
+        "timestep": torch.full((2,), 500.0),
+        "return_dict": False,
+    }
+    latents = torch.randn(2, config.in_channels, 16, 16, generator=g)
+    states = []
+    for positional in (False, True):
+        with torch.no_grad(), AttentionRecorder(transformer, graph_layers=(1,), cfg=True) as recorder:
+            transformer(latents, **inputs) if positional else transformer(hidden_states=latents, **inputs)
+        states.append(recorder.state)
+    keyword, positional = states
+    assert positional.recorded_forwards == 1 and positional.sample == 1
+    assert torch.equal(keyword.a_ii[1], positional.a_ii[1])
