@@ -372,3 +372,62 @@ def test_a_transformer_called_with_positional_latents_is_recorded_alike():
     keyword, positional = states
     assert positional.recorded_forwards == 1 and positional.sample == 1
     assert torch.equal(keyword.a_ii[1], positional.a_ii[1])
+
+
+def test_anchors_outside_the_grid_on_any_side_are_refused():
+    """Each of row < 0, row >= gh, col < 0 and col >= gw alone is outside (a 2 x 3 grid)."""
+    masks = torch.ones(1, 4, 6, dtype=torch.bool)
+    assert bool(anchor_accuracy(torch.tensor([[1, 2]]), masks, (2, 3)).all())
+    for outside in ([-1, 0], [2, 0], [0, -1], [0, 3]):
+        with pytest.raises(ValueError, match="fall outside the 2x3 grid"):
+            anchor_accuracy(torch.tensor([outside]), masks, (2, 3))
+
+
+def test_affinity_stats_names_a_bad_o_ii():
+    from anchordiff.graph import affinity_stats
+
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^o_ii must have 2 dimensions"):
+        affinity_stats(torch.rand(4, 4), torch.rand(4), labels)
+
+
+def test_load_pipeline_hands_the_reference_and_options_to_diffusers(tmp_path, monkeypatch):
+    """A folder (``~`` expanded) or a Hub id goes to ``StableDiffusion3Pipeline.from_pretrained`` with the dtype,
+    and the revision / ``local_files_only`` only when given; the pipeline then moves to the device. The tiny
+    pipeline moves with its dtype unless float32."""
+    from types import SimpleNamespace
+
+    import diffusers
+
+    import anchordiff.backbones as backbones
+
+    loaded, moved = [], []
+
+    def stub(*args, **kwargs):
+        return SimpleNamespace(to=lambda *a, **k: moved.append((a, k)) or "moved")
+
+    monkeypatch.setattr(
+        diffusers.StableDiffusion3Pipeline, "from_pretrained",
+        staticmethod(lambda ref, **kwargs: loaded.append((ref, kwargs)) or stub()),
+    )  # fmt: skip
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "sd3-folder").mkdir()
+    cpu = torch.device("cpu")
+    assert backbones.load_pipeline("~/sd3-folder", "sd3", cpu, torch.bfloat16, "r1", True) == "moved"
+    assert backbones.load_pipeline("org/sd3", "sd3", cpu, torch.float16) == "moved"
+    assert loaded == [
+        (str(tmp_path / "sd3-folder"), {"dtype": torch.bfloat16, "revision": "r1", "local_files_only": True}),
+        ("org/sd3", {"dtype": torch.float16}),
+    ]
+    assert moved == [((cpu,), {}), ((cpu,), {})]
+    moved.clear()
+    monkeypatch.setattr(backbones, "build_tiny_pipeline", lambda preset: stub())
+    backbones.load_pipeline("tiny", "sd35", cpu, torch.bfloat16)
+    backbones.load_pipeline("tiny", "sd35", cpu, torch.float32)
+    assert moved == [((), {"device": cpu, "dtype": torch.bfloat16}), ((cpu,), {})]
+
+
+def test_the_tiny_pipeline_defaults_to_the_sd3_architecture():
+    from anchordiff.backbones import build_tiny_pipeline
+
+    assert build_tiny_pipeline().transformer.config == build_tiny_pipeline("sd3").transformer.config
