@@ -251,7 +251,6 @@ class QwenLocalizer:
         self.tokenizer.padding_side = "left"
         image_processor = self.processor.image_processor
         self.patch_size = int(image_processor.patch_size)
-        self.merge_size = int(image_processor.merge_size)
         self.eos_token_ids = self._eos_ids()
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer of {model} has no pad token; batched generation needs one")
@@ -296,7 +295,9 @@ class QwenLocalizer:
         ids = [ids] if isinstance(ids, int) else list(ids or [])
         for name in ("<|im_end|>", "<|endoftext|>"):
             token_id = self.tokenizer.convert_tokens_to_ids(name)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id and token_id not in ids:
+            # an unknown name maps to the unk id; Qwen2's unk token is <|endoftext|> itself, so ask the vocabulary
+            known = isinstance(token_id, int) and self.tokenizer.convert_ids_to_tokens(token_id) == name
+            if known and token_id not in ids:
                 ids.append(token_id)
         return ids
 

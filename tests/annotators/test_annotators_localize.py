@@ -165,6 +165,7 @@ def test_localize_maps_boxes_to_stored_pixels_and_keeps_raw_text(workdir):
     event = red.history[-1]
     assert event.stage == "localize" and event.params["raw_output"] == ANSWER
     assert event.params["input_size"] == [196, 112] and event.params["constrained"] is True
+    assert event.note == "2 boxes"  # one per concept
     blue = store.get("gen-blue")
     assert (blue.state, blue.rejection.stage, blue.rejection.reason) == (
         State.rejected,
@@ -195,6 +196,7 @@ def test_unreadable_image_in_the_middle_of_a_batch(workdir):
     states = {r.id: (store.get(r.id).state, store.get(r.id).rejection) for r in records}
     assert states["gen-red"][0] == State.localized and states["gen-blue"][0] == State.localized
     assert states["gen-green"][0] == State.rejected and states["gen-green"][1].reason == "image_unreadable"
+    assert store.get("gen-green").history[-1].params == localizer.params()  # which model refused it
     assert localizer.batches == [2]
 
 

@@ -149,3 +149,23 @@ def test_hydra_state_of_the_caller_is_restored():
         assert GlobalHydra.instance().is_initialized()
         source = GlobalHydra.instance().config_loader().get_sources()
         assert any("hydra.test_utils.configs" in str(s.path) for s in source)
+
+
+def test_from_config_hands_the_config_checkpoint_device_gate_and_options_to_sam2(monkeypatch):
+    """``CONFIG:CHECKPOINT`` is split into SAM2's config and checkpoint (``tiny``: the tiny config, no
+    checkpoint); the device, a quality gate over the given settings and the custom options follow."""
+    import annotators.segment as segment
+    from annotators.config import SegmentConfig
+
+    built = []
+    monkeypatch.setattr(
+        segment, "Sam2Segmenter", lambda *args, **kwargs: built.append((args, kwargs)) or "sam2"
+    )
+    quality = QualityConfig(min_area_fraction=0.01)
+    config = SegmentConfig(model="configs/x.yaml:/models/x.pt", device="cuda:1", options={"seed": 3})
+    assert segment.from_config(config, quality=quality, verifier="judge") == "sam2"
+    segment.from_config(SegmentConfig(model="tiny", device="cpu"))
+    (args, kwargs), (tiny_args, tiny_kwargs) = built
+    assert args == ("configs/x.yaml", "/models/x.pt") and tiny_args == (TINY_CONFIG, None)
+    assert kwargs["device"] == "cuda:1" and kwargs["seed"] == 3 and tiny_kwargs["device"] == "cpu"
+    assert kwargs["gate"].config == quality and kwargs["gate"].verifier == "judge"
