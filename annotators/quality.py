@@ -413,9 +413,7 @@ class QualityGate:
             return Failure("second_look", "vlm_disagrees", f"the VLM does not confirm {refused}")
         return None
 
-    def apply(
-        self, record: Record, sample: GateSample, result: GateResult, params: dict | None = None
-    ) -> Record:
+    def apply(self, record: Record, result: GateResult, params: dict | None = None) -> Record:
         """Write the verdict on the record: resolved masks stored; ``segmented`` or rejected."""
         params = {**(params or {}), "quality": self.config.model_dump()}
         for concept in record.concepts:
@@ -453,7 +451,7 @@ class QualityGate:
             except (ValueError, OSError) as error:
                 record.reject(STAGE, "unreadable", f"{type(error).__name__}: {error}")
                 continue
-            self.apply(record, sample, self.evaluate(sample, image))
+            self.apply(record, self.evaluate(sample, image))
         return batch
 
     def finish(self, store: ManifestStore) -> dict[str, bytes]:

@@ -270,7 +270,7 @@ class Sam2Segmenter:
         except Exception as error:  # the second look's VLM failed
             record.reject(QualityGate.stage, "gate_error", f"{type(error).__name__}: {error}", params)
             return
-        self.gate.apply(record, sample, result)
+        self.gate.apply(record, result)
 
 
 def from_config(

@@ -77,8 +77,9 @@ def test_gate_notes_resolved_overlap_on_the_record():
     gate = QualityGate(QualityConfig(max_overlap=0.2))
     result = gate.evaluate(sample)
     assert result.keep and result.lost_pixels == {"lime": 2 * 26}
-    gate.apply(record, sample, result)
-    assert record.state == State.segmented
+    gate.apply(record, result)
+    assert record.state == State.segmented and record.history[-1].note == "passed the quality gate"
+    assert record.history[-1].params == {"quality": gate.config.model_dump()}
     assert any("overlap resolved" in (event.note or "") for event in record.history)
     stored = decode_mask(record.concept("lime").mask)
     assert not np.logical_and(stored, decode_mask(record.concept("lemon").mask)).any()

@@ -169,3 +169,63 @@ def test_from_config_hands_the_config_checkpoint_device_gate_and_options_to_sam2
     assert args == ("configs/x.yaml", "/models/x.pt") and tiny_args == (TINY_CONFIG, None)
     assert kwargs["device"] == "cuda:1" and kwargs["seed"] == 3 and tiny_kwargs["device"] == "cpu"
     assert kwargs["gate"].config == quality and kwargs["gate"].verifier == "judge"
+
+
+def test_background_touching_only_the_left_or_top_border_is_not_a_hole():
+    """Each border (first / last row, first / last column) keeps its background: a 2 px notch in one edge
+    stays, though it is smaller than ``max_hole``."""
+    for notch in ((slice(4, 6), 0), (slice(4, 6), -1), (0, slice(4, 6)), (-1, slice(4, 6))):
+        mask = np.ones((10, 10), dtype=bool)
+        mask[notch] = False
+        assert np.array_equal(clean_mask(mask, min_island=0, max_hole=50), mask), notch
+
+
+def bare_segmenter() -> Sam2Segmenter:
+    """A Sam2Segmenter without a model (its rejections need none)."""
+    segmenter = object.__new__(Sam2Segmenter)
+    segmenter.config, segmenter.checkpoint = "configs/x.yaml", "/models/x.pt"
+    segmenter.min_island_fraction, segmenter.max_hole_fraction = 1e-4, 2e-4
+    segmenter.device, segmenter.dtype = torch.device("cpu"), torch.bfloat16
+    return segmenter
+
+
+def test_segment_rejections_name_the_reason_the_detail_and_the_segmenter(workdir, monkeypatch):
+    """No box for a concept, an unreadable image and a SAM2 failure each reject with their own reason and
+    detail, and the history records which SAM2 (config, checkpoint, cleaning fractions) refused it."""
+    segmenter = bare_segmenter()
+    params = {"config": "configs/x.yaml", "checkpoint": "/models/x.pt", "min_island_fraction": 1e-4,
+              "max_hole_fraction": 2e-4}  # fmt: skip
+    assert segmenter.params() == params
+    store = ManifestStore(workdir)
+    boxless = make_record(store, "gen-a", {"lemon": [(1, 1, 5, 5)], "lime": []}, noise(16, 16, 1))
+    missing = make_record(store, "gen-b", {"lemon": [(1, 1, 5, 5)], "lime": [(6, 6, 9, 9)]}, noise(16, 16, 2))
+    (workdir / missing.image.path).unlink()
+    failing = make_record(store, "gen-c", {"lemon": [(1, 1, 5, 5)], "lime": [(6, 6, 9, 9)]}, noise(16, 16, 3))
+
+    def out_of_memory(record, image):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(segmenter, "masks_for", out_of_memory)
+    for record in (boxless, missing, failing):
+        segmenter._segment_one(record, store)
+        assert record.state == State.rejected and record.rejection.stage == "segment"
+        assert record.history[-1].params == params
+    assert (boxless.rejection.reason, boxless.rejection.detail) == (
+        "no_box", "a localized record without boxes for every concept",
+    )  # fmt: skip
+    assert missing.rejection.reason == "image_unreadable" and "FileNotFoundError" in missing.rejection.detail
+    assert (failing.rejection.reason, failing.rejection.detail) == (
+        "model_error",
+        "RuntimeError: CUDA out of memory",
+    )
+
+
+def test_autocast_only_on_cuda_with_a_lower_precision():
+    segmenter = bare_segmenter()
+    context = segmenter._autocast()
+    assert (context.device, context._enabled) == ("cpu", False)  # CPU: float32, whatever dtype was asked
+    segmenter.device = torch.device("cuda")
+    context = segmenter._autocast()
+    assert (context.device, context.fast_dtype) == ("cuda", torch.bfloat16)
+    segmenter.dtype = torch.float32
+    assert segmenter._autocast().device == "cpu"
