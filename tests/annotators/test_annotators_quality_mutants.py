@@ -92,3 +92,43 @@ def test_a_stored_record_without_a_sam_score_scores_zero_and_an_unreadable_one_i
     assert out.state == State.rejected and out.rejection.stage == "quality"
     assert out.rejection.reason == "unreadable"
     assert out.rejection.detail == "ValueError: record r1 has no image; the gate needs its size"
+
+
+def test_failures_name_their_check_and_detail_the_values():
+    """Each failure names the check that raised it (the report's rejected_by / failures count by reason,
+    the record's detail by check); SAM scores show to 3 decimals, a missing mask as 0.00% of the image."""
+    from annotators.quality import distinct_boxes
+
+    sample = good_sample()
+    sample.scores["lime"] = 0.12345
+    low = min_sam_score(sample, QualityConfig(min_sam_score=0.5))
+    assert (low.check, low.reason) == ("min_sam_score", "low_sam_score") and "{'lime': 0.123}" in low.detail
+    sample.boxes["lime"] = [(11, 11, 40, 40)]
+    same = distinct_boxes(sample, QualityConfig(max_box_iou=0.8))
+    assert (same.check, same.reason) == ("distinct_boxes", "same_object")
+    outside = good_sample()
+    outside.masks["lemon"] = rect(12, 12, 38, 38) | rect(12, 50, 38, 70)
+    assert mask_in_box(outside, QualityConfig()).check == "mask_in_box"
+    missing = good_sample()
+    missing.masks["lime"] = None
+    small = min_area(missing, QualityConfig(min_area_fraction=0.0))
+    assert small.check == "min_area" and "'lime': '0.00%'" in small.detail
+
+
+def test_overlaps_go_to_the_highest_score_against_every_higher_mask():
+    """Three masks, scores a > b > c: c loses what a holds although b does not touch it."""
+    from annotators.quality import resolve_overlaps
+
+    a, b, c = rect(0, 0, 10, 10), rect(20, 20, 30, 30), rect(5, 0, 15, 10)
+    resolved, lost = resolve_overlaps({"a": a, "b": b, "c": c}, {"a": 0.9, "b": 0.8, "c": 0.7})
+    assert lost == {"c": 50} and not (resolved["c"] & a).any() and resolved["c"].sum() == 50
+    assert np.array_equal(resolved["a"], a) and np.array_equal(resolved["b"], b)
+
+
+def test_the_report_counts_every_record_with_a_resolved_overlap():
+    from annotators.quality import GateReport, GateResult
+
+    report = GateReport()
+    for lost in ({"a": 3}, {}, {"b": 1}):
+        report.add(GateResult(failures=[], masks={}, lost_pixels=lost))
+    assert report.as_dict()["overlaps_resolved"] == 2 and report.as_dict()["seen"] == 3

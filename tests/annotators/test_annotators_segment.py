@@ -229,3 +229,11 @@ def test_autocast_only_on_cuda_with_a_lower_precision():
     assert (context.device, context.fast_dtype) == ("cuda", torch.bfloat16)
     segmenter.dtype = torch.float32
     assert segmenter._autocast().device == "cpu"
+
+
+def test_cleaning_fractions_of_zero_turn_cleaning_off_and_one_is_refused():
+    off = Sam2Segmenter(TINY_CONFIG, None, device="cpu", min_island_fraction=0, max_hole_fraction=0)
+    assert (off.min_island_fraction, off.max_hole_fraction) == (0, 0)
+    for bad in ({"min_island_fraction": 1.0}, {"max_hole_fraction": 1.0}, {"max_hole_fraction": -0.1}):
+        with pytest.raises(ValueError):
+            Sam2Segmenter(TINY_CONFIG, None, device="cpu", **bad)
