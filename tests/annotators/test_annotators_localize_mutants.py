@@ -106,6 +106,8 @@ def test_a_real_model_gets_qwens_default_pixel_limits_and_tiny_its_own():
     assert (real.min_pixels, real.max_pixels) == (256 * 28 * 28, 1280 * 28 * 28)
     tiny = QwenLocalizer("tiny", device="cpu")
     assert (tiny.min_pixels, tiny.max_pixels) == (localize.TINY_MIN_PIXELS, localize.TINY_MAX_PIXELS)
+    token = tiny.tokenizer.convert_tokens_to_ids
+    assert tiny.eos_token_ids == [token("<|im_end|>"), token("<|endoftext|>")]  # generation stops at either
 
 
 def test_the_tiny_model_is_seeded_with_zero_by_default():
@@ -128,6 +130,13 @@ def test_the_tiny_qwen_follows_the_real_configs_rope_and_stop_token():
     assert text.eos_token_id == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     sizes = (text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.num_attention_heads)
     assert sizes == (64, 128, 2, 4)
+    vision = model.config.vision_config
+    assert (vision.hidden_size, vision.out_hidden_size, vision.patch_size, vision.spatial_merge_size) == (
+        32,
+        64,
+        14,
+        2,
+    )
 
 
 def test_eos_ids_add_both_chat_stop_tokens_to_the_models_own():
@@ -144,3 +153,14 @@ def test_eos_ids_add_both_chat_stop_tokens_to_the_models_own():
         convert_tokens_to_ids=lambda name: 9, convert_ids_to_tokens=lambda i: "<unk>"
     )
     assert localizer._eos_ids() == [token("<|endoftext|>")]  # names the vocabulary lacks are not added
+
+
+def test_the_grammar_covers_the_models_padded_output_vocabulary():
+    """Qwen2.5-VL's output embedding has more rows than its tokenizer has tokens (Qwen2.5-VL-7B: 152,064 rows, 151,665 tokens): the
+    grammar's token mask must span every row the logits have, or the padding rows stay unmasked."""
+    model, processor = localize.build_tiny_qwen()
+    tokens = len(processor.tokenizer)
+    model.resize_token_embeddings(tokens + 64, mean_resizing=False)
+    localizer = QwenLocalizer("org/qwen2.5-vl", components=(model, processor), device="cpu")
+    grammar = localizer.compiler.compile_grammar('root ::= "yes" | "no"')
+    assert grammar.tokenizer_info.vocab_size == tokens + 64
