@@ -430,4 +430,6 @@ def test_load_pipeline_hands_the_reference_and_options_to_diffusers(tmp_path, mo
 def test_the_tiny_pipeline_defaults_to_the_sd3_architecture():
     from anchordiff.backbones import build_tiny_pipeline
 
-    assert build_tiny_pipeline().transformer.config == build_tiny_pipeline("sd3").transformer.config
+    default = build_tiny_pipeline().transformer.config
+    assert default == build_tiny_pipeline("sd3").transformer.config
+    assert default != build_tiny_pipeline("sd35").transformer.config  # SD3.5: qk norm, dual attention
