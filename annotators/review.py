@@ -863,6 +863,8 @@ def consensus(
     Returns ``(annotation or None, agreement)``, ``agreement`` = ``{"score", "annotations": ids of the best
     group, "verdicts", "iou": {concept: lowest pairwise IoU in that group} (empty for rejects)}``.
     """
+    if needed < 2:
+        raise ValueError(f"consensus compares at least 2 annotators' annotations, got needed={needed}")
     if len(annotations) < needed:
         raise ValueError(f"consensus needs {needed} annotations, got {len(annotations)}")
     reads = [fmt.read_annotation(a.get("result") or []) for a in annotations]

@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,16 +86,49 @@ def reference_image_index(store: ManifestStore):
     return index
 
 
-def mcc_seconds(*arguments: str) -> float:
-    """Wall seconds of ``mcc ARGUMENTS`` in a new process (output discarded)."""
+def mcc_seconds(*arguments: str) -> tuple[float, str]:
+    """Wall seconds and standard output of ``mcc ARGUMENTS`` in a new process."""
     started = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "flows.cli", *arguments],
         check=True,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "COLUMNS": "120"},
     )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, done.stdout
+
+
+def status_seconds(workdir: Path, records: int) -> float:
+    """Wall seconds of ``mcc status`` on ``workdir``, whose printed total must be ``records``."""
+    seconds, out = mcc_seconds("status", "--workdir", str(workdir))
+    totals = re.findall(r"\btotal\b\D*?(\d[\d,]*)", out)
+    if not totals or int(totals[-1].replace(",", "")) != records:
+        raise AssertionError(f"mcc status of {workdir} does not count {records:,} records:\n{out}")
+    return seconds
+
+
+def table_row(question: str, seconds: float, reference_seconds: float | None, what: str) -> tuple[str, ...]:
+    """The printed cells of one row: seconds to 2 decimals and the ratio reference / mcc (blank without
+    a reference)."""
+    if reference_seconds is None:
+        return (question, f"{seconds:.2f}", "", "", what)
+    return (
+        question,
+        f"{seconds:.2f}",
+        f"{reference_seconds:.2f}",
+        f"{reference_seconds / seconds:.1f}x",
+        what,
+    )
+
+
+COLUMNS = (
+    ("question", "left"),
+    ("mcc", "right"),
+    ("reference", "right"),
+    ("reference / mcc", "right"),
+    ("reference is", "left"),
+)
 
 
 def timed(function, *args):
@@ -103,10 +137,17 @@ def timed(function, *args):
     return time.perf_counter() - started, result
 
 
+def bench_shas(record_id: str) -> tuple[str, str]:
+    """(stored image sha256, downloaded bytes sha256) of a bench record, derived from its id."""
+    return tuple(hashlib.sha256(f"{record_id}{part}".encode()).hexdigest() for part in ("", "-download"))
+
+
 def with_fingerprints(record: Record) -> Record:
-    """``record`` with an image whose sha256 is derived from its id (its state is left as it is)."""
-    sha = hashlib.sha256(record.id.encode()).hexdigest()
-    record.image = ImageInfo(path=f"images/{record.id}.png", sha256=sha, width=1024, height=1024)
+    """``record`` with an image and, like a scraped record, the downloaded bytes' sha256 in its history
+    (``bench_shas``; its state is left as it is)."""
+    stored, downloaded = bench_shas(record.id)
+    record.image = ImageInfo(path=f"images/{record.id}.png", sha256=stored, width=1024, height=1024)
+    record.log("bench", "fingerprinted", params={"content_sha256": downloaded})
     return record
 
 
@@ -128,9 +169,10 @@ def main(argv: list[str] | None = None) -> None:
         per_group = -(-args.records // len(groups))
         specs = plan_scenes(groups, per_group=per_group, seed=0)
         console.print(f"{len(specs)} scene specs ({per_group} per group); work dirs in {root}")
-        store, reference = ManifestStore(root / "store"), ManifestStore(root / "reference")
-        seconds = mcc_seconds(
-            "plan", "--workdir", str(root / "store"), "--per-group", str(per_group), "--seed", "0"
+        workdir = root / "store"
+        store, reference = ManifestStore(workdir), ManifestStore(root / "reference")
+        seconds, _ = mcc_seconds(
+            "plan", "--workdir", str(workdir), "--per-group", str(per_group), "--seed", "0"
         )
         reference_seconds, reference_created = timed(reference_add_planned, reference, specs)
         assert len(store.ids()) == reference_created == len(specs), (len(store.ids()), reference_created)
@@ -149,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             (
                 "mcc status, index up to date (new process)",
-                mcc_seconds("status", "--workdir", str(root / "store")),
+                status_seconds(workdir, len(specs)),
                 reference_seconds,
                 "open and parse every record",
             )
@@ -160,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             (
                 f"mcc status after {len(changed):,} records rewritten",
-                mcc_seconds("status", "--workdir", str(root / "store")),
+                status_seconds(workdir, len(specs)),
                 None,
                 "",
             )
@@ -169,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             (
                 "mcc status with no index (first run: full read)",
-                mcc_seconds("status", "--workdir", str(root / "store")),
+                status_seconds(workdir, len(specs)),
                 None,
                 "",
             )
@@ -179,14 +221,16 @@ def main(argv: list[str] | None = None) -> None:
         from generators.web.index import INDEX_PATH, ImageIndex
 
         store.put_many(with_fingerprints(store.get(i)) for i in store.ids())
-        cache = {
-            i: {"sha256": hashlib.sha256(i.encode()).hexdigest(), "phash": to_hex(n)}
-            for n, i in enumerate(store.ids())
-        }
+        cache = {i: {"sha256": bench_shas(i)[0], "phash": to_hex(n)} for n, i in enumerate(store.ids())}
         store.write_bytes(INDEX_PATH, json.dumps(cache).encode())
         reference_seconds, expected_index = timed(reference_image_index, store)
         seconds, index = timed(ImageIndex.from_store, store)
         assert len(index) == len(expected_index) == len(specs)
+        for record_id in store.ids():  # both indexes find each record by either of its hashes
+            for built in (index, expected_index):
+                assert [built.match(sha, 0, -1) for sha in bench_shas(record_id)] == [
+                    (record_id, "identical bytes (sha256)")
+                ] * 2, record_id
         rows.append(
             (f"dedupe index over {len(specs):,} images", seconds, reference_seconds, "open every record")
         )
@@ -195,13 +239,10 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(root, ignore_errors=True)
 
     table = Table(title=f"manifest store at {args.records:,} records, {os.cpu_count()} CPUs (seconds, wall)")
-    for column in ("question", "mcc", "reference", "reference / mcc", "reference is"):
-        table.add_column(column, justify="left" if column in ("question", "reference is") else "right")
-    for question, seconds, reference_seconds, what in rows:
-        ratio = f"{reference_seconds / seconds:.1f}x" if reference_seconds else ""
-        table.add_row(
-            question, f"{seconds:.2f}", f"{reference_seconds:.2f}" if reference_seconds else "", ratio, what
-        )
+    for column, justify in COLUMNS:
+        table.add_column(column, justify=justify)
+    for row in rows:
+        table.add_row(*table_row(*row))
     console.print(table)
     console.print(
         "mcc rows are whole commands in a new process (start-up and imports included, about 0.4 s); "

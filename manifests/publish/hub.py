@@ -86,7 +86,7 @@ def push_dataset(
         commit_message=f"MCC {manifest['dataset_version']} ({len(manifest['records'])} images)",
         commit_description=f"Built by `mcc publish` with code {manifest['code_version']} at {manifest['build_time']}.",
     )
-    oid = getattr(commit, "oid", None)
+    oid = commit.oid  # huggingface_hub's CommitInfo; an unchanged folder gets the head commit's
     api.create_tag(
         repo_id,
         tag=tag,

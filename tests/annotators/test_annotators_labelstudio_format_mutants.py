@@ -8,18 +8,25 @@ The result dicts follow Label Studio's prediction format (``from_name`` / ``to_n
 from __future__ import annotations
 
 import colorsys
+import xml.etree.ElementTree as ET
 
 import numpy as np
+import pytest
 
 from annotators.labelstudio_format import (
     BOX,
     COMMENT,
     IMAGE,
+    LABEL_CONFIG,
     MASK,
+    REJECT_REASON,
+    REJECT_REASONS,
     VERDICT,
+    _label_config,
     brush_result,
     label_colour,
     read_annotation,
+    rectangle_box,
     rectangle_result,
 )
 
@@ -73,3 +80,46 @@ def test_only_the_comment_textarea_makes_the_comment():
     assert annotation.comment == "wrong concept"
     assert annotation.verdict == "reject"
     assert annotation.brushes == {"frog": [brush]}
+
+
+def test_rectangle_result_is_the_whole_prediction_region():
+    """Every top-level key: ``origin: prediction`` marks the box as the machine's (Label Studio shows it so
+    until a reviewer edits it), ``image_rotation`` 0 says the percentages are of the unrotated image."""
+    result = rectangle_result("toad", (10, 20, 30, 60), 100, 200, "b1")
+    assert {k: v for k, v in result.items() if k != "value"} == {
+        "id": "b1",
+        "from_name": BOX,
+        "to_name": IMAGE,
+        "type": "rectanglelabels",
+        "origin": "prediction",
+        "original_width": 100,
+        "original_height": 200,
+        "image_rotation": 0,
+    }
+
+
+def test_rectangle_box_keeps_a_box_that_starts_within_the_first_pixel():
+    """Clamping is to the image (0 .. width), so a left edge at 0.5 px stays at 0.5 px."""
+    result = rectangle_result("toad", (0.5, 0.25, 30.0, 60.0), 100, 200, "b1")
+    assert rectangle_box(result, 100, 200) == pytest.approx((0.5, 0.25, 30.0, 60.0))
+
+
+def test_a_reject_reason_control_without_a_choice_reads_as_no_reason():
+    """An empty ``choices`` list of the reason control (the reviewer cleared it) is no reason, not an error."""
+    results = [
+        {"type": "choices", "from_name": VERDICT, "value": {"choices": ["reject"]}},
+        {"type": "choices", "from_name": REJECT_REASON, "value": {"choices": []}},
+    ]
+    annotation = read_annotation(results)
+    assert annotation.verdict == "reject" and annotation.reject_reason is None
+    chosen = [results[0], {"type": "choices", "from_name": REJECT_REASON, "value": {"choices": ["other"]}}]
+    assert read_annotation(chosen).reject_reason == "other"
+
+
+def test_the_label_config_offers_each_reject_reason_as_its_shown_text():
+    """Built by ``_label_config`` (called here: ``LABEL_CONFIG`` is made once at import), the reason
+    control lists every ``REJECT_REASONS`` text, in order, as a Choice value."""
+    config = ET.fromstring(_label_config())
+    reason_control = next(c for c in config.iter("Choices") if c.get("name") == REJECT_REASON)
+    assert [c.get("value") for c in reason_control.iter("Choice")] == list(REJECT_REASONS)
+    assert _label_config() == LABEL_CONFIG

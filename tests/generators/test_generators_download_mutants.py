@@ -58,6 +58,8 @@ def test_reserved_ipv6_addresses_are_blocked_although_global():
     assert not address_blocked("2a00:1450:4001::1")  # an ordinary global unicast address
     assert address_blocked("fe80::1%eth0") and not address_blocked("8.8.8.8")
     assert not address_blocked("4000::1", ["4000::/3"])  # unless allowed explicitly
+    # an allowed network written with host bits set (10.1.2.3/8, as a config often says) is 10.0.0.0/8
+    assert not address_blocked("10.200.0.1", ["10.1.2.3/8"]) and address_blocked("10.200.0.1")
 
 
 def test_dns_answers_are_cached_for_exactly_ttl_seconds(monkeypatch):

@@ -363,6 +363,40 @@ def test_a_search_without_groups_searches_every_group_with_the_jobs_settings(mon
     assert lines == [f"openverse: 2 candidates for {g}" for g in GROUPS]
     (options,) = made
     assert (options["min_side"], options["requests_per_second"], options["max_pages"]) == (333, 0.5, 4)
+    assert options["licences"] == job.allowed_licences and options["base_url"] == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize("contact", [None, "ops@example.org"])
+def test_a_wikimedia_search_gets_the_jobs_settings_and_asks_for_a_contact_when_none(monkeypatch, contact):
+    """Wikimedia gets the job's rate, page cap and User-Agent (with the contact when given); without a
+    contact, one line tells the operator to set ``scrape.contact``, which Wikimedia's API policy asks for."""
+    import generators.sources as sources
+    from generators.web.plan import ScrapeJob, find_candidates
+
+    made = []
+
+    class Source:
+        name = "wikimedia"
+
+        def __init__(self, **options):
+            made.append(options)
+
+        def search(self, group, per_group, query):
+            return []
+
+    monkeypatch.setattr(sources, "WikimediaCommonsSource", Source)
+    lines = []
+    job = ScrapeJob(source="wikimedia", groups=[GROUP], api_rate=0.25, api_max_pages=3, min_side=200,
+                    contact=contact)  # fmt: skip
+    find_candidates(job, GROUPS, log=lines.append)
+    (options,) = made
+    assert (options["requests_per_second"], options["max_pages"], options["min_side"]) == (0.25, 3, 200)
+    assert options["user_agent"] == job.download.user_agent
+    assert options["api_url"] == "https://commons.wikimedia.org/w/api.php"
+    ask = "Wikimedia asks API clients for contact details in the User-Agent: set scrape.contact (--contact)"
+    assert lines == ([ask] if contact is None else []) + [f"wikimedia: 0 candidates for {GROUP}"]
+    if contact:
+        assert contact in options["user_agent"]
 
 
 def test_the_rate_limit_line_names_the_busiest_host_and_its_least_duration():
@@ -378,3 +412,31 @@ def test_the_rate_limit_line_names_the_busiest_host_and_its_least_duration():
         "least 6 s (--rate sets the limit, e.g. for your own server)"
     )
     assert web.rate_limit_line(records, 0) == "4 URLs; no rate limit"
+
+
+def test_the_in_process_fetch_names_each_record_and_ends_cleanly(tmp_path, monkeypatch):
+    """``processes=0``: every record's own id and URL reach ``fetch_and_prepare``, a crash in it is that
+    record's ``error`` only, and the stage's generator, read to the end outside ``run_stage`` (which would only log a late error), raises nothing:
+    the download loop is awaited to its end, not abandoned."""
+    seen = []
+
+    async def fake_fetch(record_id, url, downloader, config, run_cpu):
+        seen.append((record_id, url))
+        if url.endswith("/2.jpg"):
+            raise ValueError("planted crash")
+        return FetchOutcome(record_id, {"url": url}, reason="not_an_image", detail="planted")
+
+    monkeypatch.setattr(web, "fetch_and_prepare", fake_fetch)
+    store = ManifestStore(tmp_path)
+    candidates = [Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(3)]
+    records, _ = plan_web_records(candidates, GROUPS, store)
+    outputs = list(WebScraper(ScrapeConfig(processes=0)).run(records, store))
+    assert sorted(seen) == sorted((r.id, r.source.url) for r in records)
+    assert sorted(o.record.id for o in outputs) == sorted(r.id for r in records)
+    reasons = {o.record.source.url.rsplit("/", 1)[1]: o.record.rejection.reason for o in outputs}
+    assert reasons == {"0.jpg": "not_an_image", "1.jpg": "not_an_image", "2.jpg": "error"}
+    # The outcome of a crashed fetch names its record too (the process path matches outcomes by that id).
+    fetched = WebScraper(ScrapeConfig(processes=0))._fetch_here([(r, None) for r in records])
+    assert sorted((record.id, outcome.record_id) for record, _, outcome in fetched) == sorted(
+        (r.id, r.id) for r in records
+    )

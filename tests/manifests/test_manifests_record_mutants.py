@@ -50,3 +50,15 @@ def test_stage_note_and_params_reach_the_history():
         ("generate", {"model": "m"}, "1 image"),
     ]
     assert record.state == State.generated
+
+
+def test_the_package_names_load_lazily_from_their_modules():
+    """``manifests.<name>`` (PEP 562 ``__getattr__``) is the object of the module that defines it, cached
+    in the package; an unknown name is an AttributeError that names it."""
+    import manifests
+    import manifests.scenes
+
+    assert manifests.__getattr__("SceneSpec") is manifests.scenes.SceneSpec
+    assert manifests.__dict__["SceneSpec"] is manifests.scenes.SceneSpec
+    with pytest.raises(AttributeError, match="'NoSuchName'"):
+        manifests.__getattr__("NoSuchName")

@@ -544,3 +544,76 @@ def test_review_stats_report_box_edits_iou_per_concept_time_per_task_and_each_an
         "median_seconds": 15.0,
     }
     assert compute_stats([])["time_per_task"] == {"tasks": 0, "mean_seconds": None, "median_seconds": None}
+
+
+# -- details the mutation pass found untested ------------------------------------------------------------
+def test_a_corrupt_brush_alone_rejects_as_mask_undecodable(store):
+    record = in_review(store)
+    corrupt = fmt.brush_result("wolf", machine(record, "wolf"), "b")
+    corrupt["value"]["rle"] = [3, 1, 4]
+    apply(record, [fmt.brush_result("husky", machine(record, "husky"), "a"), corrupt, verdict("accept")])
+    assert record.state == State.rejected and record.rejection.reason == "mask_undecodable"
+    assert record.rejection.detail.startswith("wolf: brush RLE does not decode")
+
+
+def test_tasks_listed_as_sdk_models_become_dicts():
+    """The SDK lists tasks as pydantic models (``model_dump``); plain dicts pass through."""
+
+    class Task:
+        def model_dump(self):
+            return {"id": 5, "data": {"record_id": "r1"}}
+
+    client = SimpleNamespace(tasks=SimpleNamespace(list=lambda **kwargs: [Task(), {"id": 6}]))
+    assert list(review._iter_tasks(client, PROJECT, fields="all")) == [
+        {"id": 5, "data": {"record_id": "r1"}},
+        {"id": 6},
+    ]
+
+
+def test_skipped_annotations_count_for_no_annotator_and_an_untimed_annotation_is_the_oldest(store):
+    """``was_cancelled`` (the annotator pressed Skip) is no annotation; an annotation without
+    ``updated_at`` / ``created_at`` sorts before every timed one."""
+    record = in_review(store)
+    kept = annotation([verdict("accept")], id=1, who=1, updated="2026-12-01T01:00:00Z")
+    skipped = annotation([verdict("reject")], id=2, who=1, updated="2026-12-01T05:00:00Z") | {
+        "was_cancelled": True
+    }
+    other = annotation([verdict("accept")], id=3, who=2, updated="2026-12-01T02:00:00Z")
+    assert review._latest_per_annotator({"annotations": [kept, skipped, other]}) == [other, kept]
+    untimed = annotation([verdict("accept")], id=9, updated=None, created=None)
+    timed = annotation([verdict("accept")], id=4)
+    assert review._submitted({"annotations": [untimed, timed]}) is timed
+    assert review._version(untimed) == ("", 9)
+    with pytest.raises(ValueError, match="at least 2 annotators"):
+        review.consensus([kept], record, 1)
+
+
+def test_one_pull_counts_every_pending_and_disagreeing_record_and_names_reviewers_by_id(store):
+    """Counts add up over a run (two of each), and an annotation's ``completed_by`` user id is looked up
+    through the client's users API (``u<id>@example.org`` in the fake)."""
+    pending = [in_review(store, f"p{i}", task=60 + i) for i in range(2)]
+    split = [in_review(store, f"s{i}", task=70 + i) for i in range(2)]
+    tasks = [{"id": 60 + i, "data": {"record_id": f"p{i}"}, "annotations": []} for i in range(2)]
+    for i, record in enumerate(split):
+        tasks.append({"id": 70 + i, "data": {"record_id": record.id}, "annotations": [
+            annotation([*accepted_as_is(record), verdict("accept")], id=80 + i, who=1),
+            annotation(half_husky(record), id=90 + i, who=2, updated="2026-12-01T11:00:00Z")]})  # fmt: skip
+    stage = review.ReviewPull(Client(tasks, annotators=2), "http://ls")
+    stage.run([*pending, *split], store)
+    assert (stage.report.pending, stage.report.disagreed) == (2, 2)
+
+    decided = in_review(store, "d1", task=50)
+    one = [{"id": 50, "data": {"record_id": "d1"},
+            "annotations": [annotation([*accepted_as_is(decided), verdict("accept")], who=7)]}]  # fmt: skip
+    review.ReviewPull(Client(one), "http://ls").run([decided], store)
+    assert decided.state == State.reviewed and decided.history[-1].params["reviewer"] == "u7@example.org"
+
+
+@pytest.mark.parametrize("images", ["auto", "local", "upload"])
+def test_push_takes_each_image_mode(images):
+    assert review.ReviewPush(Client([]), "http://ls/", "token", images=images).images == images
+
+
+def test_push_refuses_an_unknown_image_mode_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match="'auto', 'local' or 'upload', got 's3'"):
+        review.ReviewPush(Client([]), "http://ls", "token", images="s3")

@@ -4,6 +4,7 @@ statistics tables (``manifests.publish.card._stats_tables``), against a recordin
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from manifests.publish import (
 )
 from manifests.publish.card import _stats_tables, preview_grid
 from manifests.publish.coco import export_coco
+from manifests.publish.hub import hub_api
 from manifests.publish.selection import select_publishable
 
 OID = "0123456789abcdef0123456789abcdef01234567"
@@ -126,6 +128,19 @@ def test_export_coco_admits_the_states_asked_for(small_store, tmp_path):
     reviewed_ids = {i["mcc_id"] for i in json.loads(default.read_text())["images"]}
     both_ids = {i["mcc_id"] for i in json.loads(both.read_text())["images"]}
     assert len(reviewed_ids) == 8 and len(both_ids) == 9 and reviewed_ids < both_ids
+    # Without a version, the file says the same default version as a build would.
+    default_version = inspect.signature(build_dataset).parameters["version"].default
+    assert json.loads(default.read_text())["info"]["version"] == default_version == "0.1.0"
+
+
+def test_hub_api_is_authenticated_with_the_given_token_or_hf_token(monkeypatch):
+    """``hub_api`` builds an ``HfApi`` (offline: no request is made) with the token given, else HF_TOKEN."""
+    monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
+    assert hub_api("hf_given").token == "hf_given"
+    assert hub_api().token == "hf_from_environment"
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(PublishError, match="HF_TOKEN"):
+        hub_api()
 
 
 def test_export_coco_creates_missing_parent_folders(small_store, tmp_path):
