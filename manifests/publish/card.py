@@ -366,11 +366,11 @@ def _provenance(context: CardContext) -> str:
             _table(["provider", "images"], [[p, n] for p, n in sorted(providers.items())]),
         ]
     stages: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-    code_versions: Counter[str] = Counter()
+    code_versions: set[str] = set()
     for r in records:
         seen: set[tuple[str, str, str]] = set()
         for event in r.history:
-            code_versions[event.code_version] += 1
+            code_versions.add(event.code_version)
             for key, value in event.params.items():
                 if (
                     PROVENANCE_KEY.search(key)

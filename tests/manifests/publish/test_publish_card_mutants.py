@@ -478,3 +478,56 @@ def test_provenance_names_a_model_without_a_revision_alone_and_orders_equal_coun
     rows = [line for line in text.splitlines() if line.startswith(f"| {stage} | segmenter_model |")]
     assert rows == [f"| {stage} | segmenter_model | `alpha-seg` | 2 |", f"| {stage} | segmenter_model | `beta-seg` | 1 |",
                     f"| {stage} | segmenter_model | `zeta-seg` | 1 |"]  # fmt: skip
+
+
+def test_provenance_lists_every_code_version_and_web_images_without_a_provider(tmp_path):
+    """Two code versions are both named (sorted, comma-separated); a web image whose provider is not known
+    is counted as ``unknown``."""
+    from types import SimpleNamespace
+
+    from manifests.publish.card import _provenance
+
+    store = ManifestStore(tmp_path / "work")
+    records = [make_record(store, 0), make_record(store, 1, web=True), make_record(store, 2, web=True)]
+    records[1].source.provider = None
+    for record, version in zip(records, ("bbb222", "aaa111", "aaa111"), strict=True):
+        for event in record.history:
+            event.code_version = version
+    text = _provenance(SimpleNamespace(items=[SimpleNamespace(record=r) for r in records]))
+    assert text.splitlines()[-1] == "Code versions that processed these records: `aaa111`, `bbb222`."
+    assert "| unknown | 1 |" in text.splitlines()
+
+
+def test_a_thumbnail_scales_the_image_bilinearly_and_the_boxes_and_masks_with_it(store):
+    """Width 24 of a 64 px wide image: the image is PIL's bilinear resize, each box is scaled by 24 / 64,
+    each mask is the nearest-neighbour resize of the full mask."""
+    from PIL import Image
+
+    from manifests.masks import decode_mask
+
+    item = sorted(select_publishable(store, ("reviewed",)).items, key=lambda it: it.id)[0]
+    image = store.open_image(item.record)
+    record, thumbnail = _thumbnail(item.record, image, 24)
+    size = (24, round(image.height * 24 / image.width))
+    assert np.array_equal(np.asarray(thumbnail), np.asarray(image.resize(size, Image.Resampling.BILINEAR)))
+    scale = 24 / image.width
+    for small, full in zip(record.concepts, item.record.concepts, strict=True):
+        assert small.boxes == [tuple(v * scale for v in box) for box in full.boxes] and full.boxes
+        expected = Image.fromarray(decode_mask(full.mask)).resize(size, Image.Resampling.NEAREST)
+        assert np.array_equal(decode_mask(small.mask), np.asarray(expected))
+
+
+def test_a_card_without_a_validation_split_loads_the_test_split_only(store, tmp_path):
+    """validation_fraction=0: the snippet's ``ds`` line is followed directly by the subset line."""
+    out = tmp_path / "dataset"
+    build_dataset(store, out, include=("reviewed",), validation_fraction=0)
+    lines = (out / CARD_PATH).read_text("utf-8").splitlines()
+    at = lines.index('ds = load_dataset("<org>/multi-concept-confusion", split="test")    # report here')
+    assert lines[at + 1].startswith('subset = load_dataset("<org>/multi-concept-confusion", "two_concepts"')
+    assert not any(line.startswith("val = ") for line in lines)
+
+
+def test_the_licence_file_opens_with_its_title(build):
+    summary, _, _ = build
+    text = (summary.out_dir / "LICENSE.md").read_text("utf-8")
+    assert text.splitlines()[0] == "# Licences of the Multi-Concept Confusion (MCC) dataset"

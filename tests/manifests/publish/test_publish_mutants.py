@@ -296,3 +296,47 @@ def test_catalogue_takes_group_concepts_and_domain_from_the_registry(small_store
     other = catalogue_for([custom])
     assert other.group_concepts["my-dogs"] == tuple(husky.record.concept_names)
     assert other.domains["my-dogs"] == "unknown"
+
+
+def test_a_build_passes_its_workers_on_stages_beside_the_output_and_times_itself(
+    small_store, tmp_path, monkeypatch
+):
+    """``workers`` reaches the record checks; the files are written in a hidden folder named after the output
+    in the output's own parent (same file system: the final rename is atomic); ``seconds`` is the build's
+    wall time."""
+    import time
+
+    import manifests.publish.build as build_module
+
+    seen = {}
+    select, replace_managed = build_module.select_publishable, build_module._replace_managed
+    monkeypatch.setattr(build_module, "select_publishable",
+                        lambda *args, **kwargs: seen.setdefault("workers", kwargs["workers"]) and select(*args, **kwargs))  # fmt: skip
+    monkeypatch.setattr(build_module, "_replace_managed",
+                        lambda staging, out: seen.setdefault("staging", staging) and replace_managed(staging, out))  # fmt: skip
+    out = tmp_path / "dataset"
+    started = time.perf_counter()
+    summary = build_dataset(small_store, out, workers=3)
+    wall = time.perf_counter() - started
+    assert seen["workers"] == 3
+    assert seen["staging"].parent == tmp_path and seen["staging"].name.startswith(".dataset.build-")
+    assert 0 < summary.seconds <= wall
+
+
+def test_every_leaf_column_of_a_shard_gets_its_encoding_under_its_parquet_name(small_store, tmp_path):
+    """The options name each leaf as parquet does (``objects.bbox.list.element.list.element`` for the
+    fixed-size bbox list): PNG bytes uncompressed and plain, every other leaf snappy with a dictionary."""
+    from manifests.publish.shards import _column_options
+
+    out = tmp_path / "dataset"
+    summary = build_dataset(small_store, out, validation_fraction=0)
+    parquet = pq.ParquetFile(out / summary.shards[0].path)
+    leaves = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
+    assert "objects.bbox.list.element.list.element" in leaves
+    options = _column_options(parquet.schema_arrow)
+    assert sorted(options["compression"]) == sorted(leaves)
+    assert sorted(options["use_dictionary"]) == sorted(p for p in leaves if not p.endswith(".bytes"))
+    row_group = parquet.metadata.row_group(0)
+    for i, path in enumerate(leaves):
+        expected = "UNCOMPRESSED" if path.endswith(".bytes") else "SNAPPY"
+        assert row_group.column(i).compression == expected, path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -47,3 +48,24 @@ def test_default_workers_without_sched_getaffinity(monkeypatch):
     assert default_workers() == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     assert default_workers() == 8
+
+
+def test_a_missing_or_resized_image_is_excluded_with_its_path_and_sizes(small_store):
+    """``image_missing`` names the file and the error; ``image_size_mismatch`` both sizes (W x H)."""
+    record = make_record(small_store, 32)
+    path = Path(small_store.path(record.image.path))
+    data = path.read_bytes()
+    path.unlink()
+    excluded = check_record(small_store, record)
+    assert excluded.reason == "image_missing"
+    assert excluded.detail.startswith(f"{record.image.path}: ") and "No such file" in excluded.detail
+    path.write_bytes(data)
+    wrong = record.model_copy(
+        update={"image": record.image.model_copy(update={"width": record.image.width + 1})}
+    )
+    excluded = check_record(small_store, wrong)
+    assert (excluded.reason, excluded.detail) == (
+        "image_size_mismatch",
+        f"{record.image.path} is {record.image.width}x{record.image.height}, "
+        f"record says {record.image.width + 1}x{record.image.height}",
+    )
