@@ -341,3 +341,43 @@ def test_a_300_robots_txt_disallows_and_an_undecodable_one_is_still_read():
         with pytest.raises(DownloadFailure) as failure:
             asyncio.run(_get(_config(), server.url("/private/a.jpg")))
     assert failure.value.reason == "robots_disallowed" and "disallows /private/a.jpg" in failure.value.detail
+
+
+def test_a_failure_after_a_redirect_keeps_its_own_detail_and_names_the_first_url():
+    """A hop refused by robots.txt says why, then which URL redirected there."""
+    routes = {
+        "/robots.txt": Route(b"User-agent: *\nDisallow: /private/\n", content_type="text/plain"),
+        "/old.jpg": _redirect("/private/x.jpg"),
+        "/private/x.jpg": Route(b"secret"),
+    }
+    with serve(routes) as server, pytest.raises(DownloadFailure) as failure:
+        asyncio.run(_get(_config(respect_robots=True), server.url("/old.jpg")))
+    assert failure.value.reason == "robots_disallowed"
+    assert failure.value.detail == (
+        f"robots.txt of {server.base} disallows /private/x.jpg (after a redirect from {server.url('/old.jpg')})"
+    )
+
+
+def test_proxy_settings_of_the_environment_are_never_used(monkeypatch):
+    """A proxy would bypass the address guard (it connects, not us): HTTP_PROXY / ALL_PROXY pointing at a
+    closed port change nothing."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    with serve({"/a.jpg": Route(b"direct")}) as server:
+        assert asyncio.run(_get(_config(), server.url("/a.jpg"))).data == b"direct"
+
+
+def test_an_origin_keeps_its_pools_and_idle_connections_stay_open_30_seconds():
+    """The pools of an origin are made once and reused; their idle connections are kept 30 s (httpx's
+    default is 5 s), so a host paced by a crawl delay keeps its connection between images."""
+
+    async def pools():
+        async with Downloader(_config(per_host_connections=2)) as downloader:
+            first = downloader._pools_for("http://127.0.0.1:1")
+            assert downloader._pools_for("http://127.0.0.1:1") is first
+            assert downloader._pools_for("http://127.0.0.1:2") is not first
+            return [pool.client._transport._pool._keepalive_expiry for pool in first]  # httpcore's setting
+
+    assert asyncio.run(pools()) == [30.0]

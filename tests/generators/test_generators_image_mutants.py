@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 import pytest
+from generators_testserver import icc_profile, pattern_image
 from PIL import Image
 
 from generators.web.image import (
@@ -56,6 +57,10 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_and_an_empty_image_stays_
     assert np.asarray(_to_8_bit(wide)).tolist() == [[0, 1, 255]]
     small = Image.fromarray(np.array([[0, 7, 255]], dtype=np.int32), mode="I")
     assert np.asarray(_to_8_bit(small)).tolist() == [[0, 7, 255]]  # fits in 8 bits: as is
+    dark = Image.fromarray(
+        np.array([[0, 100, 200]], dtype=np.uint16)
+    )  # 16-bit even when every value is small
+    assert dark.mode == "I;16" and np.asarray(_to_8_bit(dark)).tolist() == [[0, 0, 1]]
     empty = Image.new("I", (0, 0))
     assert _to_8_bit(empty).size == (0, 0)
 
@@ -76,11 +81,33 @@ def test_palette_transparency_survives_colour_conversion_and_composites_on_white
     assert _to_rgb(plain) is plain
 
 
-def test_the_shorter_side_may_equal_min_side_and_the_icc_profile_follows_an_exif_rotation():
+def test_min_side_is_inclusive_and_the_icc_profile_converts_through_rotation_and_16_bit_scaling():
     picture = Image.new("RGB", (64, 40), (10, 200, 30))
     assert load_web_image(encoded(picture, "PNG"), min_side=40).image.size == (64, 40)
     with pytest.raises(ImageRejected, match="too_small"):
         load_web_image(encoded(picture, "PNG"), min_side=41)
+    # the default bound is 512 px, inclusive
+    assert load_web_image(encoded(Image.new("RGB", (512, 600)), "PNG")).image.size == (512, 600)
+    with pytest.raises(ImageRejected, match="below min_side 512"):
+        load_web_image(encoded(Image.new("RGB", (511, 600)), "PNG"))
+
+    # A wide-gamut photo stored sideways (EXIF orientation 6): rotated upright, then converted from its
+    # own profile, exactly as the same photo stored upright.
+    wide = icc_profile("RGB ", "Wide Test RGB", gamma=2.2,
+                       primaries=((0.2, 0.1, 0.0), (0.5, 0.8, 0.1), (0.27, 0.1, 0.7)))  # fmt: skip
+    upright = pattern_image(3, (48, 64))
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6 turns it back clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = load_web_image(encoded(sideways, "PNG", icc_profile=wide, exif=exif), min_side=1)
+    straight = load_web_image(encoded(upright, "PNG", icc_profile=wide), min_side=1)
+    assert rotated.exif_transposed and rotated.colour_profile == straight.colour_profile == "Wide Test RGB"
+    assert np.array_equal(np.asarray(rotated.image), np.asarray(straight.image))
+    # 16-bit greyscale is scaled into a new 8-bit image: the file's profile still converts its pixels
+    gray = icc_profile("GRAY", "Linear Gray", gamma=1.0)
+    ramp = Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 21).astype(np.uint16))
+    deep = load_web_image(encoded(ramp, "PNG", icc_profile=gray), min_side=1)
+    assert deep.original_mode == "I;16" and deep.colour_profile == "Linear Gray"
 
 
 def test_jpeg_stripping_walks_fill_bytes_and_keeps_short_segments_exact():

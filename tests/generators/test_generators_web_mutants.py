@@ -440,3 +440,62 @@ def test_the_in_process_fetch_names_each_record_and_ends_cleanly(tmp_path, monke
     assert sorted((record.id, outcome.record_id) for record, _, outcome in fetched) == sorted(
         (r.id, r.id) for r in records
     )
+
+
+def test_decide_keeps_the_fetch_params_and_records_the_profile_licence_and_size(tmp_path):
+    """A failed fetch is rejected with the outcome's params as its history's params; a stored image's event
+    names the colour profile it was converted from, the licence as written and the original size."""
+    from generators_testserver import encode, icc_profile, pattern_image
+
+    from generators.licences import parse_licence
+    from generators.web import prepare_image
+
+    store = ManifestStore(tmp_path)
+    candidates = [Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(2)]
+    (failed, stored), _ = plan_web_records(candidates, GROUPS, store)
+    scraper = WebScraper(ScrapeConfig())
+    params = {"url": "u1", "final_url": "u1b", "attempts": 3}
+    scraper._decide(failed, None, FetchOutcome(failed.id, dict(params), reason="http_error", detail="404"),
+                    ImageIndex())  # fmt: skip
+    assert failed.rejection.reason == "http_error" and failed.history[-1].params == params
+
+    wide = icc_profile("RGB ", "Wide Test RGB", gamma=2.2,
+                       primaries=((0.2, 0.1, 0.0), (0.5, 0.8, 0.1), (0.27, 0.1, 0.7)))  # fmt: skip
+    prepared = prepare_image(encode(pattern_image(5, (96, 80)), "JPEG", icc_profile=wide), 64, 10**8)
+    licence = parse_licence("cc-by 4.0")
+    scraper._decide(stored, licence, FetchOutcome(stored.id, {"url": "u2"}, prepared=prepared), ImageIndex())
+    event = stored.history[-1].params
+    assert event["colour_profile"] == "Wide Test RGB" and event["licence_raw"] == "cc-by 4.0"
+    assert (event["original_width"], event["original_height"]) == (96, 80)
+
+
+def test_an_unknown_licence_is_refused_unless_allowed_and_the_refusal_says_how():
+    assert WebScraper(ScrapeConfig())._licence_refusal(None) == (
+        "no licence given (unknown); give one in the URL list or allow unknown licences explicitly"
+    )
+    assert WebScraper(ScrapeConfig(allow_unknown_licence=True))._licence_refusal(None) is None
+
+
+def test_without_a_cpu_count_one_fetch_process_is_started(tmp_path, monkeypatch):
+    """``processes=None`` on a machine whose CPU count is unknown: one process, not more."""
+    counts: list[int] = []
+    monkeypatch.setattr(WebScraper, "_fetch_in_processes", lambda self, f, n: counts.append(n) or [])
+    monkeypatch.setattr(web.os, "cpu_count", lambda: None)
+    store = ManifestStore(tmp_path)
+    candidates = [
+        Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(web.PROCESS_POOL_MIN_IMAGES)
+    ]
+    records, _ = plan_web_records(candidates, GROUPS, store)
+    list(WebScraper(ScrapeConfig(processes=None)).run(records, store))
+    assert counts == [1]
+
+
+def test_planning_again_returns_a_stored_planned_record_itself(tmp_path):
+    """A URL whose record is stored and still planned is planned again as that stored record."""
+    store = ManifestStore(tmp_path)
+    candidates = [Candidate(f"http://example.test/{n}.jpg", GROUP, "CC0") for n in range(2)]
+    records, _ = plan_web_records(candidates, GROUPS, store)
+    store.put_many(records)
+    again, skipped = plan_web_records(candidates, GROUPS, store)
+    assert [r.id for r in again] == [r.id for r in records] and skipped == []
+    assert all(r == store.get(r.id) for r in again)
