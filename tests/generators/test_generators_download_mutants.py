@@ -381,3 +381,33 @@ def test_an_origin_keeps_its_pools_and_idle_connections_stay_open_30_seconds():
             return [pool.client._transport._pool._keepalive_expiry for pool in first]  # httpcore's setting
 
     assert asyncio.run(pools()) == [30.0]
+
+
+def test_an_attempt_past_its_total_deadline_says_deadline_and_the_limit():
+    """A server slower than ``total_timeout`` but within the read timeout: the attempt's deadline fires."""
+    with serve({"/slow.jpg": Route(b"late", delay=0.6)}) as server, pytest.raises(DownloadFailure) as failure:
+        asyncio.run(_get(_config(total_timeout=0.2, read_timeout=2.0), server.url("/slow.jpg")))
+    assert failure.value.reason == "timeout"
+    assert failure.value.detail == f"deadline (0.2 s) on {server.url('/slow.jpg')}, 1 attempts"
+
+
+def test_a_300_answer_is_an_http_error_even_when_it_says_noai():
+    """Only 2xx bodies are read and checked for X-Robots-Tag: a 300 is an ``http_error``, not ``noai``."""
+    routes = {
+        "/choices": Route(b"pick", status=300, headers={"X-Robots-Tag": "noai"}, content_type="text/html")
+    }
+    with serve(routes) as server, pytest.raises(DownloadFailure) as failure:
+        asyncio.run(_get(_config(respect_noai=True), server.url("/choices")))
+    assert failure.value.reason == "http_error"
+
+
+def test_a_dns_lookup_slower_than_the_connect_timeout_is_a_connect_timeout(monkeypatch):
+    import httpcore
+
+    async def slow_lookup(self, *args, **kwargs):
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", slow_lookup)
+    guard = AddressGuard(allow_private=False, allowed_networks=(), ttl=60, timeout=0.05)
+    with pytest.raises(httpcore.ConnectTimeout, match="DNS lookup of slow.example took more than 0.05 s"):
+        asyncio.run(guard.resolve("slow.example", 80))

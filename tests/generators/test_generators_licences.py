@@ -22,6 +22,8 @@ from generators.licences import DEFAULT_ALLOWED_LICENCES, licence_codes, parse_l
         ("Attribution-ShareAlike 4.0 International", None, "cc-by-sa", "4.0"),
         ("Creative Commons Attribution-NonCommercial-NoDerivatives 4.0", None, "cc-by-nc-nd", "4.0"),
         ("CC BY-ND 2.0", None, "cc-by-nd", "2.0"),
+        ("CC BY 4", None, "cc-by", "4.0"),  # a bare major version
+        ("cc by-sa 3 unported", None, "cc-by-sa", "3.0"),
         ("CC0", None, "cc0", "1.0"),
         ("cc0 1.0", None, "cc0", "1.0"),
         ("Public domain", None, "public-domain", None),
@@ -31,6 +33,21 @@ from generators.licences import DEFAULT_ALLOWED_LICENCES, licence_codes, parse_l
         ("All rights reserved", None, "all-rights-reserved", None),
         ("Attribution", None, "unrecognised", None),  # Wikimedia's non-CC "Attribution" template
         ("my own terms", None, "unrecognised", None),
+        (
+            "https://creativecommons.org/publicdomain/zero/1.0/ (NC)",
+            None,
+            "unrecognised",
+            None,
+        ),  # contradicts itself
+        (
+            "https://creativecommons.org/licenses/sampling/1.0/",
+            None,
+            "unrecognised",
+            None,
+        ),  # a retired CC licence
+        ("--", None, "unrecognised", None),  # no words at all
+        ("Public Domain Zero", None, "cc0", "1.0"),
+        ("PD", None, "public-domain", None),
     ],
 )
 def test_parse_licence(text, version, code, expected_version):

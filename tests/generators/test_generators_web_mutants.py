@@ -499,3 +499,16 @@ def test_planning_again_returns_a_stored_planned_record_itself(tmp_path):
     again, skipped = plan_web_records(candidates, GROUPS, store)
     assert [r.id for r in again] == [r.id for r in records] and skipped == []
     assert all(r == store.get(r.id) for r in again)
+
+
+def test_an_image_index_grows_past_its_first_block_and_starts_unchanged():
+    """A new index has changed nothing; past 1,024 images its hash array grows and every image is found."""
+    index = ImageIndex()
+    assert not index.cache_changed and len(index) == 0
+    for n in range(1030):
+        index.add(f"r{n}", [f"sha{n}"], perceptual=n)
+    assert len(index) == 1030 and index.match("other", 1029, 0) == (
+        "r1029",
+        "near-identical pixels (pHash distance 0)",
+    )
+    assert index.match("sha1025", 0, -1) == ("r1025", "identical bytes (sha256)")

@@ -89,3 +89,15 @@ def test_unknown_domain_is_explained(tmp_path):
     path.write_text("groups:\n  - {id: space, domain: astronomy, concepts: [comet, asteroid]}\n")
     with pytest.raises(ValueError, match="domain 'astronomy'.*no settings"):
         plan_scenes(load_groups(path), per_group=1)
+
+
+def test_an_error_in_the_packaged_groups_file_names_it(monkeypatch):
+    """Without a path the packaged file is read; its errors name ``manifests/groups.yaml``."""
+    import types
+
+    import manifests.groups as groups_module
+
+    broken = types.SimpleNamespace(joinpath=lambda name: types.SimpleNamespace(read_text=lambda: "groups: 3"))
+    monkeypatch.setattr(groups_module.resources, "files", lambda package: broken)
+    with pytest.raises(groups_module.GroupsFileError, match=r"^manifests/groups\.yaml must hold a top-level"):
+        load_groups()
