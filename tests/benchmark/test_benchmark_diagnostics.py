@@ -106,7 +106,10 @@ def test_a_graph_run_writes_every_anchor_and_the_images_affinity_statistics(mcc_
     first = {r["sample_id"]: r["affinity"]["w_cos"]["same_object"] for r in ok}
     assert report.affinity["w_cos"]["same_object"] == pytest.approx(np.mean(list(first.values())))
     markdown = (out / "report.md").read_text()
-    assert "## Affinity statistics (layout of the paper's Table 1" in markdown
+    assert (
+        "## Affinity statistics (layout of the paper's Table 1; percent, mean over 2 images, this run's graph "
+        "layers)" in markdown.splitlines()
+    )
     assert "| W_cos | 79.40 | 67.27 | 41.80 | published (paper Table 1) |" in markdown
     assert "per concept;" in markdown
     assert (out / "figures" / "anchors.png").stat().st_size > 5_000

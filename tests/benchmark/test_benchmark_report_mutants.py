@@ -389,3 +389,45 @@ def test_a_method_with_a_published_row_is_compared_with_it_on_its_backbone():
         "This run minus its published counterpart **Seg4Diff SD3.5** (paper Table 3), in points: Acc -32.97, "
         "mIoU -42.88, mAP -12.36."
     )
+
+
+def test_counts_a_hand_built_report_leaves_out_read_as_zero_and_invalid_pairs_alone_are_flagged():
+    """Counts without ``pairs`` / ``scored``: 0 in the counts table and in this run's row; invalid pairs
+    without failed ones still get the warning line."""
+    report = Report(
+        method="m",
+        protocol="fg",
+        dataset={"name": "mcc"},
+        configuration={},
+        overall={"miou_fg": 0.5},
+        counts={"overall": {"invalid": 2}},
+    )
+    lines = report.to_markdown().splitlines()
+    assert "> **0 failed and 2 invalid pairs** of 0: the means below cover the 0 scored pairs." in lines
+    assert "| overall | 0 | 0 | 0 | 0 | 2 |" in lines
+    assert any(line.startswith("| **m** |") and line.endswith(", 0 pairs |") for line in lines)
+    assert report.interval_line(["miou_fg"]) == "No confidence intervals: nothing was scored."
+
+
+def test_subsets_are_listed_by_concept_count_then_source_then_name():
+    from benchmark.report import _subset_order
+
+    labels = ["web", "zebra-group", "3 concepts", "generated", "2 concepts", "alpha-group"]
+    assert sorted(labels, key=_subset_order) == [
+        "2 concepts", "3 concepts", "generated", "web", "alpha-group", "zebra-group",
+    ]  # fmt: skip
+
+
+def test_a_bootstrap_over_undefined_ratios_warns_about_nothing():
+    """0 / 0 in a resample (an image set with no foreground) is NaN, silently."""
+    import warnings
+
+    import numpy as np
+
+    from benchmark.report import bootstrap_interval
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low, high = bootstrap_interval(np.array([[0.0, 0.0], [1.0, 2.0]]), lambda t: t[:, :1] / t[:, 1:],
+                                       resamples=200)  # fmt: skip
+    assert high[0] == pytest.approx(0.5) and not np.isnan(low[0])

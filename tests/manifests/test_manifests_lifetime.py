@@ -33,7 +33,9 @@ def test_a_worker_whose_parent_is_already_gone_exits_at_once(monkeypatch, exits)
     assert exits == [1]
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the watch "exits" by raising
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnhandledThreadExceptionWarning"
+)  # the watch "exits" by raising
 def test_the_watch_exits_once_the_parent_changes_and_not_before(monkeypatch, exits):
     parents = iter([4242, 4242, 4242, 1])  # the first check, two polls with the parent alive, then init
     checks: list[int] = []
