@@ -176,7 +176,10 @@ def test_machine_masks_and_tiny_models_raise_a_banner_and_unbold_the_run():
         "the reviewed benchmark"
     ]
     tiny_data = {**reviewed, "generators": ["tiny"]}
-    assert "random `tiny` generator" in build_warnings(tiny_data, {})[0]
+    assert build_warnings(tiny_data, {}) == [
+        "the images come from the random `tiny` generator (a smoke build): the figures test the code and "
+        "measure nothing"
+    ]
     assert "scored model `tiny` has random weights" in build_warnings(reviewed, {"model": "tiny"})[0]
     assert "`random-sd3` has random weights" in build_warnings(reviewed, {"model": "random-sd3"})[0]
     assert build_warnings({**reviewed, "generators": ["tinyllama/x@main"]}, {"model": "org/tinyish"}) == []
@@ -404,6 +407,9 @@ def test_protocol_resolution_224_with_compat_equals_chefers_evaluation(tmp_path)
         read_pairs(tmp_path), protocol="binary", method="m", configuration={}, dataset={}
     )
     assert plain.overall["map"] != pytest.approx(mean_ap, abs=1e-6)
+    assert (
+        plain.leakage == {} and plain.to_dict()["leakage"] == {}
+    )  # no groups to leak between: empty, not null
     assert json.loads((tmp_path / "report.json").read_text())["metric_settings"]["protocol_resolution"] == 224
 
 

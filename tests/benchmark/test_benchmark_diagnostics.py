@@ -111,6 +111,11 @@ def test_a_graph_run_writes_every_anchor_and_the_images_affinity_statistics(mcc_
         "layers)" in markdown.splitlines()
     )
     assert "| W_cos | 79.40 | 67.27 | 41.80 | published (paper Table 1) |" in markdown
+    ours = report.affinity["w_cos"]
+    cells = ["–" if ours.get(p) is None or np.isnan(ours[p]) else f"{100 * ours[p]:.2f}"
+             for p in ("same_object", "confusable", "fg_bg")]  # fmt: skip
+    assert f"| W_cos | {cells[0]} | {cells[1]} | {cells[2]} | this run |" in markdown.splitlines()
+    assert cells[0] != "–"
     assert "per concept;" in markdown
     assert (out / "figures" / "anchors.png").stat().st_size > 5_000
     with np.load(next((out / "heatmaps").glob("*.npz"))) as saved:

@@ -389,6 +389,9 @@ def test_a_method_with_a_published_row_is_compared_with_it_on_its_backbone():
         "This run minus its published counterpart **Seg4Diff SD3.5** (paper Table 3), in points: Acc -32.97, "
         "mIoU -42.88, mAP -12.36."
     )
+    voc.overall["miou"] = float("nan")  # undefined here: no difference to show
+    (line,) = [x for x in voc.to_markdown().splitlines() if "published counterpart" in x]
+    assert line.endswith("in points: Acc -32.97, mIoU –, mAP -12.36.")
 
 
 def test_counts_a_hand_built_report_leaves_out_read_as_zero_and_invalid_pairs_alone_are_flagged():
@@ -431,3 +434,38 @@ def test_a_bootstrap_over_undefined_ratios_warns_about_nothing():
         low, high = bootstrap_interval(np.array([[0.0, 0.0], [1.0, 2.0]]), lambda t: t[:, :1] / t[:, 1:],
                                        resamples=200)  # fmt: skip
     assert high[0] == pytest.approx(0.5) and not np.isnan(low[0])
+
+
+def test_the_decisions_name_each_reported_value_in_words():
+    """The pipeline's own values, described: the concept stream, negative cosines, kept cosines."""
+    from benchmark.report import method_decisions
+
+    configuration = {
+        "preset": "sd3",
+        "mode": "noise",
+        "pipeline": {"concept_pass": "joint", "clamp_negative": True},
+    }
+    decisions = method_decisions(configuration, "anchordiff")
+    assert decisions["concept stream"] == "joint (default: one pass with the image stream)"
+    assert decisions["negative cosines"] == "clamped to 0 before row normalisation (default)"
+    configuration["pipeline"] = {"concept_pass": "separate", "clamp_negative": False}
+    decisions = method_decisions(configuration, "anchordiff")
+    assert decisions["concept stream"] == "separate (two passes, as the paper)"
+    assert decisions["negative cosines"] == "kept"
+    assert decisions["zero-sum rows"] == "not reported by the pipeline"
+
+
+def test_chance_rows_fill_the_metric_columns_and_each_kind_is_scored_on_its_own():
+    """An fg chance row has one cell per Table 4 column, no extra blank; a run whose rows carry only the
+    random map still reports it."""
+    from benchmark.report import chance_results
+
+    report = Report(method="m", protocol="fg", dataset={"name": "mcc"}, configuration={},
+                    overall={"miou_fg": 0.5}, counts={"overall": {"pairs": 2, "scored": 2}},
+                    chance={"constant": {"miou_fg": 0.25, "map_fg": 0.5, "nar": 0.75, "acc_fg": 1.0, "pairs": 2}})  # fmt: skip
+    assert "| chance: constant map | 25.00 | 50.00 | 75.00 | 100.00 | chance, this run's 2 pairs |" in (
+        report.to_markdown().splitlines()
+    )
+    rows = [{"chance": {"random": {"miou_fg": 0.5, "map_fg": 0.5, "nar": 0.5, "acc_fg": 0.5}}}] * 2
+    results = chance_results(rows, protocol="fg", conceptattention_compat=False)
+    assert list(results) == ["random"] and results["random"]["miou_fg"] == pytest.approx(0.5)
