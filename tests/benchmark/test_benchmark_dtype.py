@@ -43,7 +43,9 @@ def test_names_and_torch_dtypes_map_to_torch_dtypes():
     assert torch_dtype(torch.bfloat16) is torch.bfloat16
 
 
-@pytest.mark.parametrize("bad", ["int8", "bf16", "float64", "auto", "", torch.int8, torch.float64, 16])
+@pytest.mark.parametrize(
+    "bad", ["int8", "bf16", "float64", "auto", "", "torch.bfloat16", torch.int8, torch.float64, 16]
+)
 def test_anything_else_is_refused_naming_the_allowed_values(bad):
     with pytest.raises(ValueError, match=f"dtype must be one of {ALLOWED}, got {bad!r}"):
         torch_dtype(bad)

@@ -469,3 +469,11 @@ def test_chance_rows_fill_the_metric_columns_and_each_kind_is_scored_on_its_own(
     rows = [{"chance": {"random": {"miou_fg": 0.5, "map_fg": 0.5, "nar": 0.5, "acc_fg": 0.5}}}] * 2
     results = chance_results(rows, protocol="fg", conceptattention_compat=False)
     assert list(results) == ["random"] and results["random"]["miou_fg"] == pytest.approx(0.5)
+
+
+def test_a_run_without_method_timings_reports_an_empty_timing_not_null():
+    rows = [{k: v for k, v in row.items() if k != "method_seconds"} for row in fg_rows()]
+    report = Report.from_rows(rows, protocol="fg", method="m", configuration={}, dataset={"name": "mcc"})
+    assert report.timing == {} and report.to_dict()["timing"] == {}
+    timed = Report.from_rows(fg_rows(), protocol="fg", method="m", configuration={}, dataset={"name": "mcc"})
+    assert timed.timing["pairs_timed"] > 0

@@ -80,3 +80,41 @@ def test_unreadable_record_names_the_invalid_field(tmp_path):
     assert list(store.iter(errors=errors)) == []
     (error,) = errors
     assert error.problem.startswith("state: ")
+
+
+def test_an_object_store_group_writes_its_files_and_records():
+    """memory://: write_group writes each file under its own path, then each record; the entries name them."""
+    store = ManifestStore(f"memory://mcc-store-{uuid.uuid4().hex}")
+    entries = store.write_group({"images/gen-0001.png": b"png bytes", "reviews/x.json": b"{}"}, [record(1)])
+    assert (
+        store.read_bytes("images/gen-0001.png") == b"png bytes"
+        and store.read_bytes("reviews/x.json") == b"{}"
+    )
+    assert store.get("gen-0001") == record(1) and list(entries) == ["gen-0001"]
+
+
+def test_the_file_system_sync_is_of_the_work_dirs_own_file_system(tmp_path, monkeypatch):
+    """syncfs gets a descriptor of the folder itself (not another one); a failure raises OSError naming it;
+    without syncfs the whole machine is synced."""
+    import os
+    import types
+
+    import manifests.store as store_module
+
+    synced = []
+
+    def syncfs(fd):
+        synced.append(os.fstat(fd).st_ino)
+        return 0
+
+    monkeypatch.setattr(store_module, "_LIBC", types.SimpleNamespace(syncfs=syncfs))
+    store_module._sync_file_system(str(tmp_path))
+    assert synced == [os.stat(tmp_path).st_ino]
+    monkeypatch.setattr(store_module, "_LIBC", types.SimpleNamespace(syncfs=lambda fd: -1))
+    with pytest.raises(OSError, match=f"syncfs of {tmp_path} failed"):
+        store_module._sync_file_system(str(tmp_path))
+    calls = []
+    monkeypatch.setattr(store_module, "_LIBC", types.SimpleNamespace())
+    monkeypatch.setattr(os, "sync", lambda: calls.append("sync"))
+    store_module._sync_file_system(str(tmp_path))
+    assert calls == ["sync"]
