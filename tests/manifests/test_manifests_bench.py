@@ -7,9 +7,14 @@ from manifests import ManifestStore, plan_scenes
 from manifests.bench import COLUMNS, main, reference_image_index, status_seconds, table_row, with_fingerprints
 
 
-def test_the_store_bench_prints_its_table(capsys):
+def test_the_store_bench_prints_its_table_and_removes_its_temporary_work_dirs(capsys):
+    import re
+    from pathlib import Path
+
     main(["--records", "150"])
     out = capsys.readouterr().out
+    root = Path(re.search(r"work dirs in (\S+)", out).group(1))
+    assert root.name.startswith("mcc-bench-store-") and not root.exists()
     for row in (
         "mcc plan of 150 records",
         "index up to date",

@@ -118,3 +118,29 @@ def test_the_file_system_sync_is_of_the_work_dirs_own_file_system(tmp_path, monk
     monkeypatch.setattr(os, "sync", lambda: calls.append("sync"))
     store_module._sync_file_system(str(tmp_path))
     assert calls == ["sync"]
+
+
+@pytest.mark.parametrize("bad", ["records/a..b.json", "images/..", "../x", "/abs", "a//b", "a/ b"])
+def test_unsafe_relative_paths_are_refused(bad):
+    """Any part with '..' (even inside a safe-looking name), an empty part or an unsafe character is refused."""
+    from manifests.workdir import UnsafePathError, check_relative
+
+    with pytest.raises(UnsafePathError, match="is not inside the work dir"):
+        check_relative(bad)
+    assert check_relative("records/gen-0001.json") == "records/gen-0001.json"
+
+
+def test_an_fsspec_work_dir_creates_the_files_parent_folder_first(monkeypatch):
+    """File systems with real folders (sftp, ...) need the parent made: exactly the file's parent."""
+    store = ManifestStore(f"memory://mcc-store-{uuid.uuid4().hex}")
+    made = []
+    makedirs = store.fs.makedirs
+    monkeypatch.setattr(
+        store.fs, "makedirs", lambda path, exist_ok=False: made.append(path) or makedirs(path, exist_ok)
+    )
+    store.write_bytes("reviews/deep/a.json", b"1")
+    assert (
+        made
+        and made[-1].rstrip("/").endswith("/reviews/deep")
+        and store.read_bytes("reviews/deep/a.json") == b"1"
+    )

@@ -86,6 +86,7 @@ def test_push_tags_the_uploaded_commit_and_reports_it(built):
     result = push_dataset(built, "org/mcc", tag="v1.2.0", api=hub)
     _, kwargs = hub.call("create_tag")
     assert kwargs["revision"] == OID and kwargs["tag"] == "v1.2.0"
+    assert kwargs["tag_message"] == "MCC dataset version 1.2.0" and kwargs["repo_type"] == "dataset"
     assert result.commit == OID
 
 
