@@ -335,16 +335,16 @@ def test_report_md_is_written_as_utf8(tmp_path, monkeypatch):
     assert encodings == {"report.json": "utf-8", "report.md": "utf-8"}
 
 
+def hand_built(counts: dict, **fields) -> Report:
+    """An fg Report built directly, not from rows (as a user scoring their own method may)."""
+    return Report(method="m", protocol="fg", dataset={"name": "mcc"}, configuration={}, overall={"miou_fg": 0.5},
+                  counts=counts, **fields)  # fmt: skip
+
+
 def test_markdown_of_a_hand_built_report_reads_missing_counts_as_zero():
     """A Report built directly (counts without ``invalid`` or without a subset's entry) shows 0."""
-    report = Report(
-        method="m",
-        protocol="fg",
-        dataset={"name": "mcc"},
-        configuration={},
-        overall={"miou_fg": 0.5},
-        subsets={"web": {"miou_fg": 0.25}},
-        counts={"overall": {"pairs": 3, "scored": 2, "failed": 1}},
+    report = hand_built(
+        {"overall": {"pairs": 3, "scored": 2, "failed": 1}}, subsets={"web": {"miou_fg": 0.25}}
     )
     lines = report.to_markdown().splitlines()
     assert "> **1 failed and 0 invalid pairs** of 3: the means below cover the 2 scored pairs." in lines
@@ -397,14 +397,7 @@ def test_a_method_with_a_published_row_is_compared_with_it_on_its_backbone():
 def test_counts_a_hand_built_report_leaves_out_read_as_zero_and_invalid_pairs_alone_are_flagged():
     """Counts without ``pairs`` / ``scored``: 0 in the counts table and in this run's row; invalid pairs
     without failed ones still get the warning line."""
-    report = Report(
-        method="m",
-        protocol="fg",
-        dataset={"name": "mcc"},
-        configuration={},
-        overall={"miou_fg": 0.5},
-        counts={"overall": {"invalid": 2}},
-    )
+    report = hand_built({"overall": {"invalid": 2}})
     lines = report.to_markdown().splitlines()
     assert "> **0 failed and 2 invalid pairs** of 0: the means below cover the 0 scored pairs." in lines
     assert "| overall | 0 | 0 | 0 | 0 | 2 |" in lines
@@ -460,9 +453,8 @@ def test_chance_rows_fill_the_metric_columns_and_each_kind_is_scored_on_its_own(
     random map still reports it."""
     from benchmark.report import chance_results
 
-    report = Report(method="m", protocol="fg", dataset={"name": "mcc"}, configuration={},
-                    overall={"miou_fg": 0.5}, counts={"overall": {"pairs": 2, "scored": 2}},
-                    chance={"constant": {"miou_fg": 0.25, "map_fg": 0.5, "nar": 0.75, "acc_fg": 1.0, "pairs": 2}})  # fmt: skip
+    constant = {"miou_fg": 0.25, "map_fg": 0.5, "nar": 0.75, "acc_fg": 1.0, "pairs": 2}
+    report = hand_built({"overall": {"pairs": 2, "scored": 2}}, chance={"constant": constant})
     assert "| chance: constant map | 25.00 | 50.00 | 75.00 | 100.00 | chance, this run's 2 pairs |" in (
         report.to_markdown().splitlines()
     )
