@@ -25,7 +25,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check $(PACKAGES) tests scripts
 
-# The mutation pass (docs/testing.md): about an hour on 2 cores; resumes where it stopped. Not run in CI.
+# The whole mutation pass (docs/testing.md; about 19,000 mutants): many hours on 2 cores, resumes where it stopped;
+# docs/testing.md shows the seeded sample that fits in an hour or two. Not run in CI.
 mutants: setup
 	$(VENV)/bin/mutmut run --max-children 2
 	$(PY) scripts/mutation_report.py
