@@ -407,9 +407,8 @@ def test_protocol_resolution_224_with_compat_equals_chefers_evaluation(tmp_path)
         read_pairs(tmp_path), protocol="binary", method="m", configuration={}, dataset={}
     )
     assert plain.overall["map"] != pytest.approx(mean_ap, abs=1e-6)
-    assert (
-        plain.leakage == {} and plain.to_dict()["leakage"] == {}
-    )  # no groups to leak between: empty, not null
+    # no groups to leak between: empty, not null
+    assert plain.leakage == {} and plain.to_dict()["leakage"] == {}
     assert json.loads((tmp_path / "report.json").read_text())["metric_settings"]["protocol_resolution"] == 224
 
 

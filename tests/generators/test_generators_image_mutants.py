@@ -57,9 +57,8 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_and_an_empty_image_stays_
     assert np.asarray(_to_8_bit(wide)).tolist() == [[0, 1, 255]]
     small = Image.fromarray(np.array([[0, 7, 255]], dtype=np.int32), mode="I")
     assert np.asarray(_to_8_bit(small)).tolist() == [[0, 7, 255]]  # fits in 8 bits: as is
-    dark = Image.fromarray(
-        np.array([[0, 100, 200]], dtype=np.uint16)
-    )  # 16-bit even when every value is small
+    # 16-bit even when every value is small
+    dark = Image.fromarray(np.array([[0, 100, 200]], dtype=np.uint16))
     assert dark.mode == "I;16" and np.asarray(_to_8_bit(dark)).tolist() == [[0, 0, 1]]
     empty = Image.new("I", (0, 0))
     assert _to_8_bit(empty).size == (0, 0)

@@ -33,18 +33,9 @@ from generators.licences import DEFAULT_ALLOWED_LICENCES, licence_codes, parse_l
         ("All rights reserved", None, "all-rights-reserved", None),
         ("Attribution", None, "unrecognised", None),  # Wikimedia's non-CC "Attribution" template
         ("my own terms", None, "unrecognised", None),
-        (
-            "https://creativecommons.org/publicdomain/zero/1.0/ (NC)",
-            None,
-            "unrecognised",
-            None,
-        ),  # contradicts itself
-        (
-            "https://creativecommons.org/licenses/sampling/1.0/",
-            None,
-            "unrecognised",
-            None,
-        ),  # a retired CC licence
+        # a deed that contradicts itself, and a retired CC licence
+        ("https://creativecommons.org/publicdomain/zero/1.0/ (NC)", None, "unrecognised", None),
+        ("https://creativecommons.org/licenses/sampling/1.0/", None, "unrecognised", None),
         ("--", None, "unrecognised", None),  # no words at all
         ("Public Domain Zero", None, "cc0", "1.0"),
         ("PD", None, "public-domain", None),

@@ -416,8 +416,8 @@ def test_the_rate_limit_line_names_the_busiest_host_and_its_least_duration():
 
 def test_the_in_process_fetch_names_each_record_and_ends_cleanly(tmp_path, monkeypatch):
     """``processes=0``: every record's own id and URL reach ``fetch_and_prepare``, a crash in it is that
-    record's ``error`` only, and the stage's generator, read to the end outside ``run_stage`` (which would only log a late error), raises nothing:
-    the download loop is awaited to its end, not abandoned."""
+    record's ``error`` only, and the stage's generator read to the end outside ``run_stage`` (which would
+    only log a late error) raises nothing: the download loop is awaited to its end, not abandoned."""
     seen = []
 
     async def fake_fetch(record_id, url, downloader, config, run_cpu):
@@ -507,8 +507,6 @@ def test_an_image_index_grows_past_its_first_block_and_starts_unchanged():
     assert not index.cache_changed and len(index) == 0
     for n in range(1030):
         index.add(f"r{n}", [f"sha{n}"], perceptual=n)
-    assert len(index) == 1030 and index.match("other", 1029, 0) == (
-        "r1029",
-        "near-identical pixels (pHash distance 0)",
-    )
+    assert len(index) == 1030
+    assert index.match("other", 1029, 0) == ("r1029", "near-identical pixels (pHash distance 0)")
     assert index.match("sha1025", 0, -1) == ("r1025", "identical bytes (sha256)")

@@ -494,9 +494,8 @@ def test_provenance_lists_every_code_version_and_web_images_without_a_provider(t
         for event in record.history:
             event.code_version = version
     stage = records[0].history[-1].stage
-    records[0].history[-1].params["segmenter_model"] = (
-        "m" * 119
-    )  # values of 120 characters or more are left out
+    # values of 120 characters or more are left out
+    records[0].history[-1].params["segmenter_model"] = "m" * 119
     records[1].history[-1].params["segmenter_model"] = "n" * 120
     text = _provenance(SimpleNamespace(items=[SimpleNamespace(record=r) for r in records]))
     assert text.splitlines()[-1] == "Code versions that processed these records: `aaa111`, `bbb222`."

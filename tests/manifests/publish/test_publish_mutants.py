@@ -311,10 +311,17 @@ def test_a_build_passes_its_workers_on_stages_beside_the_output_and_times_itself
 
     seen = {}
     select, replace_managed = build_module.select_publishable, build_module._replace_managed
-    monkeypatch.setattr(build_module, "select_publishable",
-                        lambda *args, **kwargs: seen.setdefault("workers", kwargs["workers"]) and select(*args, **kwargs))  # fmt: skip
-    monkeypatch.setattr(build_module, "_replace_managed",
-                        lambda staging, out: seen.setdefault("staging", staging) and replace_managed(staging, out))  # fmt: skip
+
+    def recording_select(*args, **kwargs):
+        seen["workers"] = kwargs["workers"]
+        return select(*args, **kwargs)
+
+    def recording_replace(staging, out):
+        seen["staging"] = staging
+        return replace_managed(staging, out)
+
+    monkeypatch.setattr(build_module, "select_publishable", recording_select)
+    monkeypatch.setattr(build_module, "_replace_managed", recording_replace)
     out = tmp_path / "dataset"
     started = time.perf_counter()
     summary = build_dataset(small_store, out, workers=3)
